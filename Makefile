@@ -1,0 +1,37 @@
+# Set-up contract: `make demo` and `make test` do all set-up on a fresh machine
+# with Python 3.11 and make.
+PYTHON ?= python3.11
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(VENV)/bin/pip
+CONSTRAINTS := constraints-py311.txt
+STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml $(CONSTRAINTS) | cksum | cut -d' ' -f1)
+export TQDM_DISABLE ?= 1
+
+.PHONY: install demo test bench docs clean
+
+$(STAMP): pyproject.toml $(CONSTRAINTS)
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -c $(CONSTRAINTS) -e ".[test,sample,multi,survey]"
+	rm -f $(VENV)/.installed-*
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/scarlet-xr demo --out demo_output
+
+test: $(STAMP)
+	JAX_PLATFORMS=cpu $(PY) -m pytest -n 2 --dist loadfile -q
+
+bench: $(STAMP)
+	$(PIP) install -q -c $(CONSTRAINTS) -e ".[bench]"
+	JAX_PLATFORMS=cpu $(PY) benchmarks/run.py
+
+docs: $(STAMP)
+	$(PIP) install -q -c $(CONSTRAINTS) -e ".[docs,widgets]"
+	$(VENV)/bin/sphinx-build -b html docs docs/_build/html
+
+clean:
+	rm -rf $(VENV) demo_output docs/_build

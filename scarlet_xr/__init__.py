@@ -1,0 +1,57 @@
+"""scarlet_xr: multi-band, multi-instrument scene modelling (deblending) in JAX.
+
+Importing the package registers the ``.scarlet`` xarray accessor; it does not
+import plotting or widget libraries.
+"""
+
+from ._version import __version__ as __version__
+from .core import AbstractMorphology as AbstractMorphology
+from .core import AbstractSpectrum as AbstractSpectrum
+from .core import Component as Component
+from .core import FreeFormMorphology as FreeFormMorphology
+from .core import GaussianMorphology as GaussianMorphology
+from .core import Identity as Identity
+from .core import Interval as Interval
+from .core import LogPositive as LogPositive
+from .core import Parameter as Parameter
+from .core import PointSourceMorphology as PointSourceMorphology
+from .core import Positive as Positive
+from .core import SersicMorphology as SersicMorphology
+from .core import Simplex as Simplex
+from .core import Source as Source
+from .core import Spectrum as Spectrum
+from .infer import FitDivergedError as FitDivergedError
+from .infer import FitHistory as FitHistory
+from .scene import Scene as Scene
+from .scene import initialize_sources as initialize_sources
+from .wcs import Frame as Frame
+from .xr import frame_from_observations as frame_from_observations
+from .xr import make_observation as make_observation
+from .xr import observation_wcs as observation_wcs
+
+__all__ = [
+    "__version__",
+    "AbstractMorphology",
+    "AbstractSpectrum",
+    "Component",
+    "FitDivergedError",
+    "FitHistory",
+    "Frame",
+    "FreeFormMorphology",
+    "GaussianMorphology",
+    "Identity",
+    "Interval",
+    "LogPositive",
+    "Parameter",
+    "PointSourceMorphology",
+    "Positive",
+    "Scene",
+    "SersicMorphology",
+    "Simplex",
+    "Source",
+    "Spectrum",
+    "frame_from_observations",
+    "initialize_sources",
+    "make_observation",
+    "observation_wcs",
+]

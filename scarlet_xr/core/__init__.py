@@ -1,0 +1,33 @@
+"""Layer ``core``: pure JAX/Equinox models, renderers and likelihoods.
+
+This layer imports only jax, equinox and numpy.
+"""
+
+from ._constraints import AbstractConstraint as AbstractConstraint
+from ._constraints import Identity as Identity
+from ._constraints import Interval as Interval
+from ._constraints import LogPositive as LogPositive
+from ._constraints import Positive as Positive
+from ._constraints import Simplex as Simplex
+from ._context import active_collector as active_collector
+from ._context import collecting as collecting
+from ._fft import convolve_fft as convolve_fft
+from ._fft import fourier_shift as fourier_shift
+from ._likelihood import GaussianLikelihood as GaussianLikelihood
+from ._model import SceneModel as SceneModel
+from ._morphology import AbstractMorphology as AbstractMorphology
+from ._morphology import FreeFormMorphology as FreeFormMorphology
+from ._morphology import GaussianMorphology as GaussianMorphology
+from ._morphology import PointSourceMorphology as PointSourceMorphology
+from ._morphology import SersicMorphology as SersicMorphology
+from ._parameter import Parameter as Parameter
+from ._parameter import is_parameter as is_parameter
+from ._psf import check_psf as check_psf
+from ._psf import difference_kernel_fft as difference_kernel_fft
+from ._psf import gaussian_psf_image as gaussian_psf_image
+from ._render import AbstractRenderer as AbstractRenderer
+from ._render import ConvolutionRenderer as ConvolutionRenderer
+from ._source import Component as Component
+from ._source import Source as Source
+from ._spectrum import AbstractSpectrum as AbstractSpectrum
+from ._spectrum import Spectrum as Spectrum

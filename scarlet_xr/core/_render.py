@@ -1,0 +1,86 @@
+"""Renderers from the model frame into an observation's pixel grid.
+
+Everything that depends only on frames and PSFs (difference-kernel FFTs,
+band maps, crops) is computed once at construction; ``__call__`` does only
+array work and is differentiable.
+"""
+
+from __future__ import annotations
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ._fft import fast_size
+from ._psf import difference_kernel_fft
+
+__all__ = ["AbstractRenderer", "ConvolutionRenderer"]
+
+
+class AbstractRenderer(eqx.Module):
+    """Maps a model cube (model bands, y, x) to an observation cube."""
+
+    def __call__(self, model: jax.Array) -> jax.Array:
+        """Return the observation-space model."""
+        raise NotImplementedError
+
+
+class ConvolutionRenderer(AbstractRenderer):
+    """Same pixel grid as the model frame (up to an integer offset): select bands,
+    convolve with the difference kernel in Fourier space, crop.
+
+    Parameters
+    ----------
+    model_shape : (band, y, x)
+        Shape of the model frame.
+    obs_shape : (band, y, x)
+        Shape of the observation.
+    band_index : sequence of int
+        For each observation band, its index in the model frame.
+    obs_psf : array (obs band, h, w)
+        Observation PSF per band.
+    model_psf : array (h, w)
+        Model-frame PSF.
+    origin : (int, int)
+        Position of the observation's pixel (0, 0) in model-frame pixels.
+    """
+
+    kernel_fft: jax.Array
+    band_index: tuple[int, ...] = eqx.field(static=True)
+    fft_shape: tuple[int, int] = eqx.field(static=True)
+    crop: tuple[int, int, int, int] = eqx.field(static=True)
+
+    def __init__(self, model_shape, obs_shape, band_index, obs_psf, model_psf, origin=(0, 0)):
+        _, hm, wm = model_shape
+        nb, ho, wo = obs_shape
+        obs_psf = np.asarray(obs_psf, float)
+        if obs_psf.shape[0] != nb:
+            raise ValueError(
+                f"PSF has {obs_psf.shape[0]} bands but the observation has {nb}"
+            )
+        if len(band_index) != nb:
+            raise ValueError(f"band_index needs {nb} entries; got {len(band_index)}")
+        ph, pw = obs_psf.shape[-2:]
+        oy, ox = int(origin[0]), int(origin[1])
+        if oy < 0 or ox < 0 or oy + ho > hm or ox + wo > wm:
+            raise ValueError(
+                f"observation grid (origin {origin}, size {ho}x{wo}) must lie inside the "
+                f"model frame ({hm}x{wm})"
+            )
+        self.fft_shape = (fast_size(hm + ph), fast_size(wm + pw))
+        k = difference_kernel_fft(obs_psf, model_psf, self.fft_shape)
+        self.kernel_fft = jnp.asarray(k, dtype=jnp.result_type(jnp.asarray(0.0).dtype, jnp.complex64))
+        self.band_index = tuple(int(i) for i in band_index)
+        self.crop = (oy, oy + ho, ox, ox + wo)
+
+    def __call__(self, model):
+        """Select bands, convolve to the observation PSF and crop."""
+        idx = np.asarray(self.band_index)
+        if tuple(idx) != tuple(range(model.shape[0])):
+            model = model[idx]
+        h, w = model.shape[-2:]
+        spec = jnp.fft.rfft2(model, s=self.fft_shape)
+        out = jnp.fft.irfft2(spec * self.kernel_fft, s=self.fft_shape)
+        y0, y1, x0, x1 = self.crop
+        return out[:, y0:y1, x0:x1].astype(model.dtype)

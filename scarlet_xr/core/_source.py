@@ -1,0 +1,123 @@
+"""Sources: a centre plus one or more (spectrum, morphology) components."""
+
+from __future__ import annotations
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ._constraints import Identity
+from ._context import active_collector
+from ._morphology import AbstractMorphology
+from ._parameter import Parameter
+from ._spectrum import AbstractSpectrum, Spectrum
+
+__all__ = ["Component", "Source"]
+
+
+class Component(eqx.Module):
+    """A spectrum times a morphology: ``spectrum[:, None, None] * morphology[None]``."""
+
+    spectrum: AbstractSpectrum
+    morphology: AbstractMorphology
+
+    def __init__(self, spectrum, morphology):
+        if not isinstance(spectrum, AbstractSpectrum):
+            spectrum = Spectrum(spectrum)
+        if not isinstance(morphology, AbstractMorphology):
+            raise TypeError(f"morphology must be an AbstractMorphology; got {type(morphology).__name__}")
+        self.spectrum = spectrum
+        self.morphology = morphology
+
+    def __call__(self, offset):
+        """Return the ``(band, h, w)`` model of this component."""
+        return self.spectrum()[:, None, None] * self.morphology(offset)[None]
+
+    def flux(self):
+        """Flux per band inside the box."""
+        return self.spectrum() * jnp.sum(self.morphology(jnp.zeros(2)))
+
+
+class Source(eqx.Module):
+    """An astronomical source: ``center`` and components.
+
+    Created inside ``with Scene(frame):`` a source adds itself to that scene.
+
+    Parameters
+    ----------
+    center : (y, x) or Parameter
+        Centre in model-frame pixels (the scene layer converts sky positions).
+    spectrum : AbstractSpectrum or array, optional
+        Spectrum of a single-component source.
+    morphology : AbstractMorphology, optional
+        Morphology of a single-component source.
+    components : sequence of Component or (spectrum, morphology), optional
+        For multi-component sources (e.g. bulge + disk with their own spectra).
+    fix_center : bool, optional
+        Keep the centre fixed. Default: fixed for free-form morphologies
+        (their pixels absorb shifts), free otherwise.
+    name : str, optional
+        A label used in results.
+    """
+
+    center: Parameter
+    components: tuple[Component, ...]
+    name: str | None = eqx.field(static=True)
+
+    def __init__(
+        self,
+        center,
+        spectrum=None,
+        morphology=None,
+        *,
+        components=None,
+        fix_center: bool | None = None,
+        center_step: float = 0.05,
+        name: str | None = None,
+    ):
+        if components is None:
+            if spectrum is None or morphology is None:
+                raise ValueError("Source needs spectrum and morphology, or components=[...]")
+            comps = (Component(spectrum, morphology),)
+        else:
+            if spectrum is not None or morphology is not None:
+                raise ValueError("give either spectrum/morphology or components, not both")
+            comps = tuple(c if isinstance(c, Component) else Component(*c) for c in components)
+            if not comps:
+                raise ValueError("components must not be empty")
+        nb = {c.spectrum().shape[0] for c in comps}
+        if len(nb) != 1:
+            raise ValueError(f"all components must have the same number of bands; got {sorted(nb)}")
+        if fix_center is None:
+            from ._morphology import FreeFormMorphology
+
+            fix_center = all(isinstance(c.morphology, FreeFormMorphology) for c in comps)
+        if isinstance(center, Parameter):
+            self.center = center
+        else:
+            c = np.asarray(center, dtype=float)
+            if c.shape != (2,):
+                raise ValueError(f"center must be (y, x); got shape {c.shape}")
+            self.center = Parameter(c, Identity(), fixed=fix_center, step=center_step)
+        self.components = comps
+        self.name = name
+
+    def __check_init__(self):
+        collect = active_collector()
+        if collect is not None:
+            collect(self)
+
+    @property
+    def num_bands(self) -> int:
+        """Number of bands of the spectra."""
+        return int(self.components[0].spectrum().shape[0])
+
+    @property
+    def kind(self) -> str:
+        """Kind label: the morphology kind, joined with ``+`` for several components."""
+        return "+".join(c.morphology.kind for c in self.components)
+
+    def flux(self) -> jax.Array:
+        """Total flux per band (sum over components)."""
+        return sum(c.flux() for c in self.components)

@@ -1,0 +1,240 @@
+"""Maximum-a-posteriori fitting with optax, compiled in chunks of steps."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from ._params import log_prior, partition_free, step_tree
+
+__all__ = ["fit", "FitHistory", "FitDivergedError", "default_optimizer", "loss_function"]
+
+logger = logging.getLogger(__name__)
+
+CONVERGED, MAX_STEPS, DIVERGED = 1, 2, 3
+_STATUS = {0: "running", CONVERGED: "converged", MAX_STEPS: "max_steps", DIVERGED: "diverged"}
+_WINDOW = 10
+
+
+class FitDivergedError(RuntimeError):
+    """Raised by :func:`fit` with ``on_divergence="raise"`` when the loss turns non-finite."""
+
+
+class FitHistory(eqx.Module):
+    """Record of a fit.
+
+    Attributes
+    ----------
+    loss : numpy.ndarray
+        Loss (``0.5 chi^2 - log prior``) before each step taken.
+    status : str
+        ``"converged"``, ``"max_steps"`` or ``"diverged"``.
+    num_steps : int
+        Number of optimizer steps applied.
+    """
+
+    loss: np.ndarray
+    status: str = eqx.field(static=True)
+    num_steps: int = eqx.field(static=True)
+
+
+@functools.lru_cache(maxsize=None)
+def default_optimizer() -> optax.GradientTransformation:
+    """Adam in natural units (learning rate 1: each parameter moves by about its ``step``).
+
+    Cached so that repeated fits reuse the same object and hit JAX's compile cache.
+    """
+    return optax.adam(learning_rate=1.0)
+
+
+def loss_function(model, likelihoods) -> jax.Array:
+    """Return ``-sum(log L) - log prior`` of ``model`` for the given likelihood terms."""
+    cube = model()
+    total = -log_prior(model)
+    for lik in likelihoods:
+        total = total - lik(cube)
+    return total
+
+
+def _to_z(free, steps):
+    return jax.tree_util.tree_map(lambda u, s: u / s, free, steps)
+
+
+def _from_z(z, steps):
+    return jax.tree_util.tree_map(lambda u, s: u * s, z, steps)
+
+
+@eqx.filter_jit
+def _start(free, optimizer):
+    z = _to_z(free, step_tree(free))
+    return z, optimizer.init(z)
+
+
+@eqx.filter_jit
+def _finish(z):
+    return _from_z(z, step_tree(z))
+
+
+@eqx.filter_jit
+def _run_chunk(z, opt_state, ring, rest, likelihoods, optimizer, n_done, max_steps, e_rel, chunk):
+    steps = step_tree(z)
+
+    def loss_z(z_):
+        model = eqx.combine(_from_z(z_, steps), rest)
+        return loss_function(model, likelihoods)
+
+    hist0 = jnp.full((chunk,), jnp.nan, dtype=ring.dtype)
+
+    def cond(state):
+        i, _, _, _, _, status = state
+        return (i < chunk) & (n_done + i < max_steps) & (status == 0)
+
+    def body(state):
+        i, z_, opt_state_, ring_, hist, status = state
+        loss, g = jax.value_and_grad(loss_z)(z_)
+        finite = jnp.isfinite(loss) & jnp.all(
+            jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(g)])
+        )
+        updates, new_opt = optimizer.update(g, opt_state_, z_)
+        new_z = optax.apply_updates(z_, updates)
+        z_ = jax.tree_util.tree_map(lambda a, b: jnp.where(finite, a, b), new_z, z_)
+        opt_state_ = jax.tree_util.tree_map(lambda a, b: jnp.where(finite, a, b), new_opt, opt_state_)
+        hist = hist.at[i].set(loss)
+        k = n_done + i
+        old = ring_[k % _WINDOW]
+        ring_ = ring_.at[k % _WINDOW].set(loss)
+        rel = jnp.abs(old - loss) / (_WINDOW * jnp.abs(loss) + 1e-30)
+        converged = (k >= _WINDOW) & (rel < e_rel)
+        status = jnp.where(~finite, DIVERGED, jnp.where(converged, CONVERGED, status))
+        return i + jnp.where(finite, 1, 0), z_, opt_state_, ring_, hist, status
+
+    init = (jnp.zeros((), jnp.int32), z, opt_state, ring, hist0, jnp.zeros((), jnp.int32))
+    i, z, opt_state, ring, hist, status = jax.lax.while_loop(cond, body, init)
+    return z, opt_state, ring, hist, i, status
+
+
+def fit(
+    model,
+    likelihoods,
+    *,
+    optimizer: optax.GradientTransformation | None = None,
+    max_steps: int = 1000,
+    e_rel: float = 1e-4,
+    progress: bool = False,
+    chunk: int = 100,
+    on_divergence: str = "warn",
+):
+    """Fit a model by minimising ``-log L - log prior`` with optax.
+
+    The optimizer sees every free parameter in units of its natural ``step``
+    (``u / step`` in the unconstrained space), so the default Adam with
+    learning rate 1 moves each parameter by about its step per iteration and
+    needs no tuning. The loop runs compiled in chunks of ``chunk`` steps
+    (no Python work per step); a progress bar, if requested, is updated
+    between chunks.
+
+    Parameters
+    ----------
+    model : callable pytree
+        E.g. a :class:`~scarlet_xr.core.SceneModel`; ``model()`` returns the
+        model cube consumed by the likelihood terms.
+    likelihoods : sequence of GaussianLikelihood
+        One term per observation.
+    optimizer : optax.GradientTransformation, optional
+        Default :func:`default_optimizer`.
+    max_steps : int
+        Maximum number of steps.
+    e_rel : float
+        Stop when the loss changed by less than ``e_rel`` (relative, per step,
+        averaged over the last 10 steps).
+    progress : bool
+        Show a ``tqdm.auto`` progress bar (honours ``TQDM_DISABLE``).
+    chunk : int
+        Steps per compiled call.
+    on_divergence : {"warn", "raise"}
+        What to do if the loss or its gradient becomes non-finite: the fit
+        always stops and keeps the last finite state; ``"warn"`` logs a
+        warning and reports ``status="diverged"``, ``"raise"`` raises
+        :class:`FitDivergedError`.
+
+    Returns
+    -------
+    model
+        The fitted model (same structure as the input).
+    FitHistory
+        Loss per step, status and number of steps.
+
+    Raises
+    ------
+    ValueError
+        If the initial loss is not finite or an argument is invalid.
+    FitDivergedError
+        If the fit diverges and ``on_divergence="raise"``.
+    """
+    if max_steps < 1:
+        raise ValueError(f"max_steps must be >= 1; got {max_steps}")
+    if on_divergence not in ("warn", "raise"):
+        raise ValueError(f"on_divergence must be 'warn' or 'raise'; got {on_divergence!r}")
+    likelihoods = tuple(likelihoods)
+    optimizer = default_optimizer() if optimizer is None else optimizer
+    free, rest = partition_free(model)
+    z, opt_state = _start(free, optimizer)
+    dtype = jnp.asarray(0.0).dtype
+    ring = jnp.zeros((_WINDOW,), dtype)
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=max_steps, desc="fit", disable=bool(os.environ.get("TQDM_DISABLE")))
+    losses = []
+    n_done = 0
+    status = 0
+    try:
+        while True:
+            z, opt_state, ring, hist, n, st = _run_chunk(
+                z, opt_state, ring, rest, likelihoods, optimizer,
+                jnp.asarray(n_done, jnp.int32), jnp.asarray(max_steps, jnp.int32),
+                jnp.asarray(e_rel, dtype), int(chunk),
+            )
+            n = int(n)
+            st = int(st)
+            hist = np.asarray(hist)
+            losses.append(hist[: n + (1 if st == 3 else 0)])
+            n_done += n
+            if bar is not None:
+                bar.update(n)
+                if len(losses[-1]):
+                    bar.set_postfix(loss=float(losses[-1][-1]))
+            if st != 0:
+                status = st
+                break
+            if n_done >= max_steps:
+                status = MAX_STEPS
+                break
+    finally:
+        if bar is not None:
+            bar.close()
+    loss = np.concatenate(losses) if losses else np.zeros(0)
+    if n_done == 0 and status == DIVERGED:
+        raise ValueError(
+            "the initial loss or its gradient is not finite; check the data, weights and "
+            "initial parameters"
+        )
+    fitted = eqx.combine(_finish(z), rest)
+    hist = FitHistory(loss=loss, status=_STATUS[status], num_steps=n_done)
+    if status == DIVERGED:
+        msg = (
+            f"fit diverged after {n_done} steps (loss or gradient became non-finite); "
+            "returning the last finite state"
+        )
+        if on_divergence == "raise":
+            raise FitDivergedError(msg)
+        logger.warning(msg)
+    return fitted, hist

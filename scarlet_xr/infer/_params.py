@@ -1,0 +1,48 @@
+"""Split a model into free unconstrained arrays and everything else."""
+
+from __future__ import annotations
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+
+from ..core import Parameter, is_parameter
+
+__all__ = ["free_filter", "partition_free", "step_tree", "log_prior"]
+
+
+def free_filter(model):
+    """Filter spec: True exactly at the ``raw`` array of every non-fixed Parameter."""
+
+    def spec(x):
+        if isinstance(x, Parameter):
+            return jax.tree_util.tree_map(lambda _: not x.fixed, x)
+        return jax.tree_util.tree_map(lambda _: False, x)
+
+    return jax.tree_util.tree_map(spec, model, is_leaf=is_parameter)
+
+
+def partition_free(model):
+    """Return ``(free, rest)`` with ``eqx.combine(free, rest) == model``."""
+    return eqx.partition(model, free_filter(model))
+
+
+def step_tree(free):
+    """Per-leaf natural step sizes (arrays shaped like the free leaves)."""
+
+    def steps(x):
+        if isinstance(x, Parameter) and x.raw is not None:
+            return jax.tree_util.tree_map(lambda r: jnp.full_like(r, x.step), x)
+        return x
+
+    return jax.tree_util.tree_map(steps, free, is_leaf=is_parameter)
+
+
+def log_prior(model) -> jax.Array:
+    """Sum of the log priors of all non-fixed parameters (constrained space)."""
+    leaves = jax.tree_util.tree_leaves(model, is_leaf=is_parameter)
+    total = jnp.zeros(())
+    for p in leaves:
+        if isinstance(p, Parameter) and not p.fixed and p.prior is not None:
+            total = total + p.log_prior()
+    return total

@@ -1,0 +1,202 @@
+"""The user's Scene: a context manager that collects sources, fits and samples."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+import numpy as np
+
+from .._version import __version__
+from ..core import SceneModel, Source, collecting
+from ..infer import FitHistory
+from ..infer import fit as _fit
+from ..wcs import Frame
+from ..xr import build_result_tree, likelihood_for, normalize_observations
+
+__all__ = ["Scene"]
+
+
+class Scene:
+    """A set of sources on a model frame.
+
+    Sources created inside ``with Scene(frame) as scene:`` add themselves;
+    ``with scene:`` adds more later. The active scene is held in a
+    ``contextvars.ContextVar``: scenes built one after another or in
+    different threads never see each other's sources.
+
+    Parameters
+    ----------
+    frame : Frame
+        The model frame.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from scarlet_xr import Scene, Frame, Source, GaussianMorphology
+    >>> frame = Frame(["g", "r"], (21, 21))
+    >>> with Scene(frame) as scene:
+    ...     _ = Source((10, 10), np.array([1.0, 2.0]), GaussianMorphology(1.5))
+    >>> len(scene.sources)
+    1
+    """
+
+    def __init__(self, frame: Frame):
+        if not isinstance(frame, Frame):
+            raise TypeError(f"frame must be a scarlet_xr.Frame; got {type(frame).__name__}")
+        self.frame = frame
+        self._sources: list[Source] = []
+        self._contexts: list[collecting] = []
+        self.history: FitHistory | None = None
+        self.fit_time: float | None = None
+
+    # -- building ---------------------------------------------------------
+    def __enter__(self) -> Scene:
+        ctx = collecting(self.add)
+        ctx.__enter__()
+        self._contexts.append(ctx)
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        self._contexts.pop().__exit__(*exc)
+        return False
+
+    def add(self, source: Source) -> Source:
+        """Add a source (done automatically for sources created inside ``with``)."""
+        if not isinstance(source, Source):
+            raise TypeError(f"expected a Source; got {type(source).__name__}")
+        if source.num_bands != len(self.frame.bands):
+            raise ValueError(
+                f"source spectrum has {source.num_bands} bands; the frame has "
+                f"{len(self.frame.bands)} ({', '.join(self.frame.bands)})"
+            )
+        self._sources.append(source)
+        return source
+
+    @property
+    def sources(self) -> tuple[Source, ...]:
+        """The sources, in the order they were added."""
+        return tuple(self._sources)
+
+    def __len__(self) -> int:
+        return len(self._sources)
+
+    def model(self) -> SceneModel:
+        """The pure-JAX model of this scene."""
+        if not self._sources:
+            raise ValueError("the scene has no sources")
+        return SceneModel(self._sources, self.frame.cube_shape)
+
+    def render(self) -> np.ndarray:
+        """Model cube ``(band, y, x)`` on the model frame (model PSF only)."""
+        return np.asarray(self.model()())
+
+    def _replace(self, model: SceneModel) -> Scene:
+        new = Scene(self.frame)
+        new._sources = list(model.sources)
+        return new
+
+    # -- inference ---------------------------------------------------------
+    def fit(
+        self,
+        observations,
+        *,
+        max_steps: int = 1000,
+        e_rel: float = 1e-4,
+        optimizer=None,
+        progress: bool = False,
+        on_divergence: str = "warn",
+    ) -> Scene:
+        """Fit the scene to observations; return a new, fitted Scene.
+
+        The input scene is left unchanged. The returned scene carries
+        ``history`` (a :class:`~scarlet_xr.infer.FitHistory`) and ``fit_time``.
+
+        Parameters
+        ----------
+        observations : Dataset, sequence or mapping of Datasets
+        max_steps, e_rel, optimizer, progress, on_divergence
+            See :func:`scarlet_xr.infer.fit`.
+        """
+        obs = normalize_observations(observations)
+        liks = [likelihood_for(ds, self.frame) for ds in obs.values()]
+        t0 = time.perf_counter()
+        model, hist = _fit(
+            self.model(),
+            liks,
+            optimizer=optimizer,
+            max_steps=max_steps,
+            e_rel=e_rel,
+            progress=progress,
+            on_divergence=on_divergence,
+        )
+        new = self._replace(model)
+        new.history = hist
+        new.fit_time = time.perf_counter() - t0
+        return new
+
+    # -- results -----------------------------------------------------------
+    def source_centers(self) -> np.ndarray:
+        """Centres ``(source, 2)`` as ``(y, x)`` in model-frame pixels."""
+        return np.stack([np.asarray(s.center.value, float) for s in self._sources])
+
+    def fluxes(self) -> np.ndarray:
+        """Total flux ``(source, band)``."""
+        return np.asarray(self.model().fluxes(), float)
+
+    def to_datatree(self, observations, *, extra_attrs: dict | None = None):
+        """Results as an ``xarray.DataTree`` (layout in :mod:`scarlet_xr.xr`).
+
+        Parameters
+        ----------
+        observations : Dataset, sequence or mapping of Datasets
+            The observations the scene was fit to.
+        extra_attrs : dict, optional
+            Added to the root attrs.
+        """
+        obs = normalize_observations(observations)
+        model = self.model()
+        cube = model()
+        obs_items = []
+        for name, ds in obs.items():
+            lik = likelihood_for(ds, self.frame)
+            obs_items.append((name, ds, np.asarray(lik.renderer(cube))))
+        centers = self.source_centers()
+        ra = dec = None
+        header = None
+        if self.frame.wcs is not None:
+            ra, dec = self.frame.pixel_to_sky(centers[:, 0], centers[:, 1])
+            header = self.frame.wcs.to_header_string(relax=True)
+        fy = np.arange(self.frame.shape[0]) + self.frame.origin[0]
+        fx = np.arange(self.frame.shape[1]) + self.frame.origin[1]
+        hist = self.history
+        attrs = dict(extra_attrs or {})
+        if self.fit_time is not None:
+            attrs["fit_time_s"] = float(self.fit_time)
+        return build_result_tree(
+            bands=self.frame.bands,
+            frame_y=fy,
+            frame_x=fx,
+            source_models=np.asarray(model.render_sources()),
+            fluxes=np.asarray(model.fluxes()),
+            centers=centers + np.asarray(self.frame.origin, float),
+            kinds=[s.kind for s in self._sources],
+            names=[s.name or f"src{i}" for i, s in enumerate(self._sources)],
+            ra=ra,
+            dec=dec,
+            observations=obs_items,
+            loss=None if hist is None else hist.loss,
+            status="" if hist is None else hist.status,
+            num_steps=0 if hist is None else hist.num_steps,
+            frame_wcs_header=header,
+            version=__version__,
+            extra_attrs=attrs,
+        )
+
+    def __repr__(self) -> str:
+        kinds = ", ".join(s.kind for s in self._sources)
+        return f"Scene({len(self._sources)} sources [{kinds}], {self.frame!r})"
+
+
+def _as_sequence(x) -> Sequence:
+    return x if isinstance(x, (list, tuple)) else [x]

@@ -1,0 +1,131 @@
+"""Results of a fit as one ``xarray.DataTree``.
+
+Layout (public contract)::
+
+    /                      attrs: scarlet_xr_version, wcs_header (frame), bands
+    /sources               ra, dec (source); flux (source, band); kind, name (source);
+                           y, x (source): centres in model-frame pixels
+    /model                 model (source, band, y, x) on the model frame
+    /observations/<name>   data, weight, model, residual (band, y, x); psf;
+                           chi2_reduced (band); attrs chi2_reduced
+    /fit                   loss (step); attrs status, num_steps
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import xarray as xr
+
+from ._observation import BAND, X, Y
+
+__all__ = ["build_result_tree", "reduced_chi2"]
+
+
+def reduced_chi2(data, model, weight, axis=None):
+    """``sum w (d - m)^2 / N`` over unmasked pixels (``N`` = number with w > 0)."""
+    r = np.asarray(data, float) - np.asarray(model, float)
+    w = np.asarray(weight, float)
+    n = np.sum(w > 0, axis=axis)
+    return np.sum(w * r * r, axis=axis) / np.maximum(n, 1)
+
+
+def build_result_tree(
+    *,
+    bands,
+    frame_y,
+    frame_x,
+    source_models,
+    fluxes,
+    centers,
+    kinds,
+    names,
+    ra=None,
+    dec=None,
+    observations=(),
+    loss=None,
+    status="",
+    num_steps=0,
+    frame_wcs_header=None,
+    version="",
+    extra_attrs=None,
+) -> xr.DataTree:
+    """Assemble the results DataTree from plain arrays (see module docstring).
+
+    Parameters
+    ----------
+    bands : sequence of str
+    frame_y, frame_x : int arrays
+        Pixel coordinates of the model frame.
+    source_models : array (source, band, y, x)
+    fluxes : array (source, band)
+    centers : array (source, 2)
+        ``(y, x)`` in model-frame pixel coordinates.
+    kinds, names : sequence of str
+    ra, dec : arrays (source,), optional
+        Sky positions in degrees (NaN when the frame has no WCS).
+    observations : sequence of (name, Dataset, model array)
+        Each observation and its rendered model on its own grid.
+    loss : array (step,), optional
+    status : str
+    num_steps : int
+    frame_wcs_header : str, optional
+    version : str
+    extra_attrs : dict, optional
+        Added to the root attrs.
+    """
+    ns = len(names)
+    src_coord = np.arange(ns)
+    if ra is None:
+        ra = np.full(ns, np.nan)
+        dec = np.full(ns, np.nan)
+    sources = xr.Dataset(
+        {
+            "flux": (("source", BAND), np.asarray(fluxes, np.float64)),
+            "ra": ("source", np.asarray(ra, np.float64)),
+            "dec": ("source", np.asarray(dec, np.float64)),
+            "y": ("source", np.asarray(centers, np.float64)[:, 0]),
+            "x": ("source", np.asarray(centers, np.float64)[:, 1]),
+            "kind": ("source", np.asarray(kinds, dtype=object).astype(str)),
+            "name": ("source", np.asarray(names, dtype=object).astype(str)),
+        },
+        coords={"source": src_coord, BAND: list(bands)},
+    )
+    sources["flux"].attrs["description"] = "total flux per band (model units)"
+    sources["ra"].attrs["units"] = "deg"
+    sources["dec"].attrs["units"] = "deg"
+    model = xr.Dataset(
+        {"model": (("source", BAND, Y, X), np.asarray(source_models, np.float32))},
+        coords={"source": src_coord, BAND: list(bands), Y: np.asarray(frame_y), X: np.asarray(frame_x)},
+    )
+    children = {"sources": xr.DataTree(sources), "model": xr.DataTree(model)}
+    obs_nodes = {}
+    for name, ds, mod in observations:
+        mod = np.asarray(mod, np.float32)
+        node = xr.Dataset(
+            {
+                "data": ds["data"],
+                "weight": ds["weight"],
+                "model": ((BAND, Y, X), mod),
+                "residual": ((BAND, Y, X), ds["data"].values - mod),
+                "psf": ds["psf"],
+            },
+            attrs={k: v for k, v in ds.attrs.items()},
+        )
+        per_band = reduced_chi2(ds["data"].values, mod, ds["weight"].values, axis=(1, 2))
+        node["chi2_reduced"] = (BAND, per_band)
+        node.attrs["chi2_reduced"] = float(
+            reduced_chi2(ds["data"].values, mod, ds["weight"].values)
+        )
+        obs_nodes[str(name)] = xr.DataTree(node)
+    children["observations"] = xr.DataTree(children=obs_nodes)
+    fit = xr.Dataset(
+        {"loss": ("step", np.asarray(loss if loss is not None else [], np.float64))},
+        attrs={"status": str(status), "num_steps": int(num_steps)},
+    )
+    children["fit"] = xr.DataTree(fit)
+    attrs = {"scarlet_xr_version": version, "bands": ",".join(bands)}
+    if frame_wcs_header is not None:
+        attrs["wcs_header"] = frame_wcs_header
+    if extra_attrs:
+        attrs.update(extra_attrs)
+    return xr.DataTree(xr.Dataset(attrs=attrs), children=children)
