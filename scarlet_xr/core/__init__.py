@@ -31,3 +31,9 @@ from ._source import Component as Component
 from ._source import Source as Source
 from ._spectrum import AbstractSpectrum as AbstractSpectrum
 from ._spectrum import Spectrum as Spectrum
+from ._monotonic import MonotonicMorphology as MonotonicMorphology
+from ._batch_model import ActiveSceneModel as ActiveSceneModel
+from ._resample import ResamplingRenderer as ResamplingRenderer
+from ._resample import affine_from_coords as affine_from_coords
+from ._resample import psf_core_width as psf_core_width
+from ._resample import psf_spectrum as psf_spectrum

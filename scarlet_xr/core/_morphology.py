@@ -10,6 +10,7 @@ flux per band.
 from __future__ import annotations
 
 import math
+from typing import ClassVar
 
 import equinox as eqx
 import jax
@@ -59,15 +60,16 @@ def _bin(img, shape, k):
 
 
 def _elliptical_r2(y, x, ellipticity):
-    """Area-preserving elliptical radius squared from reduced shear (e1, e2)."""
-    e1, e2 = ellipticity[0], ellipticity[1]
-    e = jnp.sqrt(e1**2 + e2**2 + 1e-20)
-    q = (1 - e) / (1 + e)
-    theta = 0.5 * jnp.arctan2(e2, e1)
-    c, s = jnp.cos(theta), jnp.sin(theta)
-    u = x * c + y * s
-    v = -x * s + y * c
-    return u**2 * q + v**2 / q
+    """Area-preserving elliptical radius squared for reduced shear ``(g1, g2)``.
+
+    Uses the inverse shear matrix ``k [[1 - g1, -g2], [-g2, 1 + g1]]`` with
+    ``k = 1 / sqrt(1 - |g|^2)``, which is smooth at ``g = 0`` (no arctan2).
+    """
+    g1, g2 = ellipticity[0], ellipticity[1]
+    k2 = 1.0 / (1.0 - g1**2 - g2**2)
+    u = (1 - g1) * x - g2 * y
+    v = -g2 * x + (1 + g1) * y
+    return k2 * (u**2 + v**2)
 
 
 class AbstractMorphology(eqx.Module):
@@ -102,6 +104,13 @@ class AbstractMorphology(eqx.Module):
     """
 
     shape: eqx.AbstractVar[tuple[int, int]]
+    pixel_anchored: ClassVar[bool] = False
+    """True for pixel-array morphologies whose box is anchored on a pixel; their
+    source centre is fixed by default (the pixels absorb shifts)."""
+    intrinsic: ClassVar[bool] = False
+    """True for profiles of the unconvolved sky (Gaussian, Sersic); the scene
+    convolves them with the model-frame PSF. False for morphologies that
+    already live in the model frame (free-form pixels, point sources)."""
 
     def __call__(self, offset: jax.Array) -> jax.Array:
         """Return the ``(h, w)`` image for sub-pixel ``offset`` (dy, dx)."""
@@ -130,6 +139,7 @@ class FreeFormMorphology(AbstractMorphology):
 
     image: Parameter
     shape: tuple[int, int] = eqx.field(static=True)
+    pixel_anchored: ClassVar[bool] = True
 
     def __init__(self, image, *, step: float = 0.03, constraint=None):
         if isinstance(image, Parameter):
@@ -165,6 +175,7 @@ class GaussianMorphology(AbstractMorphology):
 
     sigma: Parameter
     ellipticity: Parameter
+    intrinsic: ClassVar[bool] = True
     shape: tuple[int, int] = eqx.field(static=True)
     oversample: int = eqx.field(static=True)
 
@@ -189,6 +200,10 @@ class GaussianMorphology(AbstractMorphology):
         return _bin(img, self.shape, self.oversample)
 
 
+_CORE = 5
+_CORE_OVERSAMPLE = 16
+
+
 def _sersic_b(n):
     return 2 * n - 1.0 / 3 + 4.0 / (405 * n) + 46.0 / (25515 * n**2)
 
@@ -211,16 +226,17 @@ class SersicMorphology(AbstractMorphology):
     shape : int or (int, int), optional
         Box size; default ``2 * ceil(4 r_e) + 1`` (at least 11).
     oversample : int
-        Sub-pixel samples per axis.
+        Sub-pixel samples per axis (the central 5x5 pixels use 16).
     """
 
     n: Parameter
     r_e: Parameter
     ellipticity: Parameter
+    intrinsic: ClassVar[bool] = True
     shape: tuple[int, int] = eqx.field(static=True)
     oversample: int = eqx.field(static=True)
 
-    def __init__(self, n=1.0, r_e=2.0, ellipticity=(0.0, 0.0), *, shape=None, oversample: int = 5):
+    def __init__(self, n=1.0, r_e=2.0, ellipticity=(0.0, 0.0), *, shape=None, oversample: int = 4):
         self.n = n if isinstance(n, Parameter) else Parameter(n, Interval(0.3, 6.5), step=0.05)
         self.r_e = r_e if isinstance(r_e, Parameter) else Parameter(r_e, LogPositive(), step=0.03)
         self.ellipticity = (
@@ -235,16 +251,28 @@ class SersicMorphology(AbstractMorphology):
 
     def __call__(self, offset):
         """Return the pixel-integrated Sersic profile."""
-        y, x = _grid(self.shape, offset, self.oversample)
         n = self.n.value
         re = self.r_e.value
         b = _sersic_b(n)
-        r = jnp.sqrt(_elliptical_r2(y, x, self.ellipticity.value) + 1e-12)
-        img = jnp.exp(-b * ((r / re) ** (1.0 / n) - 1.0))
+        ell = self.ellipticity.value
+
+        def profile(y, x):
+            r = jnp.sqrt(_elliptical_r2(y, x, ell) + 1e-12)
+            return jnp.exp(-b * ((r / re) ** (1.0 / n) - 1.0))
+
+        y, x = _grid(self.shape, offset, self.oversample)
+        img = _bin(profile(y, x), self.shape, self.oversample)
+        # the cusp of high-n profiles needs finer sampling in the central pixels
+        c = _CORE
+        h, w = self.shape
+        if h >= c and w >= c:
+            yc, xc = _grid((c, c), offset, _CORE_OVERSAMPLE)
+            core = _bin(profile(yc, xc), (c, c), _CORE_OVERSAMPLE)
+            img = img.at[h // 2 - c // 2 : h // 2 + c // 2 + 1, w // 2 - c // 2 : w // 2 + c // 2 + 1].set(core)
         log_norm = (
             jnp.log(2 * jnp.pi * n) + 2 * jnp.log(re) + b - 2 * n * jnp.log(b) + gammaln(2 * n)
         )
-        return _bin(img, self.shape, self.oversample) * jnp.exp(-log_norm)
+        return img * jnp.exp(-log_norm)
 
 
 class PointSourceMorphology(AbstractMorphology):

@@ -56,7 +56,8 @@ class Source(eqx.Module):
         For multi-component sources (e.g. bulge + disk with their own spectra).
     fix_center : bool, optional
         Keep the centre fixed. Default: fixed for free-form morphologies
-        (their pixels absorb shifts), free otherwise.
+        and other pixel-anchored morphologies (their pixels absorb shifts),
+        free otherwise.
     name : str, optional
         A label used in results.
     """
@@ -90,11 +91,11 @@ class Source(eqx.Module):
         if len(nb) != 1:
             raise ValueError(f"all components must have the same number of bands; got {sorted(nb)}")
         if fix_center is None:
-            from ._morphology import FreeFormMorphology
-
-            fix_center = all(isinstance(c.morphology, FreeFormMorphology) for c in comps)
+            fix_center = all(c.morphology.pixel_anchored for c in comps)
         if isinstance(center, Parameter):
             self.center = center
+        elif isinstance(center, jax.core.Tracer):
+            self.center = Parameter(center, Identity(), fixed=fix_center, step=center_step)
         else:
             c = np.asarray(center, dtype=float)
             if c.shape != (2,):

@@ -9,3 +9,9 @@ from ._params import free_filter as free_filter
 from ._params import log_prior as log_prior
 from ._params import partition_free as partition_free
 from ._params import step_tree as step_tree
+from ._batch import fit_batch as fit_batch
+from ._batch import stack_trees as stack_trees
+from ._batch import unstack_trees as unstack_trees
+from ._sample import PosteriorSamples as PosteriorSamples
+from ._sample import log_density as log_density
+from ._sample import sample as sample

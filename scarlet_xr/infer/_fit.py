@@ -71,6 +71,11 @@ def _from_z(z, steps):
     return jax.tree_util.tree_map(lambda u, s: u * s, z, steps)
 
 
+def _all_finite(tree):
+    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(tree)]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
+
+
 @eqx.filter_jit
 def _start(free, optimizer):
     z = _to_z(free, step_tree(free))
@@ -93,30 +98,31 @@ def _run_chunk(z, opt_state, ring, rest, likelihoods, optimizer, n_done, max_ste
     hist0 = jnp.full((chunk,), jnp.nan, dtype=ring.dtype)
 
     def cond(state):
-        i, _, _, _, _, status = state
+        i, _, _, _, _, _, status = state
         return (i < chunk) & (n_done + i < max_steps) & (status == 0)
 
     def body(state):
-        i, z_, opt_state_, ring_, hist, status = state
+        i, z_, good, opt_state_, ring_, hist, status = state
         loss, g = jax.value_and_grad(loss_z)(z_)
-        finite = jnp.isfinite(loss) & jnp.all(
-            jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(g)])
-        )
+        finite = jnp.isfinite(loss) & _all_finite(g)
+        # z_ has a finite loss: remember it as the last good state
+        good = jax.tree_util.tree_map(lambda a, b: jnp.where(finite, a, b), z_, good)
         updates, new_opt = optimizer.update(g, opt_state_, z_)
         new_z = optax.apply_updates(z_, updates)
-        z_ = jax.tree_util.tree_map(lambda a, b: jnp.where(finite, a, b), new_z, z_)
-        opt_state_ = jax.tree_util.tree_map(lambda a, b: jnp.where(finite, a, b), new_opt, opt_state_)
+        ok = finite & _all_finite(new_z)
+        z_ = jax.tree_util.tree_map(lambda a, b: jnp.where(ok, a, b), new_z, good)
+        opt_state_ = jax.tree_util.tree_map(lambda a, b: jnp.where(ok, a, b), new_opt, opt_state_)
         hist = hist.at[i].set(loss)
         k = n_done + i
         old = ring_[k % _WINDOW]
         ring_ = ring_.at[k % _WINDOW].set(loss)
         rel = jnp.abs(old - loss) / (_WINDOW * jnp.abs(loss) + 1e-30)
         converged = (k >= _WINDOW) & (rel < e_rel)
-        status = jnp.where(~finite, DIVERGED, jnp.where(converged, CONVERGED, status))
-        return i + jnp.where(finite, 1, 0), z_, opt_state_, ring_, hist, status
+        status = jnp.where(~ok, DIVERGED, jnp.where(converged, CONVERGED, status))
+        return i + jnp.where(ok, 1, 0), z_, good, opt_state_, ring_, hist, status
 
-    init = (jnp.zeros((), jnp.int32), z, opt_state, ring, hist0, jnp.zeros((), jnp.int32))
-    i, z, opt_state, ring, hist, status = jax.lax.while_loop(cond, body, init)
+    init = (jnp.zeros((), jnp.int32), z, z, opt_state, ring, hist0, jnp.zeros((), jnp.int32))
+    i, z, _, opt_state, ring, hist, status = jax.lax.while_loop(cond, body, init)
     return z, opt_state, ring, hist, i, status
 
 

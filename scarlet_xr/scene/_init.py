@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import jax.numpy as jnp
 import numpy as np
 from scipy.optimize import nnls
 
@@ -11,13 +12,14 @@ from ..core import (
     ConvolutionRenderer,
     FreeFormMorphology,
     GaussianMorphology,
+    MonotonicMorphology,
     PointSourceMorphology,
     SersicMorphology,
     Source,
     Spectrum,
 )
 from ..wcs import Frame
-from ..xr import BAND, X, Y, likelihood_for, normalize_observations
+from ..xr import BAND, grid_offset, likelihood_for, normalize_observations, observation_wcs
 
 __all__ = ["initialize_sources", "detection_image", "BOX_SIZES"]
 
@@ -25,7 +27,7 @@ BOX_SIZES = (11, 15, 21, 27, 35, 45, 59, 75, 95, 121, 151, 191, 241)
 """Canonical box sizes: free-form boxes are rounded up to one of these so that
 scenes share compiled shapes."""
 
-KINDS = ("free", "point", "sersic", "gaussian")
+KINDS = ("free", "monotonic", "symmetric", "point", "sersic", "gaussian")
 
 
 def _canonical(size: int) -> int:
@@ -36,12 +38,19 @@ def _canonical(size: int) -> int:
 
 
 def detection_image(observations, frame: Frame):
-    """Inverse-variance weighted coadd of same-grid observations on the frame.
+    """Inverse-variance weighted coadd of all observations on the frame's grid.
+
+    Observations on the frame's pixel grid are added directly. Observations
+    on other grids (multi-instrument frames) are reprojected with
+    ``reproject`` (bilinear; not differentiable, only used to initialise):
+    their band coadd is converted to flux per model pixel and weighted by
+    ``w * A_obs / A_model``, the inverse variance of an independent model
+    pixel carrying the same signal-to-noise per unit area.
 
     Returns
     -------
     det : array (y, x)
-        Coadd (mean flux per band, weighted).
+        Coadd (mean flux per band and model pixel, weighted).
     sigma : float
         Typical noise of the coadd per pixel.
     valid : bool array (y, x)
@@ -49,19 +58,62 @@ def detection_image(observations, frame: Frame):
     """
     num = np.zeros(frame.shape)
     den = np.zeros(frame.shape)
+    var = np.zeros(frame.shape)
+    hh, ww = frame.shape
     for ds in normalize_observations(observations).values():
-        oy = int(ds[Y].values[0]) - frame.origin[0]
-        ox = int(ds[X].values[0]) - frame.origin[1]
         d = ds["data"].values.astype(float)
         w = ds["weight"].values.astype(float)
-        ny, nx = d.shape[1:]
-        sl = (slice(oy, oy + ny), slice(ox, ox + nx))
-        num[sl] += (d * w).sum(0)
-        den[sl] += w.sum(0)
+        origin = grid_offset(ds, frame)
+        if origin is not None:
+            oy, ox = origin
+            ny, nx = d.shape[1:]
+            fy0, fx0, fy1, fx1 = max(oy, 0), max(ox, 0), min(oy + ny, hh), min(ox + nx, ww)
+            if fy1 <= fy0 or fx1 <= fx0:
+                continue
+            sl = (slice(fy0, fy1), slice(fx0, fx1))
+            osl = (slice(fy0 - oy, fy1 - oy), slice(fx0 - ox, fx1 - ox))
+            num[sl] += (d * w).sum(0)[osl]
+            den[sl] += w.sum(0)[osl]
+            var[sl] += w.sum(0)[osl]
+            continue
+        sw = w.sum(0)
+        coadd = np.where(sw > 0, (d * w).sum(0) / np.where(sw > 0, sw, 1.0), 0.0)
+        area = _pixel_area_ratio(ds, frame)
+        cm, wm = _reproject_to_frame(ds, frame, [coadd, sw])
+        wm = np.clip(wm, 0.0, None)
+        # flux per model pixel cm / area, weight wm * area
+        num += cm * wm
+        den += wm * area
+        var += wm
     valid = den > 0
     det = np.where(valid, num / np.where(valid, den, 1), 0.0)
-    sigma = float(np.median(1 / np.sqrt(den[valid]))) if valid.any() else 1.0
+    noise = np.sqrt(var[valid]) / den[valid]
+    sigma = float(np.median(noise)) if valid.any() else 1.0
     return det, sigma, valid
+
+
+def _pixel_area_ratio(ds, frame) -> float:
+    """Observation pixel area in model pixels."""
+    from astropy.wcs.utils import proj_plane_pixel_area
+
+    wo = observation_wcs(ds)
+    return float(proj_plane_pixel_area(wo) / proj_plane_pixel_area(frame.wcs))
+
+
+def _reproject_to_frame(ds, frame, images):
+    """Bilinear reprojection of observation-grid images onto the frame (0 outside)."""
+    from reproject import reproject_interp
+
+    wo = observation_wcs(ds)
+    if frame.wcs is None or wo is None:
+        raise ValueError("observations on different grids need a WCS (frame and observation)")
+    out = []
+    for im in images:
+        arr, foot = reproject_interp(
+            (np.asarray(im, float), wo), frame.wcs, shape_out=frame.shape, order="bilinear"
+        )
+        out.append(np.where((foot > 0) & np.isfinite(arr), arr, 0.0))
+    return out
 
 
 def _owned(shape, centers, i):
@@ -113,7 +165,9 @@ def initialize_sources(
     centers : array (n, 2)
         ``(y, x)`` in model-frame pixels.
     kinds : str or sequence of str
-        ``"free"`` (free-form), ``"point"``, ``"sersic"`` or ``"gaussian"``.
+        ``"free"`` (free-form, positive), ``"monotonic"`` (free-form, radially
+        non-increasing from the centre), ``"symmetric"`` (monotonic and
+        180-degree symmetric), ``"point"``, ``"sersic"`` or ``"gaussian"``.
     names : sequence of str, optional
     min_box, max_box : int
         Limits of free-form box sizes.
@@ -176,17 +230,25 @@ def initialize_sources(
         rmax = max_box // 2
         r = _box_radius(det, sigma, owned, valid, iy, ix, rmax)
         size = min(_canonical(max(min_box, 2 * int(math.ceil(1.2 * r)) + 1)), max_box)
-        if kind == "free":
+        if kind in ("free", "monotonic", "symmetric"):
             h = size // 2
             cut = np.zeros((size, size))
             y0, y1 = max(iy - h, 0), min(iy + h + 1, hh)
             x0, x1 = max(ix - h, 0), min(ix + h + 1, ww)
-            sub = np.where(owned[y0:y1, x0:x1] & valid[y0:y1, x0:x1], det[y0:y1, x0:x1], 0.0)
+            keep = valid[y0:y1, x0:x1] if kind != "free" else owned[y0:y1, x0:x1] & valid[y0:y1, x0:x1]
+            sub = np.where(keep, det[y0:y1, x0:x1], 0.0)
             cut[y0 - iy + h : y1 - iy + h, x0 - ix + h : x1 - ix + h] = sub
             cut = np.clip(cut, 0, None) / peak
-            cut = np.clip(cut, 1e-3, None)
-            morphs.append(FreeFormMorphology(cut))
-            images.append(cut)
+            if kind == "free":
+                cut = np.clip(cut, 1e-3, None)
+                morphs.append(FreeFormMorphology(cut))
+                images.append(cut)
+            else:
+                # 180-degree symmetric minimum removes neighbours' light; the
+                # monotonic parameterisation then clips what increases outwards
+                cut = np.minimum(cut, cut[::-1, ::-1])
+                morphs.append(MonotonicMorphology(cut, symmetric=kind == "symmetric"))
+                images.append(np.asarray(morphs[-1](np.zeros(2))))
         else:
             # size from second moments of the owned pixels
             yy, xx = np.mgrid[:hh, :ww]
@@ -198,7 +260,8 @@ def initialize_sources(
                 morphs.append(GaussianMorphology(s, shape=size))
             else:
                 morphs.append(SersicMorphology(1.0, 1.18 * s, shape=size))
-            images.append(np.asarray(morphs[-1](np.array([cy - iy, cx - ix]))))
+            intrinsic = np.asarray(morphs[-1](np.array([cy - iy, cx - ix])))
+            images.append(_np_convolve(intrinsic, frame.psf))
     spectra = _solve_spectra(frame, obs, centers, images)
     sources = []
     for i in range(n):
@@ -215,6 +278,17 @@ def _np_shift(image, shift):
     return np.fft.irfft2(np.fft.rfft2(image) * phase, s=(h, w))
 
 
+def _np_convolve(image, kernel):
+    """'Same'-size convolution of an image with an odd, centred kernel (numpy FFT)."""
+    h, w = image.shape
+    kh, kw = kernel.shape
+    shape = (h + kh, w + kw)
+    out = np.fft.irfft2(
+        np.fft.rfft2(image, s=shape) * np.fft.rfft2(kernel, s=shape), s=shape
+    )
+    return out[kh // 2 : kh // 2 + h, kw // 2 : kw // 2 + w]
+
+
 def _template(frame, center, image):
     """Unit-spectrum cube (band, y, x) of one morphology image placed on the frame."""
     hh, ww = frame.shape
@@ -229,26 +303,29 @@ def _template(frame, center, image):
 
 
 def _render_np(renderer, cube):
-    """Apply a renderer with numpy when it is a plain convolution (no JIT needed)."""
+    """Apply a renderer to a cube ``(..., band, y, x)``; numpy for plain convolutions.
+
+    Other renderers (e.g. resampling) run eagerly in JAX on the whole batch.
+    """
     if isinstance(renderer, ConvolutionRenderer):
         idx = list(renderer.band_index)
-        spec = np.fft.rfft2(cube[idx], s=renderer.fft_shape)
+        spec = np.fft.rfft2(cube[..., idx, :, :], s=renderer.fft_shape)
         out = np.fft.irfft2(spec * np.asarray(renderer.kernel_fft), s=renderer.fft_shape)
         y0, y1, x0, x1 = renderer.crop
-        return out[:, y0:y1, x0:x1]
-    return np.asarray(renderer(cube.astype(np.float32)))
+        return out[..., y0:y1, x0:x1]
+    return np.asarray(renderer(jnp.asarray(cube, jnp.asarray(0.0).dtype)), float)
 
 
 def _solve_spectra(frame, obs, centers, images):
     """Joint non-negative least squares for all spectra, per observation band."""
     nb = len(frame.bands)
     n = len(images)
-    templates = [_template(frame, c, im) for c, im in zip(centers, images, strict=True)]
+    templates = np.stack([_template(frame, c, im) for c, im in zip(centers, images, strict=True)])
     spectra = np.zeros((n, nb))
     counts = np.zeros(nb)
     for ds in obs.values():
         lik = likelihood_for(ds, frame)
-        rendered = [_render_np(lik.renderer, t) for t in templates]
+        rendered = _render_np(lik.renderer, templates)
         d = np.asarray(lik.data, float)
         sw = np.sqrt(np.asarray(lik.weights, float))
         for j, b in enumerate(frame.band_index([str(s) for s in ds[BAND].values])):

@@ -85,7 +85,7 @@ class Scene:
         """The pure-JAX model of this scene."""
         if not self._sources:
             raise ValueError("the scene has no sources")
-        return SceneModel(self._sources, self.frame.cube_shape)
+        return SceneModel(self._sources, self.frame.cube_shape, psf=self.frame.psf)
 
     def render(self) -> np.ndarray:
         """Model cube ``(band, y, x)`` on the model frame (model PSF only)."""
@@ -196,6 +196,18 @@ class Scene:
     def __repr__(self) -> str:
         kinds = ", ".join(s.kind for s in self._sources)
         return f"Scene({len(self._sources)} sources [{kinds}], {self.frame!r})"
+
+    def sample(self, observations, **kwargs):
+        """Sample the posterior of this scene; see :func:`scarlet_xr.scene.sample_scene`.
+
+        Returns
+        -------
+        xarray.DataTree
+            ArviZ groups ``posterior`` and ``sample_stats``.
+        """
+        from ._sample import sample_scene
+
+        return sample_scene(self, observations, **kwargs)
 
 
 def _as_sequence(x) -> Sequence:

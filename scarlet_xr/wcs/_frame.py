@@ -96,8 +96,290 @@ class Frame:
 
         return float(np.mean(proj_plane_pixel_scales(self.wcs)) * 3600)
 
+    # -- sky helpers -------------------------------------------------------
+    def to_pixel(self, coords) -> np.ndarray:
+        """Frame pixel centres ``(n, 2)`` as ``(y, x)`` for sky positions.
+
+        Parameters
+        ----------
+        coords : astropy.coordinates.SkyCoord or array (n, 2) or (2,)
+            A ``SkyCoord`` (any celestial frame; converted to the frame's) or
+            ``(ra, dec)`` pairs in degrees.
+
+        Returns
+        -------
+        numpy.ndarray (n, 2)
+
+        Raises
+        ------
+        ValueError
+            If the frame has no WCS or ``coords`` has the wrong shape.
+        """
+        if self.wcs is None:
+            raise ValueError("this frame has no WCS; sky coordinates are unavailable")
+        from astropy.coordinates import SkyCoord
+
+        if isinstance(coords, SkyCoord):
+            x, y = self.wcs.world_to_pixel(coords.reshape(-1) if coords.ndim else coords[None])
+            return np.stack([np.asarray(y, float), np.asarray(x, float)], axis=1)
+        arr = np.asarray(coords, float)
+        if arr.ndim == 1:
+            arr = arr[None]
+        if arr.ndim != 2 or arr.shape[1] != 2:
+            raise ValueError(f"sky positions must be (n, 2) as (ra, dec) in degrees; got shape {arr.shape}")
+        y, x = self.sky_to_pixel(arr[:, 0], arr[:, 1])
+        return np.stack([y, x], axis=1)
+
+    def to_sky(self, centers):
+        """Sky positions (``SkyCoord``) of frame pixel centres ``(n, 2)`` given as ``(y, x)``."""
+        if self.wcs is None:
+            raise ValueError("this frame has no WCS; sky coordinates are unavailable")
+        c = np.atleast_2d(np.asarray(centers, float))
+        if c.shape[-1] != 2:
+            raise ValueError(f"centers must be (n, 2) as (y, x); got shape {c.shape}")
+        return self.wcs.pixel_to_world(c[:, 1], c[:, 0])
+
+    def arcsec_to_pixels(self, arcsec):
+        """Convert a size in arcsec (float or ``astropy.units.Quantity``) to frame pixels."""
+        if self.wcs is None:
+            raise ValueError("this frame has no WCS; sizes in arcsec cannot be converted")
+        if hasattr(arcsec, "to_value"):
+            arcsec = arcsec.to_value("arcsec")
+        return np.asarray(arcsec, float) / self.pixel_scale
+
+    # -- construction from observations -----------------------------------
+    @classmethod
+    def from_observations(
+        cls,
+        observations,
+        *,
+        resolution: float | None = None,
+        coverage: str = "union",
+        psf_sigma: float = DEFAULT_MODEL_PSF_SIGMA,
+    ) -> Frame:
+        """Model frame for observations, possibly from several instruments.
+
+        Observations are read by duck typing (this layer does not import
+        xarray): anything following the observation convention of
+        :func:`scarlet_xr.make_observation` (``obs["data"]`` with dims
+        ``(band, y, x)``, ``obs["band"]``, integer ``obs["y"]``/``obs["x"]``
+        and ``obs.attrs["wcs_header"]``). :func:`scarlet_xr.frame_from_observations`
+        validates the observations first and then does the same.
+
+        Observations on one pixel grid (same pixel scale matrix, integer
+        offsets) give a frame on that grid covering all of them. Otherwise the
+        frame is north-up with pixel scale ``resolution`` (default: the finest
+        observation's) and is aligned with the finest observation's pixels
+        when that one is north-up at this scale (so it needs no resampling).
+
+        Parameters
+        ----------
+        observations : sequence or mapping of observations
+        resolution : float, optional
+            Model pixel scale in arcsec.
+        coverage : {"union", "intersection"}
+            Sky region of the frame: covering every observation, or only where
+            all overlap (bounding boxes).
+        psf_sigma : float
+            Model PSF width in model pixels.
+
+        Returns
+        -------
+        Frame
+        """
+        if isinstance(observations, dict):
+            observations = list(observations.values())
+        elif hasattr(observations, "attrs"):
+            observations = [observations]
+        grids = [_grid_of(o) for o in observations]
+        return cls.from_grids(grids, resolution=resolution, coverage=coverage, psf_sigma=psf_sigma)
+
+    @classmethod
+    def from_grids(
+        cls,
+        grids,
+        *,
+        resolution: float | None = None,
+        coverage: str = "union",
+        psf_sigma: float = DEFAULT_MODEL_PSF_SIGMA,
+    ) -> Frame:
+        """Model frame from pixel-grid descriptions (see :meth:`from_observations`).
+
+        Parameters
+        ----------
+        grids : sequence of (bands, (ny, nx), wcs or None, (y0, x0))
+            Per observation: band names, image shape, celestial WCS of the
+            cutout's pixel ``(0, 0)`` and that pixel's index in its parent image.
+        resolution, coverage, psf_sigma
+            See :meth:`from_observations`.
+        """
+        return _frame_from_grids(cls, list(grids), resolution, coverage, psf_sigma)
+
+
     def __repr__(self) -> str:
         return (
             f"Frame(bands={self.bands}, shape={self.shape}, origin={self.origin}, "
             f"wcs={'yes' if self.wcs is not None else 'no'}, psf_sigma={self.psf_sigma})"
         )
+
+
+def _grid_of(obs):
+    """``(bands, shape, wcs, origin)`` of an observation following the Dataset convention."""
+    from astropy.io import fits
+
+    try:
+        shape = tuple(int(s) for s in obs["data"].shape[-2:])
+        bands = [str(b) for b in np.asarray(obs["band"].values)]
+        y0, x0 = int(obs["y"].values[0]), int(obs["x"].values[0])
+        header = obs.attrs.get("wcs_header")
+    except (KeyError, TypeError, AttributeError) as err:
+        raise TypeError(
+            "observations must follow the scarlet_xr observation convention (data, band, y, x, "
+            f"attrs); got {type(obs).__name__}"
+        ) from err
+    wcs = None
+    if header is not None:
+        wcs = WCS(fits.Header.fromstring(header), relax=True).celestial
+        if y0 or x0:
+            wcs = wcs[y0:, x0:]
+    return bands, shape, wcs, (y0, x0)
+
+
+def _check_grids(grids):
+    if not grids:
+        raise ValueError("at least one observation is required")
+    for g in grids:
+        if len(g) != 4:
+            raise ValueError(f"each grid must be (bands, shape, wcs, origin); got {len(g)} items")
+
+
+def _union_bands(grids):
+    bands = []
+    for g in grids:
+        for b in g[0]:
+            if str(b) not in bands:
+                bands.append(str(b))
+    return bands
+
+
+def _scale_matrix(wcs):
+    return np.asarray(wcs.pixel_scale_matrix, float)
+
+
+def _offset_in(ref, wcs):
+    """Pixel position (y, x) of ``wcs``'s pixel (0, 0) in ``ref``'s pixel grid."""
+    x, y = ref.world_to_pixel_values(*wcs.pixel_to_world_values(0.0, 0.0))
+    return np.array([float(y), float(x)])
+
+
+def _frame_from_grids(cls, grids, resolution, coverage, psf_sigma):
+    _check_grids(grids)
+    if coverage not in ("union", "intersection"):
+        raise ValueError(f"coverage must be 'union' or 'intersection'; got {coverage!r}")
+    bands = _union_bands(grids)
+    wcss = [g[2] for g in grids]
+    if any(w is None for w in wcss):
+        if resolution is not None:
+            raise ValueError("resolution= needs every observation to have a WCS")
+        return _same_grid_frame(cls, grids, bands, [None] * len(grids), psf_sigma, coverage)
+    first = wcss[0]
+    offsets = [_offset_in(first, w) for w in wcss]
+    same = all(
+        np.allclose(_scale_matrix(w), _scale_matrix(first), rtol=1e-6, atol=1e-12) for w in wcss
+    ) and all(np.allclose(o, np.round(o), atol=1e-3) for o in offsets)
+    if same and resolution is not None:
+        same = abs(_pixel_scale(first) - float(resolution)) < 1e-6 * float(resolution)
+    if same:
+        return _same_grid_frame(cls, grids, bands, offsets, psf_sigma, coverage)
+    return _sky_frame(cls, grids, bands, resolution, coverage, psf_sigma)
+
+
+def _pixel_scale(wcs) -> float:
+    return float(np.sqrt(abs(np.linalg.det(_scale_matrix(wcs)))) * 3600)
+
+
+def _same_grid_frame(cls, grids, bands, offsets, psf_sigma, coverage="union"):
+    """All observations on one pixel grid: their pixel ranges (parent indices of the first)."""
+    fy0, fx0 = grids[0][3]
+    starts = []
+    for (_, _, _, (y0, x0)), off in zip(grids, offsets, strict=True):
+        if off is None:
+            starts.append((y0, x0))
+        else:
+            starts.append((fy0 + int(round(off[0])), fx0 + int(round(off[1]))))
+    lo, hi = (min, max) if coverage == "union" else (max, min)
+    y0 = lo(s[0] for s in starts)
+    x0 = lo(s[1] for s in starts)
+    y1 = hi(s[0] + g[1][0] for s, g in zip(starts, grids, strict=True))
+    x1 = hi(s[1] + g[1][1] for s, g in zip(starts, grids, strict=True))
+    if y1 <= y0 or x1 <= x0:
+        raise ValueError("the observations do not overlap; coverage='intersection' needs a common region")
+    wcs = next((g[2] for g in grids if g[2] is not None), None)
+    if wcs is not None:
+        k = next(i for i, g in enumerate(grids) if g[2] is not None)
+        dy, dx = y0 - starts[k][0], x0 - starts[k][1]
+        wcs = wcs.deepcopy()
+        wcs.wcs.crpix = wcs.wcs.crpix - np.array([dx, dy])
+    return cls(bands, (y1 - y0, x1 - x0), wcs=wcs, origin=(y0, x0), psf_sigma=psf_sigma)
+
+
+def _north_up(wcs, scale_arcsec) -> bool:
+    m = _scale_matrix(wcs) * 3600
+    return bool(np.allclose(m, np.diag([-scale_arcsec, scale_arcsec]), rtol=1e-6, atol=1e-9 * scale_arcsec))
+
+
+def _footprint(wcs, shape, frame_wcs):
+    """Bounding box ``(ymin, ymax, xmin, xmax)`` of an image's pixel-edge outline in frame pixels."""
+    ny, nx = shape
+    t = np.linspace(0, 1, 9)
+    ys = np.concatenate([t * ny, np.full(9, ny), t * ny, np.zeros(9)]) - 0.5
+    xs = np.concatenate([np.zeros(9), t * nx, np.full(9, nx), t * nx]) - 0.5
+    fx, fy = frame_wcs.world_to_pixel_values(*wcs.pixel_to_world_values(xs, ys))
+    return fy.min(), fy.max(), fx.min(), fx.max()
+
+
+def _sky_frame(cls, grids, bands, resolution, coverage, psf_sigma):
+    """North-up frame at ``resolution`` arcsec covering the observations' union or intersection."""
+    scales = [_pixel_scale(g[2]) for g in grids]
+    res = float(min(scales) if resolution is None else resolution)
+    if not res > 0:
+        raise ValueError(f"resolution must be > 0 arcsec; got {resolution}")
+    k = int(np.argmin(scales))
+    ref = grids[k][2]
+    aligned = _north_up(ref, res)
+    if aligned:
+        fwcs = ref.deepcopy()
+        base = grids[k][3]
+    else:
+        ny, nx = grids[k][1]
+        ra, dec = ref.pixel_to_world_values((nx - 1) / 2, (ny - 1) / 2)
+        fwcs = WCS(naxis=2)
+        fwcs.wcs.ctype = ["RA---TAN", "DEC--TAN"]
+        fwcs.wcs.crval = [float(ra), float(dec)]
+        fwcs.wcs.crpix = [1.0, 1.0]
+        fwcs.wcs.cdelt = [-res / 3600, res / 3600]
+        fwcs.wcs.cunit = ["deg", "deg"]
+        if ref.wcs.radesys:
+            fwcs.wcs.radesys = ref.wcs.radesys
+        fwcs.wcs.set()
+        base = (0, 0)
+    boxes = np.array([_footprint(g[2], g[1], fwcs) for g in grids])
+    tol = 1e-6
+    if coverage == "union":
+        ylo, yhi, xlo, xhi = boxes[:, 0].min(), boxes[:, 1].max(), boxes[:, 2].min(), boxes[:, 3].max()
+        y0, x0 = int(np.floor(ylo + 0.5 + tol)), int(np.floor(xlo + 0.5 + tol))
+        y1, x1 = int(np.ceil(yhi - 0.5 - tol)), int(np.ceil(xhi - 0.5 - tol))
+    else:
+        ylo, yhi, xlo, xhi = boxes[:, 0].max(), boxes[:, 1].min(), boxes[:, 2].max(), boxes[:, 3].min()
+        y0, x0 = int(np.ceil(ylo + 0.5 - tol)), int(np.ceil(xlo + 0.5 - tol))
+        y1, x1 = int(np.floor(yhi - 0.5 + tol)), int(np.floor(xhi - 0.5 + tol))
+    if y1 < y0 or x1 < x0:
+        raise ValueError(
+            "the observations do not overlap on the sky; coverage='intersection' needs a common "
+            "region (use coverage='union')"
+        )
+    fwcs = fwcs.deepcopy()
+    fwcs.wcs.crpix = fwcs.wcs.crpix - np.array([x0, y0])
+    fwcs.wcs.set()
+    origin = (base[0] + y0, base[1] + x0) if aligned else (0, 0)
+    return cls(bands, (y1 - y0 + 1, x1 - x0 + 1), wcs=fwcs, origin=origin, psf_sigma=psf_sigma)

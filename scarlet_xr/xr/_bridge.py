@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..core import ConvolutionRenderer, GaussianLikelihood
+from ..core import ConvolutionRenderer, GaussianLikelihood, psf_core_width
 from ..wcs import Frame
 from ._observation import BAND, X, Y, check_observation, observation_wcs
 
-__all__ = ["likelihood_for", "normalize_observations", "frame_from_observations"]
+__all__ = ["likelihood_for", "normalize_observations", "frame_from_observations", "grid_offset"]
 
 
 def normalize_observations(observations) -> dict:
@@ -35,33 +35,71 @@ def normalize_observations(observations) -> dict:
     return out
 
 
-def _same_grid(ds, frame: Frame) -> bool:
+def grid_offset(ds, frame: Frame):
+    """Integer offset (y, x) of the observation's pixel (0, 0) in the frame, or None.
+
+    None means the observation is on another pixel grid (scale, rotation or a
+    sub-pixel offset differ) and must be resampled. Without WCSs the offset
+    comes from the pixel coordinates (same parent image assumed).
+
+    Parameters
+    ----------
+    ds : xarray.Dataset
+        An observation.
+    frame : Frame
+        The model frame.
+
+    Returns
+    -------
+    tuple of int or None
+    """
     wo = observation_wcs(ds)
     if frame.wcs is None or wo is None:
-        return True
-    # same pixel scale/orientation and integer offset => convolution renderer suffices
+        return (int(ds[Y].values[0]) - frame.origin[0], int(ds[X].values[0]) - frame.origin[1])
     a = frame.wcs.pixel_scale_matrix
     b = wo.pixel_scale_matrix
-    return bool(np.allclose(a, b, rtol=1e-6, atol=1e-12))
+    if not np.allclose(a, b, rtol=1e-6, atol=1e-12):
+        return None
+    ny, nx = ds["data"].shape[1:]
+    xs = np.array([0.0, nx - 1.0, 0.0])
+    ys = np.array([0.0, 0.0, ny - 1.0])
+    fx, fy = frame.wcs.world_to_pixel_values(*wo.pixel_to_world_values(xs, ys))
+    off = np.stack([fy - ys, fx - xs])
+    if not np.allclose(off, np.round(off[:, :1]), atol=1e-3):
+        return None
+    return (int(np.round(off[0, 0])), int(np.round(off[1, 0])))
 
 
 def likelihood_for(ds, frame: Frame) -> GaussianLikelihood:
     """Build the likelihood term of observation ``ds`` for a model on ``frame``.
 
+    Observations on the frame's pixel grid (same pixel scale and orientation,
+    integer offset) use a :class:`~scarlet_xr.core.ConvolutionRenderer`; any
+    other grid uses a :class:`~scarlet_xr.core.ResamplingRenderer` (both
+    precompute their operators here, once).
+
     Raises
     ------
     ValueError
-        If the observation's bands are not in the frame or its grid does not
-        fit the frame.
+        If the observation's bands are not in the frame, its grid does not
+        fit the frame, or its PSF is not wider than the model PSF.
     """
     check_observation(ds)
     bands = [str(b) for b in ds[BAND].values]
     idx = frame.band_index(bands)
-    if not _same_grid(ds, frame):
+    origin = grid_offset(ds, frame)
+    if origin is None:
         from ._resample import resampling_likelihood  # multi-resolution path
 
         return resampling_likelihood(ds, frame, idx)
-    origin = (int(ds[Y].values[0]) - frame.origin[0], int(ds[X].values[0]) - frame.origin[1])
+    w_obs = psf_core_width(ds["psf"].values)
+    w_mod = float(psf_core_width(frame.psf)[0])
+    if np.any(w_obs <= w_mod):
+        raise ValueError(
+            f"the model PSF (core width {w_mod:.3g} px) must be narrower than every observation "
+            f"PSF; observation {ds.attrs.get('name', '')!r} has core widths "
+            f"{np.round(w_obs, 3).tolist()} px (use a smaller psf_sigma for the frame)"
+        )
     renderer = ConvolutionRenderer(
         frame.cube_shape,
         ds["data"].shape,
@@ -73,27 +111,45 @@ def likelihood_for(ds, frame: Frame) -> GaussianLikelihood:
     return GaussianLikelihood(ds["data"].values, ds["weight"].values, renderer)
 
 
-def frame_from_observations(observations, *, psf_sigma=None) -> Frame:
-    """Model frame covering the given same-grid observations (union of bands).
+def _grid(ds):
+    return ([str(b) for b in ds[BAND].values], tuple(ds["data"].shape[1:]), observation_wcs(ds),
+            (int(ds[Y].values[0]), int(ds[X].values[0])))
 
-    The frame takes the pixel grid of the first observation (extended to
-    cover all observations' pixel ranges) and its WCS.
+
+def frame_from_observations(
+    observations, *, resolution: float | None = None, coverage: str = "union", psf_sigma=None
+) -> Frame:
+    """Model frame for the given observations (union of their bands).
+
+    Observations on one pixel grid give a frame on that grid covering all of
+    them (with the WCS of the first). Observations on different grids (other
+    pixel scales, rotations, sub-pixel offsets) give a north-up frame at the
+    finest pixel scale, aligned with the finest observation's pixels when it
+    is north-up (see :meth:`scarlet_xr.Frame.from_observations`).
+
+    Parameters
+    ----------
+    observations : Dataset, sequence or mapping of Datasets
+    resolution : float, optional
+        Model pixel scale in arcsec (default: the finest observation's).
+    coverage : {"union", "intersection"}
+        Cover every observation or only their common region.
+    psf_sigma : float, optional
+        Model PSF width in model pixels (default 0.8).
+
+    Returns
+    -------
+    Frame
+
+    Examples
+    --------
+    >>> from scarlet_xr.datasets import hsc_cosmos_35
+    >>> obs, _ = hsc_cosmos_35()
+    >>> frame_from_observations(obs).shape
+    (58, 48)
     """
     obs = normalize_observations(observations)
-    bands = []
-    for ds in obs.values():
-        for b in ds[BAND].values:
-            if str(b) not in bands:
-                bands.append(str(b))
-    y0 = min(int(ds[Y].values[0]) for ds in obs.values())
-    x0 = min(int(ds[X].values[0]) for ds in obs.values())
-    y1 = max(int(ds[Y].values[-1]) for ds in obs.values()) + 1
-    x1 = max(int(ds[X].values[-1]) for ds in obs.values()) + 1
-    first = next(iter(obs.values()))
-    wcs = observation_wcs(first)
-    if wcs is not None:
-        dy, dx = y0 - int(first[Y].values[0]), x0 - int(first[X].values[0])
-        wcs = wcs.deepcopy()
-        wcs.wcs.crpix = wcs.wcs.crpix - np.array([dx, dy])
     kw = {} if psf_sigma is None else {"psf_sigma": psf_sigma}
-    return Frame(bands, (y1 - y0, x1 - x0), wcs=wcs, origin=(y0, x0), **kw)
+    return Frame.from_grids(
+        [_grid(ds) for ds in obs.values()], resolution=resolution, coverage=coverage, **kw
+    )

@@ -35,6 +35,7 @@ __all__ = [
     "make_observation",
     "check_observation",
     "observation_wcs",
+    "shift_wcs",
 ]
 
 logger = logging.getLogger(__name__)
@@ -170,7 +171,7 @@ def make_observation(
         if not wcs.has_celestial:
             raise ValueError("the WCS must be celestial (RA/Dec axes); got axes "
                              f"{list(wcs.wcs.ctype)}")
-        attrs["wcs_header"] = wcs_to_header_string(wcs)
+        attrs["wcs_header"] = header = wcs_to_header_string(wcs)
     ds = xr.Dataset(
         {
             "data": ((BAND, Y, X), data.astype(np.float32)),
@@ -180,6 +181,9 @@ def make_observation(
         coords={BAND: bands, Y: np.arange(y0, y0 + ny), X: np.arange(x0, x0 + nx)},
         attrs=attrs,
     )
+    if "wcs_header" in attrs:
+        # the image alone (``ds["data"]``) keeps its WCS too (DataArray accessor)
+        ds["data"].attrs["wcs_header"] = header
     return ds
 
 
@@ -237,4 +241,23 @@ def observation_wcs(ds) -> WCS | None:
             )
     w = _wcs_from_header(header)
     y0, x0 = int(ds[Y].values[0]), int(ds[X].values[0])
-    return w[y0:, x0:] if (y0 or x0) else w.deepcopy()
+    return shift_wcs(w, y0, x0)
+
+
+def shift_wcs(wcs: WCS, y0: int, x0: int) -> WCS:
+    """Return a copy of ``wcs`` whose pixel ``(0, 0)`` is pixel ``(y0, x0)`` of ``wcs``.
+
+    Works for negative offsets too (a frame that extends beyond the original
+    image): the reference pixel (and the SIP reference pixel) is shifted.
+    """
+    w = wcs.deepcopy()
+    if y0 == 0 and x0 == 0:
+        return w
+    w.wcs.crpix = w.wcs.crpix - np.array([x0, y0], dtype=float)
+    if w.sip is not None:
+        from astropy.wcs import Sip
+
+        sip = w.sip
+        w.sip = Sip(sip.a, sip.b, sip.ap, sip.bp, np.asarray(sip.crpix) - np.array([x0, y0], dtype=float))
+    w.wcs.set()
+    return w

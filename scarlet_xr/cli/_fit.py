@@ -1,0 +1,160 @@
+"""``scarlet-xr fit FILE [FILE ...] [--psf PSF ...] [--sources CATALOG] --out PATH``."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ._common import enable_compile_cache, format_summary, write_tree
+
+
+def add_parser(sub) -> None:
+    """Register the ``fit`` sub-command."""
+    p = sub.add_parser(
+        "fit",
+        help="fit FITS observations (one instrument per FILE) and write the results tree",
+        description=(
+            "Fit the observations in FITS files (one instrument per FILE). Sources come from a "
+            "catalog with ra, dec columns (ECSV or FITS table) or are detected with sep. Writes "
+            "the results DataTree to netCDF (.nc) or Zarr (.zarr) and prints a summary."
+        ),
+    )
+    p.add_argument("files", nargs="+", metavar="FILE", help="FITS image (cube or single band)")
+    p.add_argument(
+        "--psf", nargs="+", action="extend", default=None, metavar="PSF",
+        help="PSF FITS file per FILE, in the same order (default: a 'PSF' HDU in each FILE)",
+    )
+    p.add_argument(
+        "--bands", action="append", default=None, metavar="B1,B2,...",
+        help="comma-separated band names, once per FILE (default: from the header)",
+    )
+    p.add_argument("--sources", default=None, metavar="CATALOG",
+                   help="ECSV or FITS table with ra, dec columns (deg); optional 'kind' column")
+    p.add_argument("--out", required=True, metavar="PATH", help="output file ending in .nc or .zarr")
+    p.add_argument("--kind", default="free", help="source kind when the catalog has none (default free)")
+    p.add_argument("--max-steps", type=int, default=1000, help="maximum optimizer steps")
+    p.add_argument("--threshold", type=float, default=3.0, help="detection threshold in sigma")
+    p.add_argument("--subtract-background", action="store_true",
+                   help="subtract the sep background level from each band")
+    p.add_argument("--recenter-psf", action="store_true",
+                   help="move each PSF's peak onto its central pixel (whole-pixel shift)")
+    p.set_defaults(func=run)
+
+
+def read_catalog(path, frame):
+    """Frame pixel centres ``(n, 2)`` and kinds from a catalog with ``ra``, ``dec`` columns.
+
+    Parameters
+    ----------
+    path : str or path-like
+        ECSV or FITS table; columns ``ra`` and ``dec`` in degrees (any case),
+        optional ``kind``.
+    frame : Frame
+        Model frame with a WCS.
+
+    Returns
+    -------
+    centers : numpy.ndarray (n, 2)
+        ``(y, x)`` in model-frame pixels.
+    kinds : list of str or None
+
+    Raises
+    ------
+    ValueError
+        Unreadable file, missing columns, a frame without WCS, or a position
+        outside the image.
+    """
+    from astropy.table import Table
+
+    try:
+        table = Table.read(path)
+    except Exception as err:  # astropy raises many types for unreadable tables
+        raise ValueError(f"cannot read the source catalog {str(path)!r}: {err}") from err
+    cols = {c.lower(): c for c in table.colnames}
+    missing = [c for c in ("ra", "dec") if c not in cols]
+    if missing:
+        raise ValueError(
+            f"the source catalog must have columns 'ra' and 'dec' (degrees); missing {missing}, "
+            f"got {table.colnames}"
+        )
+    if frame.wcs is None:
+        raise ValueError("a catalog with ra, dec needs observations with a WCS")
+    ra = np.asarray(table[cols["ra"]], float)
+    dec = np.asarray(table[cols["dec"]], float)
+    y, x = frame.sky_to_pixel(ra, dec)
+    ny, nx = frame.shape
+    outside = ~((y > -0.5) & (y < ny - 0.5) & (x > -0.5) & (x < nx - 0.5))
+    if np.any(outside):
+        i = int(np.flatnonzero(outside)[0])
+        raise ValueError(
+            f"{int(outside.sum())} catalog position(s) lie outside the image; e.g. row {i} "
+            f"(ra={ra[i]:.6f}, dec={dec[i]:.6f}) falls on pixel (y={y[i]:.1f}, x={x[i]:.1f}), "
+            f"expected within y 0..{ny - 1}, x 0..{nx - 1}"
+        )
+    kinds = [str(k) for k in table[cols["kind"]]] if "kind" in cols else None
+    return np.stack([y, x], axis=1), kinds
+
+
+def _load(args):
+    from ..xr import open_observation
+
+    n = len(args.files)
+    for opt, vals in (("--psf", args.psf), ("--bands", args.bands)):
+        if vals is not None and len(vals) != n:
+            raise ValueError(f"give {opt} once per FILE: expected {n}; got {len(vals)}")
+    obs = []
+    for i, f in enumerate(args.files):
+        bands = None if args.bands is None else [b.strip() for b in args.bands[i].split(",")]
+        obs.append(
+            open_observation(
+                f,
+                psf=None if args.psf is None else args.psf[i],
+                bands=bands,
+                recenter_psf=args.recenter_psf,
+                subtract_background=args.subtract_background,
+            )
+        )
+    return obs
+
+
+def run(args) -> int:
+    """Run ``scarlet-xr fit``."""
+    t0 = time.perf_counter()
+    out = Path(args.out)
+    if out.suffix not in (".nc", ".zarr"):
+        raise ValueError(f"--out must end in .nc or .zarr; got {out.name!r}")
+    enable_compile_cache()
+    from .. import Scene, frame_from_observations, initialize_sources
+    from ..scene import detect_sources
+
+    obs = _load(args)
+    frame = frame_from_observations(obs)
+    if args.sources is not None:
+        centers, kinds = read_catalog(args.sources, frame)
+        origin = f"catalog {Path(args.sources).name}"
+    else:
+        centers = detect_sources(obs, frame, threshold=args.threshold)
+        kinds = None
+        origin = "detected with sep"
+        if len(centers) == 0:
+            raise ValueError(f"no sources detected above {args.threshold} sigma; give --sources")
+    kinds = kinds if kinds is not None else args.kind
+    with Scene(frame) as scene:
+        initialize_sources(frame, obs, centers, kinds=kinds)
+    fitted = scene.fit(obs, max_steps=args.max_steps, progress=True)
+    tree = fitted.to_datatree(obs, extra_attrs={"inputs": ",".join(Path(f).name for f in args.files)})
+    write_tree(tree, out)
+    print(f"scarlet-xr fit: {len(obs)} observation(s), {len(centers)} sources ({origin})")
+    for ds in obs:
+        notes = []
+        if ds.attrs.get("noise_estimated"):
+            notes.append("noise estimated from the background (sep)")
+        if ds.attrs.get("n_nonfinite_masked"):
+            notes.append(f"{ds.attrs['n_nonfinite_masked']} non-finite pixels masked")
+        if notes:
+            print(f"  {ds.attrs['name']}: " + "; ".join(notes))
+    print(format_summary(tree, time.perf_counter() - t0))
+    print(f"wrote {out}")
+    return 0

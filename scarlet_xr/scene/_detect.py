@@ -1,0 +1,122 @@
+"""Source detection with ``sep`` and the one-call pipeline behind ``obs.scarlet.fit()``."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..wcs import Frame
+from ..xr import frame_from_observations, normalize_observations
+from ._init import detection_image, initialize_sources
+from ._scene import Scene
+
+__all__ = ["detect_sources", "fit_observations"]
+
+
+def detect_sources(
+    observations,
+    frame: Frame | None = None,
+    *,
+    threshold: float = 3.0,
+    minarea: int = 5,
+    deblend_nthresh: int = 32,
+    deblend_cont: float = 0.005,
+) -> np.ndarray:
+    """Detect sources on the detection image with ``sep`` (Source Extractor).
+
+    The detection image is the inverse-variance weighted coadd of all bands
+    (:func:`scarlet_xr.scene.detection_image`); masked pixels are excluded.
+
+    Parameters
+    ----------
+    observations : Dataset, sequence or mapping of Datasets
+    frame : Frame, optional
+        Model frame; default :func:`scarlet_xr.frame_from_observations`.
+    threshold : float
+        Detection threshold in units of the detection image's noise.
+    minarea : int
+        Minimum number of connected pixels above threshold.
+    deblend_nthresh, deblend_cont : int, float
+        sep's deblending parameters.
+
+    Returns
+    -------
+    numpy.ndarray (n, 2)
+        Centres ``(y, x)`` in model-frame pixels (``frame.origin`` is the
+        frame's ``(0, 0)``), ordered by decreasing peak; ``n`` may be 0.
+    """
+    import sep
+
+    obs = normalize_observations(observations)
+    if frame is None:
+        frame = frame_from_observations(obs)
+    det, sigma, valid = detection_image(obs, frame)
+    det = np.ascontiguousarray(np.where(valid, det, 0.0), dtype=np.float64)
+    if not valid.any():
+        raise ValueError("all pixels are masked (every weight is 0); nothing to detect")
+    objs = sep.extract(
+        det,
+        float(threshold),
+        err=float(sigma),
+        mask=np.ascontiguousarray(~valid),
+        minarea=int(minarea),
+        deblend_nthresh=int(deblend_nthresh),
+        deblend_cont=float(deblend_cont),
+    )
+    if len(objs) == 0:
+        return np.zeros((0, 2))
+    order = np.argsort(-objs["peak"])
+    return np.stack([objs["y"][order], objs["x"][order]], axis=1).astype(float)
+
+
+def fit_observations(
+    observations,
+    centers=None,
+    *,
+    kinds="free",
+    max_steps: int = 1000,
+    e_rel: float = 1e-4,
+    optimizer=None,
+    detect_threshold: float = 3.0,
+    progress: bool = False,
+):
+    """Detect (if needed), initialise and fit sources; return the results DataTree.
+
+    This is what ``obs.scarlet.fit()`` runs. The observations are not modified.
+
+    Parameters
+    ----------
+    observations : Dataset, sequence or mapping of Datasets
+    centers : array (n, 2), optional
+        ``(y, x)`` in the observations' pixel coordinates (values of their
+        ``y``/``x`` coords). Default: :func:`detect_sources`.
+    kinds : str or sequence of str
+        Source kinds for :func:`scarlet_xr.initialize_sources`.
+    max_steps, e_rel, optimizer, progress
+        See :meth:`scarlet_xr.Scene.fit`.
+    detect_threshold : float
+        Detection threshold (noise units) when ``centers`` is None.
+
+    Returns
+    -------
+    xarray.DataTree
+
+    Raises
+    ------
+    ValueError
+        If nothing is detected, or a centre lies outside the frame.
+    """
+    obs = normalize_observations(observations)
+    frame = frame_from_observations(obs)
+    if centers is None:
+        frame_centers = detect_sources(obs, frame, threshold=detect_threshold)
+        if len(frame_centers) == 0:
+            raise ValueError(
+                f"no sources detected above {detect_threshold} sigma; give centers= or lower "
+                "detect_threshold"
+            )
+    else:
+        frame_centers = np.atleast_2d(np.asarray(centers, float)) - np.asarray(frame.origin, float)
+    with Scene(frame) as scene:
+        initialize_sources(frame, obs, frame_centers, kinds=kinds)
+    fitted = scene.fit(obs, max_steps=max_steps, e_rel=e_rel, optimizer=optimizer, progress=progress)
+    return fitted.to_datatree(obs)

@@ -1,0 +1,24 @@
+"""Layer ``survey``: deblend whole catalogs (bucketed, batched, distributed with dask).
+
+``import scarlet_xr`` does not import dask; it is imported when a run starts.
+"""
+
+from ._bucket import BucketKey as BucketKey
+from ._bucket import bucket_key as bucket_key
+from ._bucket import prepare_blend as prepare_blend
+from ._fits import read_blend as read_blend
+from ._fits import write_blend_fits as write_blend_fits
+from ._runner import deblend_catalog as deblend_catalog
+from ._runner import read_catalog as read_catalog
+from ._simulate import simulate_blends as simulate_blends
+
+__all__ = [
+    "BucketKey",
+    "bucket_key",
+    "deblend_catalog",
+    "prepare_blend",
+    "read_blend",
+    "read_catalog",
+    "simulate_blends",
+    "write_blend_fits",
+]

@@ -1,0 +1,143 @@
+"""Blend cutouts as multi-extension FITS files.
+
+Layout written by :func:`write_blend_fits` and read by :func:`read_blend`:
+
+- ``IMAGE``: data cube (band, y, x) with the celestial WCS in its header and
+  ``BANDS`` (comma-separated band names);
+- ``WEIGHT``: inverse variance (band, y, x), 0 = masked (or ``VARIANCE``);
+- ``PSF``: PSF per band (band, h, w), odd sizes.
+
+A file with a single image HDU holding (band, y, x) or (y, x) and a ``PSF``
+extension is accepted as well (weights 1). Files in other layouts are handed
+to :func:`scarlet_xr.open_observation` when that reader is available.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from astropy.io import fits
+from astropy.wcs import WCS
+
+from ..xr import make_observation
+
+__all__ = ["write_blend_fits", "read_blend", "read_blend_header"]
+
+
+def write_blend_fits(path, data, *, weights, psf, bands, wcs: WCS | None = None, overwrite=True) -> Path:
+    """Write a blend cutout in the survey FITS layout (see module docstring).
+
+    Parameters
+    ----------
+    path : str or Path
+    data, weights : array (band, y, x)
+    psf : array (band, h, w)
+    bands : sequence of str
+    wcs : astropy.wcs.WCS, optional
+        Celestial WCS of the cutout's pixel (0, 0).
+    overwrite : bool
+
+    Returns
+    -------
+    Path
+    """
+    data = np.asarray(data, np.float32)
+    if data.ndim != 3:
+        raise ValueError(f"data must have dims (band, y, x); got shape {data.shape}")
+    if len(bands) != data.shape[0]:
+        raise ValueError(f"expected {data.shape[0]} band names; got {len(bands)}")
+    hdr = wcs.celestial.to_header(relax=True) if wcs is not None else fits.Header()
+    hdr["BANDS"] = ",".join(str(b) for b in bands)
+    hdus = [
+        fits.PrimaryHDU(),
+        fits.ImageHDU(data, header=hdr, name="IMAGE"),
+        fits.ImageHDU(np.asarray(weights, np.float32), name="WEIGHT"),
+        fits.ImageHDU(np.asarray(psf, np.float32), name="PSF"),
+    ]
+    path = Path(path)
+    fits.HDUList(hdus).writeto(path, overwrite=overwrite)
+    return path
+
+
+def _image_hdu(hdul):
+    if "IMAGE" in hdul:
+        return hdul["IMAGE"]
+    for h in hdul:
+        if h.data is not None and h.name not in ("PSF", "WEIGHT", "VARIANCE", "MASK"):
+            return h
+    raise ValueError("the FITS file has no image HDU (expected an 'IMAGE' extension)")
+
+
+def read_blend_header(path) -> dict:
+    """Shape information of a blend file without reading pixels.
+
+    Returns
+    -------
+    dict
+        ``shape`` (y, x), ``bands`` (tuple of str), ``psf_shape`` (h, w).
+    """
+    with fits.open(path, memmap=True) as hdul:
+        if "IMAGE" not in hdul or "PSF" not in hdul:
+            return _foreign_header(path)
+        hdr = hdul["IMAGE"].header
+        shape = tuple(int(hdr[f"NAXIS{k}"]) for k in range(hdr["NAXIS"], 0, -1))
+        ph = hdul["PSF"].header
+        psf_shape = (int(ph["NAXIS2"]), int(ph["NAXIS1"]))
+        nb = shape[0] if len(shape) == 3 else 1
+        bands = tuple(hdr.get("BANDS", ",".join(f"b{i}" for i in range(nb))).split(","))
+    return {"shape": shape[-2:], "bands": bands, "psf_shape": psf_shape}
+
+
+def _foreign_reader():
+    try:
+        from ..xr import open_observation  # written by another module; optional
+    except ImportError:
+        return None
+    return open_observation
+
+
+def _foreign_header(path) -> dict:
+    reader = _foreign_reader()
+    if reader is None:
+        raise ValueError(
+            f"{Path(path).name}: expected FITS extensions 'IMAGE' and 'PSF' (survey layout); "
+            "the file has neither and no general FITS reader is available"
+        )
+    ds = reader(path)
+    return {
+        "shape": tuple(ds["data"].shape[-2:]),
+        "bands": tuple(str(b) for b in ds["band"].values),
+        "psf_shape": tuple(ds["psf"].shape[-2:]),
+    }
+
+
+def read_blend(path, name: str = "image"):
+    """Read a blend cutout as an observation Dataset (see ``make_observation``).
+
+    Raises
+    ------
+    ValueError
+        If the file lacks the expected extensions or its content is invalid.
+    """
+    with fits.open(path) as hdul:
+        if "PSF" not in hdul:
+            reader = _foreign_reader()
+            if reader is None:
+                raise ValueError(f"{Path(path).name}: no 'PSF' extension")
+            return reader(path)
+        img = _image_hdu(hdul)
+        data = np.asarray(img.data, np.float64)
+        if data.ndim == 2:
+            data = data[None]
+        hdr = img.header
+        nb = data.shape[0]
+        bands = hdr.get("BANDS", ",".join(f"b{i}" for i in range(nb))).split(",")
+        wcs = WCS(hdr, naxis=2, relax=True) if "CTYPE1" in hdr else None
+        kw = {}
+        if "WEIGHT" in hdul:
+            kw["weights"] = np.asarray(hdul["WEIGHT"].data, np.float64)
+        elif "VARIANCE" in hdul:
+            kw["variance"] = np.asarray(hdul["VARIANCE"].data, np.float64)
+        psf = np.asarray(hdul["PSF"].data, np.float64)
+    return make_observation(data, psf=psf, bands=bands, wcs=wcs, name=name, **kw)

@@ -1,0 +1,278 @@
+"""``deblend_catalog``: fit every blend of a catalog with dask, results in one Zarr store."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+
+from .._version import __version__
+from ._bucket import SLOT_COUNTS, bucket_key
+from ._fits import read_blend_header
+from ._store import DONE, FAILED, PENDING, create_store, open_store, read_status, write_blend, write_rows
+from ._task import run_task
+
+__all__ = ["deblend_catalog", "read_catalog"]
+
+logger = logging.getLogger(__name__)
+
+
+def read_catalog(catalog):
+    """Read a catalog (path to ECSV/FITS/CSV, or an astropy Table).
+
+    Returns
+    -------
+    table : astropy.table.Table
+    base : Path
+        Directory that relative ``file`` entries are resolved against.
+
+    Raises
+    ------
+    ValueError
+        If the ``file`` column is missing, or only one of ``ra``/``dec`` is given.
+    """
+    from astropy.table import Table
+
+    if isinstance(catalog, Table):
+        table, base = catalog, Path.cwd()
+    else:
+        path = Path(catalog)
+        if not path.exists():
+            raise ValueError(f"catalog {str(path)!r} does not exist")
+        fmt = "ascii.csv" if path.suffix.lower() == ".csv" else None
+        table = Table.read(path, format=fmt) if fmt else Table.read(path)
+        base = path.parent
+    if "file" not in table.colnames:
+        raise ValueError(f"the catalog needs a 'file' column; got columns {table.colnames}")
+    if ("ra" in table.colnames) != ("dec" in table.colnames):
+        raise ValueError("the catalog needs both 'ra' and 'dec' columns, or neither (to detect)")
+    return table, base
+
+
+def _group(table, base):
+    """Blends in order of first appearance: (path, rows, ra, dec or None)."""
+    files = [str(f).strip() for f in table["file"]]
+    has_pos = "ra" in table.colnames
+    ra = np.asarray(table["ra"], float) if has_pos else np.full(len(files), np.nan)
+    dec = np.asarray(table["dec"], float) if has_pos else np.full(len(files), np.nan)
+    rows = defaultdict(list)
+    for i, f in enumerate(files):
+        rows[f].append(i)
+    blends = []
+    for f, r in rows.items():
+        r = np.asarray(r)
+        p = Path(f) if Path(f).is_absolute() else base / f
+        pos = np.isfinite(ra[r]) & np.isfinite(dec[r])
+        if pos.any():
+            blends.append({"file": f, "path": str(p), "rows": r[pos], "ra": ra[r][pos], "dec": dec[r][pos]})
+        else:
+            blends.append({"file": f, "path": str(p), "rows": np.zeros(0, int), "ra": None, "dec": None})
+    return blends
+
+
+def _fingerprint(blends, n_rows) -> str:
+    h = hashlib.sha256(str(n_rows).encode())
+    for b in blends:
+        h.update(b["file"].encode())
+        h.update(np.asarray(b["rows"], np.int64).tobytes())
+        if b["ra"] is not None:
+            h.update(np.round(np.asarray(b["ra"], float), 9).tobytes())
+            h.update(np.round(np.asarray(b["dec"], float), 9).tobytes())
+    return h.hexdigest()
+
+
+def _slots_needed(n):
+    return next(s for s in SLOT_COUNTS if s >= n)
+
+
+def deblend_catalog(
+    catalog,
+    *,
+    out,
+    client=None,
+    n_workers: int = 2,
+    blends_per_task: int = 8,
+    batch_size: int | None = None,
+    max_steps: int = 300,
+    e_rel: float = 1e-4,
+    max_sources: int = 8,
+    retry_failed: bool = False,
+    progress: bool = True,
+    compile_cache=None,
+) -> xr.Dataset:
+    """Deblend every blend of a catalog and write the results to one Zarr store.
+
+    Rows are grouped into blends by their ``file`` (a FITS cutout, see
+    :func:`scarlet_xr.survey.write_blend_fits`); rows without ``ra``/``dec``
+    (or a catalog without those columns) mean: detect sources in that file.
+    Blends are padded into canonical buckets (:func:`bucket_key`) so the run
+    compiles once per bucket and worker, fitted with free-form sources, and
+    written by the worker that fitted them. Re-running with the same catalog
+    and ``out`` resumes: finished blends (done or failed) are skipped. A blend
+    that fails (unreadable file, bad data, divergence) is recorded with its
+    error and the run goes on; a worker that dies loses only its unfinished
+    blends, which dask re-runs elsewhere or a later run picks up.
+
+    Parameters
+    ----------
+    catalog : str, Path or astropy.table.Table
+        One row per source; columns ``file``, and ``ra``, ``dec`` in degrees.
+        Relative paths are resolved against the catalog's directory.
+    out : str or Path
+        The Zarr store (created, or resumed if it exists for this catalog).
+    client : distributed.Client or "synchronous", optional
+        Where to run. Default: a ``LocalCluster`` with ``n_workers`` single-
+        threaded worker processes, closed at the end. ``"synchronous"`` runs
+        in this process without dask.
+    n_workers : int
+        Workers of the default LocalCluster.
+    blends_per_task : int
+        Blends of one bucket per dask task.
+    batch_size : int, optional
+        Blends vmapped together inside a task. Default 1 on CPU (fastest
+        there), ``blends_per_task`` on GPU.
+    max_steps, e_rel
+        Optimizer settings (see :func:`scarlet_xr.infer.fit`).
+    max_sources : int
+        Sources kept per detected blend (brightest first).
+    retry_failed : bool
+        Also redo blends recorded as failed.
+    progress : bool
+        Show a progress bar (``tqdm.auto``; honours ``TQDM_DISABLE``).
+    compile_cache : str or Path, optional
+        JAX persistent compilation cache shared by the workers. Default
+        ``$SCARLET_XR_CACHE`` if set.
+
+    Returns
+    -------
+    xarray.Dataset
+        The store, opened lazily (see :mod:`scarlet_xr.survey._store` for the layout).
+
+    Raises
+    ------
+    ValueError
+        If the catalog is invalid or ``out`` holds a store of another catalog.
+    """
+    if blends_per_task < 1:
+        raise ValueError(f"blends_per_task must be >= 1; got {blends_per_task}")
+    table, base = read_catalog(catalog)
+    blends = _group(table, base)
+    if not blends:
+        raise ValueError("the catalog has no rows")
+    n_rows = len(table)
+    fp = _fingerprint(blends, n_rows)
+    keys, header_errors, bands = [], {}, None
+    for i, b in enumerate(blends):
+        try:
+            h = read_blend_header(b["path"])
+            bands = bands or h["bands"]
+            if h["bands"] != bands:
+                raise ValueError(f"bands {h['bands']} differ from the survey's {bands}")
+            n = max_sources if b["ra"] is None else len(b["rows"])
+            keys.append(bucket_key(h["shape"], n, h["psf_shape"], h["bands"]))
+        except Exception as err:
+            keys.append(None)
+            header_errors[i] = f"{type(err).__name__}: {err}"
+    if bands is None:
+        raise ValueError(f"no readable blend file; first error: {next(iter(header_errors.values()))}")
+    slots = max(k.slots for k in keys if k is not None)
+    out = Path(out)
+    if out.exists():
+        group = open_store(out)
+        got = group.attrs.get("catalog_fingerprint")
+        if got != fp:
+            raise ValueError(
+                f"{out} holds results of a different catalog (fingerprint {str(got)[:12]} vs "
+                f"{fp[:12]}); choose another --out or delete it"
+            )
+    else:
+        group = create_store(out, files=[b["file"] for b in blends], bands=bands, slots=slots,
+                             n_rows=n_rows, fingerprint=fp,
+                             attrs={"scarlet_xr_version": __version__})
+        index = np.full(n_rows, -1, np.int64)
+        for i, b in enumerate(blends):
+            index[b["rows"]] = i
+        group["blend_index"][:] = index
+    status = read_status(group)
+    for i, msg in header_errors.items():
+        if status[i] == PENDING or (retry_failed and status[i] == FAILED):
+            write_blend(group, i, {"status": FAILED, "error": msg})
+            status[i] = FAILED
+    redo = (PENDING, FAILED) if retry_failed else (PENDING,)
+    todo = [i for i in range(len(blends)) if status[i] in redo and i not in header_errors]
+    by_key = defaultdict(list)
+    for i in todo:
+        by_key[keys[i]].append(i)
+    tasks = []
+    for key, idx in by_key.items():
+        for s in range(0, len(idx), blends_per_task):
+            items = [{"index": i, "path": blends[i]["path"], "rows": blends[i]["rows"],
+                      "ra": blends[i]["ra"], "dec": blends[i]["dec"]} for i in idx[s : s + blends_per_task]]
+            tasks.append((items, key))
+    cache = compile_cache if compile_cache is not None else os.environ.get("SCARLET_XR_CACHE")
+    options = {"max_steps": int(max_steps), "e_rel": float(e_rel), "max_sources": int(max_sources),
+               "redo_failed": bool(retry_failed), "compile_cache": str(cache) if cache else None,
+               "batch_size": batch_size}
+    if tasks:
+        _execute(str(out), tasks, options, client, n_workers, progress, len(todo), blends_per_task)
+    write_rows(open_store(out))
+    return xr.open_zarr(str(out), consolidated=False)
+
+
+def _execute(store, tasks, options, client, n_workers, progress, total, blends_per_task):
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=total, desc="blends", unit="blend",
+               disable=not progress or bool(os.environ.get("TQDM_DISABLE")))
+    try:
+        if isinstance(client, str):
+            if client != "synchronous":
+                raise ValueError(f"client must be a distributed.Client or 'synchronous'; got {client!r}")
+            opts = dict(options)
+            if opts["batch_size"] is None:
+                opts["batch_size"] = _default_batch(blends_per_task)
+            for items, key in tasks:
+                run_task(store, items, key, opts)
+                bar.update(len(items))
+            return
+        if client is None:
+            from distributed import Client, LocalCluster
+
+            with LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True,
+                              dashboard_address=None) as cluster, Client(cluster) as own:
+                _submit(own, store, tasks, options, bar, blends_per_task)
+        else:
+            _submit(client, store, tasks, options, bar, blends_per_task)
+    finally:
+        bar.close()
+
+
+def _default_batch(blends_per_task):
+    import jax
+
+    return 1 if jax.default_backend() == "cpu" else blends_per_task
+
+
+def _submit(client, store, tasks, options, bar, blends_per_task):
+    from distributed import as_completed
+
+    opts = dict(options)
+    if opts["batch_size"] is None:
+        opts["batch_size"] = client.submit(_default_batch, blends_per_task, pure=False).result()
+    futures = {client.submit(run_task, store, items, key, opts, pure=False, retries=1): len(items)
+               for items, key in tasks}
+    lost = 0
+    for fut in as_completed(futures):
+        try:
+            fut.result()
+        except Exception as err:  # e.g. KilledWorker: those blends stay pending for a re-run
+            lost += 1
+            logger.warning("a survey task failed (%s); its unfinished blends stay pending", err)
+        bar.update(futures[fut])
+    if lost:
+        logger.warning("%d task(s) failed; re-run deblend_catalog to resume them", lost)

@@ -1,0 +1,249 @@
+"""The ``.scarlet`` accessor on DataArray, Dataset and DataTree.
+
+Registered when :mod:`scarlet_xr` is imported. Accessors are thin: they
+validate the object, expose its WCS, PSF and weights, and delegate fitting to
+the ``scene`` layer (imported lazily inside :meth:`fit`, because ``scene``
+sits above ``xr`` in the layering).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import xarray as xr
+from astropy.wcs import WCS
+
+from ._observation import X, Y, check_observation, observation_wcs
+
+__all__ = ["ScarletDataArrayAccessor", "ScarletDatasetAccessor", "ScarletDataTreeAccessor"]
+
+
+def _require_wcs(obj, what: str) -> WCS:
+    w = observation_wcs(obj)
+    if w is None:
+        raise ValueError(
+            f"this {what} has no WCS (attrs['wcs_header'] is missing); read it with "
+            "scarlet_xr.open_observation or pass wcs= to scarlet_xr.make_observation"
+        )
+    return w
+
+
+@xr.register_dataarray_accessor("scarlet")
+class ScarletDataArrayAccessor:
+    """``da.scarlet``: WCS and weights of an image ``(band, y, x)``.
+
+    A DataArray carries its WCS in ``attrs["wcs_header"]`` (as the ``data``
+    variable of an observation does) and its weights as an optional
+    ``weight`` coordinate. It cannot carry a PSF; fit the observation
+    Dataset instead.
+
+    Examples
+    --------
+    >>> import numpy as np, scarlet_xr as sx
+    >>> from astropy.wcs import WCS
+    >>> wcs = WCS(naxis=2)
+    >>> wcs.wcs.ctype = ["RA---TAN", "DEC--TAN"]
+    >>> obs = sx.make_observation(np.ones((1, 5, 5)), psf=np.ones((1, 3, 3)), wcs=wcs)
+    >>> image = obs["data"].isel(y=slice(2, None))
+    >>> float(image.scarlet.wcs.wcs.crpix[1])  # reference pixel follows the cutout
+    -2.0
+    """
+
+    __slots__ = ("_obj",)
+
+    def __init__(self, obj: xr.DataArray):
+        self._obj = obj
+
+    @property
+    def wcs(self) -> WCS:
+        """Celestial WCS of this (possibly sliced) image.
+
+        Raises
+        ------
+        ValueError
+            Without a WCS, or when it is stale (pixel grid reduced or strided).
+        """
+        return _require_wcs(self._obj, "DataArray")
+
+    @property
+    def weights(self) -> xr.DataArray:
+        """The ``weight`` coordinate (inverse variance, 0 = masked)."""
+        if "weight" not in self._obj.coords:
+            raise ValueError(
+                "this DataArray carries no 'weight' coordinate; use the observation Dataset "
+                "(obs.scarlet.weights)"
+            )
+        return self._obj.coords["weight"]
+
+    @property
+    def psf(self):
+        """Not available on a DataArray (raises ``ValueError``)."""
+        raise ValueError(
+            "a DataArray cannot carry its PSF; use the observation Dataset (obs.scarlet.psf), "
+            "e.g. from scarlet_xr.open_observation or scarlet_xr.make_observation"
+        )
+
+    def fit(self, *args, **kwargs):
+        """Not available on a DataArray (raises ``ValueError``): fit the observation Dataset."""
+        raise ValueError(
+            "fit the observation Dataset (with data, weight and psf), not a DataArray: "
+            "obs.scarlet.fit()"
+        )
+
+
+@xr.register_dataset_accessor("scarlet")
+class ScarletDatasetAccessor:
+    """``obs.scarlet``: an observation's WCS, PSF, weights, and fitting.
+
+    Raises ``ValueError``/``TypeError`` on access when the Dataset is not an
+    observation (see :func:`~scarlet_xr.make_observation`).
+
+    Examples
+    --------
+    >>> import numpy as np, scarlet_xr as sx
+    >>> obs = sx.make_observation(np.ones((2, 5, 5)), psf=np.ones((2, 3, 3)), bands=["g", "r"])
+    >>> obs.scarlet.psf.dims
+    ('band', 'psf_y', 'psf_x')
+    """
+
+    __slots__ = ("_obj",)
+
+    def __init__(self, obj: xr.Dataset):
+        check_observation(obj)
+        self._obj = obj
+
+    @property
+    def wcs(self) -> WCS:
+        """Celestial WCS of this (possibly sliced) observation.
+
+        Raises
+        ------
+        ValueError
+            Without a WCS, or when it is stale.
+        """
+        return _require_wcs(self._obj, "observation")
+
+    @property
+    def psf(self) -> xr.DataArray:
+        """PSF per band ``(band, psf_y, psf_x)``, unit sum."""
+        return self._obj["psf"]
+
+    @property
+    def weights(self) -> xr.DataArray:
+        """Inverse variance ``(band, y, x)``; 0 marks masked pixels."""
+        return self._obj["weight"]
+
+    def pixel_to_sky(self, y, x):
+        """``(ra, dec)`` in degrees of pixel indices ``y``, ``x`` (original-image indices).
+
+        Parameters
+        ----------
+        y, x : array_like
+            Values of this observation's ``y``/``x`` coordinates.
+        """
+        w = self.wcs
+        y = np.asarray(y, float) - float(self._obj[Y].values[0])
+        x = np.asarray(x, float) - float(self._obj[X].values[0])
+        ra, dec = w.pixel_to_world_values(x, y)
+        return np.asarray(ra), np.asarray(dec)
+
+    def fit(self, centers=None, *, kinds="free", max_steps: int = 1000, e_rel: float = 1e-4,
+            optimizer=None, detect_threshold: float = 3.0, progress: bool = False) -> xr.DataTree:
+        """Detect (if needed), initialise and fit sources; return the results tree.
+
+        The input Dataset is never modified.
+
+        Parameters
+        ----------
+        centers : array (n, 2), optional
+            ``(y, x)`` source positions in this observation's coordinates
+            (values of its ``y``/``x`` coords). Default: detected with ``sep``
+            on the detection image (:func:`scarlet_xr.scene.detect_sources`).
+        kinds : str or sequence of str
+            Source kinds (see :func:`scarlet_xr.initialize_sources`).
+        max_steps, e_rel, optimizer, progress
+            See :meth:`scarlet_xr.Scene.fit`.
+        detect_threshold : float
+            Detection threshold in units of the detection-image noise.
+
+        Returns
+        -------
+        xarray.DataTree
+            Results (layout in :mod:`scarlet_xr.xr._results`).
+        """
+        from ..scene import fit_observations  # higher layer, imported lazily
+
+        return fit_observations(
+            self._obj, centers, kinds=kinds, max_steps=max_steps, e_rel=e_rel,
+            optimizer=optimizer, detect_threshold=detect_threshold, progress=progress,
+        )
+
+
+@xr.register_datatree_accessor("scarlet")
+class ScarletDataTreeAccessor:
+    """``tree.scarlet``: a results tree's frame WCS, observations, PSFs, weights, refit."""
+
+    __slots__ = ("_obj",)
+
+    def __init__(self, obj: xr.DataTree):
+        self._obj = obj
+
+    def _check(self) -> None:
+        for node in ("observations", "sources"):
+            if node not in self._obj.children:
+                raise ValueError(
+                    f"not a scarlet_xr results tree: no /{node} node; has {list(self._obj.children)}"
+                )
+
+    @property
+    def wcs(self) -> WCS:
+        """Celestial WCS of the model frame (root ``attrs['wcs_header']``)."""
+        header = self._obj.attrs.get("wcs_header")
+        if header is None:
+            raise ValueError("this results tree has no frame WCS (root attrs['wcs_header'])")
+        from astropy.io import fits
+
+        return WCS(fits.Header.fromstring(header), relax=True)
+
+    def observations(self) -> dict[str, xr.Dataset]:
+        """``{name: observation Dataset}`` rebuilt from ``/observations``."""
+        self._check()
+        out = {}
+        for name, node in self._obj["observations"].children.items():
+            ds = node.to_dataset()
+            obs = ds[["data", "weight", "psf"]]
+            obs.attrs = {k: v for k, v in ds.attrs.items() if k != "chi2_reduced"}
+            out[str(name)] = obs
+        return out
+
+    @property
+    def psf(self) -> dict[str, xr.DataArray]:
+        """PSF per observation."""
+        return {k: v["psf"] for k, v in self.observations().items()}
+
+    @property
+    def weights(self) -> dict[str, xr.DataArray]:
+        """Weights per observation."""
+        return {k: v["weight"] for k, v in self.observations().items()}
+
+    def fit(self, *, max_steps: int = 1000, e_rel: float = 1e-4, optimizer=None,
+            progress: bool = False) -> xr.DataTree:
+        """Fit again from the stored observations and source positions and kinds.
+
+        Sources are re-initialised at ``/sources`` ``y``, ``x`` with their kinds.
+
+        Returns
+        -------
+        xarray.DataTree
+        """
+        self._check()
+        from ..scene import fit_observations
+
+        src = self._obj["sources"].to_dataset()
+        centers = np.stack([src["y"].values, src["x"].values], axis=1)
+        # morphology kind labels -> initialisation kinds ("freeform" -> "free")
+        kinds = [{"freeform": "free"}.get(str(k), str(k)) for k in src["kind"].values]
+        return fit_observations(
+            list(self.observations().values()), centers, kinds=kinds, max_steps=max_steps,
+            e_rel=e_rel, optimizer=optimizer, progress=progress,
+        )
+

@@ -1,0 +1,72 @@
+"""``scarlet-xr fit`` on the real HSC cutout: detection, catalogs, netCDF and Zarr output."""
+
+import numpy as np
+import pytest
+import xarray as xr
+from astropy.table import Table
+
+from scarlet_xr.cli import main
+
+
+@pytest.fixture(scope="module")
+def nc_run(data_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli") / "result.nc"
+    rc = main(["fit", str(data_dir / "Cut_HSC.fits"), "--psf", str(data_dir / "PSF_HSC.fits"),
+               "--bands", "g,r,i,z,y", "--out", str(out)])
+    return rc, out
+
+
+def test_fit_detects_and_writes_netcdf(nc_run, capsys):
+    rc, out = nc_run
+    assert rc == 0 and out.exists()
+    tree = xr.open_datatree(out, engine="h5netcdf")
+    chi2 = tree["observations/Cut_HSC"].attrs["chi2_reduced"]
+    assert 0.5 < chi2 < 1.5, chi2
+    assert tree["observations/Cut_HSC"].attrs["noise_estimated"] == 1
+    assert tree["sources"].sizes["source"] >= 4
+    assert list(tree["sources"]["band"].values) == ["g", "r", "i", "z", "y"]
+
+
+def test_fit_with_catalog_writes_zarr(nc_run, tmp_path, data_dir, capsys):
+    _, first = nc_run
+    src = xr.open_datatree(first, engine="h5netcdf")["sources"].to_dataset()
+    cat = Table({"RA": src["ra"].values, "Dec": src["dec"].values})
+    cat.write(tmp_path / "cat.ecsv")
+    out = tmp_path / "res.zarr"
+    capsys.readouterr()
+    rc = main(["fit", str(data_dir / "Cut_HSC.fits"), "--psf", str(data_dir / "PSF_HSC.fits"),
+               "--bands", "g,r,i,z,y", "--sources", str(tmp_path / "cat.ecsv"), "--out", str(out)])
+    text = capsys.readouterr().out
+    assert rc == 0
+    assert "sources (catalog cat.ecsv)" in text and "reduced chi2" in text and f"wrote {out}" in text
+    tree = xr.open_datatree(out, engine="zarr", consolidated=False)
+    got = tree["sources"].to_dataset()
+    assert got.sizes["source"] == src.sizes["source"]
+    # catalog positions went through the WCS and back: same pixel centres
+    np.testing.assert_allclose(got["y"].values, src["y"].values, atol=1e-6)
+    np.testing.assert_allclose(got["x"].values, src["x"].values, atol=1e-6)
+    assert tree["observations/Cut_HSC"].attrs["chi2_reduced"] < 1.5
+
+
+def test_catalog_outside_image_and_other_errors(tmp_path, data_dir, capsys):
+    base = ["fit", str(data_dir / "Cut_HSC.fits"), "--psf", str(data_dir / "PSF_HSC.fits")]
+    from astropy.io import fits
+    from astropy.wcs import WCS
+
+    ra_in, dec_in = WCS(fits.getheader(data_dir / "Cut_HSC.fits"), naxis=2).pixel_to_world_values(25.0, 24.0)
+    Table({"ra": [float(ra_in), 151.0], "dec": [float(dec_in), 2.5]}).write(tmp_path / "far.fits")
+    rc = main(base + ["--sources", str(tmp_path / "far.fits"), "--out", str(tmp_path / "o.nc")])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert "1 catalog position(s) lie outside the image; e.g. row 1 (ra=151.000000, dec=2.500000)" in err
+    assert "expected within y 0..49, x 0..49" in err
+    Table({"x": [1.0]}).write(tmp_path / "nocols.ecsv")
+    rc = main(base + ["--sources", str(tmp_path / "nocols.ecsv"), "--out", str(tmp_path / "o.nc")])
+    assert rc == 2 and "must have columns 'ra' and 'dec'" in capsys.readouterr().err
+    rc = main(base + ["--out", str(tmp_path / "o.txt")])
+    assert rc == 2 and "--out must end in .nc or .zarr; got 'o.txt'" in capsys.readouterr().err
+    rc = main(base + ["--bands", "g,r", "--bands", "i", "--out", str(tmp_path / "o.nc")])
+    assert rc == 2 and "give --bands once per FILE: expected 1; got 2" in capsys.readouterr().err
+    (tmp_path / "bad.fits").write_bytes(b"\x00" * 100)
+    rc = main(["fit", str(tmp_path / "bad.fits"), "--out", str(tmp_path / "o.nc")])
+    assert rc == 2 and "'bad.fits' is not a readable FITS file" in capsys.readouterr().err

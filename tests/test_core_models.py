@@ -1,0 +1,168 @@
+"""Contract tests of core morphologies, constraints, parameters and rendering."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from scarlet_xr.core import (
+    ConvolutionRenderer,
+    FreeFormMorphology,
+    GaussianMorphology,
+    Interval,
+    LogPositive,
+    MonotonicMorphology,
+    Parameter,
+    PointSourceMorphology,
+    Positive,
+    SceneModel,
+    SersicMorphology,
+    Simplex,
+    Source,
+    Spectrum,
+    fourier_shift,
+    gaussian_psf_image,
+)
+
+PSF = gaussian_psf_image(0.8, 11)
+rng = np.random.default_rng(1)
+_img = np.exp(-0.5 * ((np.mgrid[:15, :15] - 7) ** 2).sum(0) / 4.0)
+
+ALL_MORPHOLOGIES = {
+    "gaussian": GaussianMorphology(2.0, (0.2, -0.1), shape=31),
+    "sersic": SersicMorphology(1.5, 2.5, (0.1, 0.3), shape=41),
+    "point": PointSourceMorphology(PSF, shape=15),
+    "free": FreeFormMorphology(_img),
+    "monotonic": MonotonicMorphology(_img),
+    "symmetric": MonotonicMorphology(_img, symmetric=True),
+}
+UNIT_FLUX = {"gaussian", "sersic", "point"}
+
+
+@pytest.mark.parametrize("name", list(ALL_MORPHOLOGIES))
+def test_morphology_contract(name):
+    morph = ALL_MORPHOLOGIES[name]
+    offset = jnp.array([0.3, -0.2])
+    img = jax.jit(lambda m, o: m(o))(morph, offset)
+    assert img.shape == morph.shape
+    assert np.all(np.isfinite(np.asarray(img)))
+    # Fourier-shifted point sources ring slightly below zero
+    assert float(img.min()) >= -1e-2 * float(img.max())
+    if name in UNIT_FLUX:
+        # analytic normalisation: unit total flux when the box holds the profile
+        assert abs(float(img.sum()) - 1.0) < 2e-3
+    import equinox as eqx
+
+    grads = eqx.filter_grad(lambda m: jnp.sum(m(offset) ** 2))(morph)
+    leaves = [x for x in jax.tree_util.tree_leaves(grads) if x is not None]
+    assert leaves and all(np.all(np.isfinite(np.asarray(x))) for x in leaves)
+
+
+def test_monotonic_is_monotonic_and_symmetric():
+    from scarlet_xr.core._monotonic import monotonic_parents
+
+    noisy = rng.random((21, 21))
+    noisy[10, 10] = 3.0
+    for sym in (False, True):
+        m = MonotonicMorphology(noisy, symmetric=sym)
+        out = np.asarray(m(jnp.zeros(2))).ravel()
+        par = monotonic_parents((21, 21))
+        assert np.all(out <= out[par] * (1 + 1e-6))
+        assert out.argmax() == 10 * 21 + 10
+        if sym:
+            img = out.reshape(21, 21)
+            np.testing.assert_allclose(img, img[::-1, ::-1], rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "constraint,value",
+    [
+        (LogPositive(), np.array([0.1, 2.0, 30.0])),
+        (Positive(), np.array([0.0, 0.5, 4.0])),
+        (Interval(-1.0, 2.0), np.array([-0.5, 0.0, 1.9])),
+        (Simplex(), np.array([0.2, 0.3, 0.5])),
+    ],
+)
+def test_constraint_bijection(constraint, value):
+    u = constraint.inverse(value)
+    back = np.asarray(constraint.forward(jnp.asarray(u, jnp.float32)))
+    np.testing.assert_allclose(back, value, atol=1e-5, rtol=1e-5)
+    if not isinstance(constraint, Simplex):
+        u = jnp.asarray(u, jnp.float32) + 0.1
+        jac = jax.vmap(jax.grad(lambda x: constraint.forward(x)))(u)
+        np.testing.assert_allclose(
+            float(constraint.log_abs_det_jacobian(u)), float(jnp.sum(jnp.log(jac))), rtol=1e-4
+        )
+
+
+def test_parameter_rejects_invalid_value():
+    with pytest.raises(ValueError, match="values must be > 0"):
+        Parameter([1.0, -2.0], LogPositive())
+    with pytest.raises(ValueError, match=r"lie in \(0.0, 1.0\)"):
+        Parameter(1.5, Interval(0.0, 1.0))
+    with pytest.raises(TypeError, match="AbstractConstraint"):
+        Parameter(1.0, "positive")
+
+
+def test_fourier_shift_moves_centroid():
+    psf = gaussian_psf_image(1.5, 21)
+    shifted = np.asarray(fourier_shift(jnp.asarray(psf), jnp.array([0.3, -0.45])))
+    yy, xx = np.mgrid[:21, :21]
+    assert abs((shifted * yy).sum() / shifted.sum() - 10.3) < 1e-3
+    assert abs((shifted * xx).sum() / shifted.sum() - 9.55) < 1e-3
+    assert abs(shifted.sum() - 1) < 1e-5
+
+
+def _renderer(nb=3, shape=(41, 45), sigmas=(1.5, 2.0, 2.5)):
+    psfs = np.stack([gaussian_psf_image(s, 25) for s in sigmas[:nb]])
+    return ConvolutionRenderer((nb,) + shape, (nb,) + shape, list(range(nb)), psfs, PSF)
+
+
+def test_rendering_conserves_flux_and_matches_psf():
+    ren = _renderer()
+    spec = np.array([10.0, 20.0, 5.0])
+    src = Source((20.3, 22.6), Spectrum(spec), GaussianMorphology(1.2, shape=25), fix_center=True)
+    # intrinsic Gaussian profile: the scene applies the model PSF, the renderer
+    # swaps it for each band's PSF
+    model = SceneModel([src], (3, 41, 45), psf=PSF)
+    cube = model()
+    np.testing.assert_allclose(np.asarray(cube.sum(axis=(1, 2))), spec, rtol=2e-3)
+    out = np.asarray(ren(cube))
+    np.testing.assert_allclose(out.sum(axis=(1, 2)), spec, rtol=2e-3)
+    # Gaussian * Gaussian: observed second moment = 1.2^2 + psf^2 (model PSF removed by the kernel)
+    yy, xx = np.mgrid[:41, :45]
+    for b, s in enumerate((1.5, 2.0, 2.5)):
+        img = out[b] / out[b].sum()
+        cy = (img * yy).sum()
+        var = (img * (yy - cy) ** 2).sum()
+        assert abs(cy - 20.3) < 0.02
+        assert abs(var - (1.2**2 + s**2 + 2 / 12)) < 0.05, (var, s)
+
+
+def test_renderer_gradient_matches_finite_differences():
+    ren = _renderer()
+    src = Source((20.0, 22.0), Spectrum([10.0, 20.0, 5.0]), SersicMorphology(1.2, 2.0, shape=21))
+    target = np.asarray(ren(SceneModel([src], (3, 41, 45))()))
+    target = target + np.random.default_rng(0).normal(0, 0.01, target.shape)
+
+    def loss(p):
+        s = Source(p[:2], Spectrum([10.0, 20.0, 5.0]), SersicMorphology(p[2], p[3], shape=21))
+        return jnp.sum((ren(SceneModel([s], (3, 41, 45))()) - target) ** 2)
+
+    p0 = jnp.array([20.2, 21.7, 1.5, 2.4])
+    g = np.asarray(jax.grad(loss)(p0))
+    for k, eps in enumerate([1e-2, 1e-2, 1e-2, 1e-2]):
+        e = np.zeros(4)
+        e[k] = eps
+        fd = (float(loss(p0 + e)) - float(loss(p0 - e))) / (2 * eps)
+        assert abs(fd - g[k]) <= 0.03 * abs(g[k]) + 1e-3, (k, fd, g[k])
+
+
+def test_multi_component_source_flux_adds():
+    bulge = (Spectrum([1.0, 2.0]), SersicMorphology(4.0, 1.5, shape=41))
+    disk = (Spectrum([3.0, 1.0]), SersicMorphology(1.0, 4.0, shape=41))
+    src = Source((25, 25), components=[bulge, disk])
+    assert src.kind == "sersic+sersic"
+    np.testing.assert_allclose(np.asarray(src.flux()), [4.0, 3.0], rtol=0.03)
+    with pytest.raises(ValueError, match="same number of bands"):
+        Source((25, 25), components=[bulge, (Spectrum([1.0, 2.0, 3.0]), GaussianMorphology(1.0))])
