@@ -23,10 +23,14 @@ from .core import Spectrum as Spectrum
 from .infer import FitDivergedError as FitDivergedError
 from .infer import FitHistory as FitHistory
 from .scene import Scene as Scene
+from .scene import detect_sources as detect_sources
 from .scene import initialize_sources as initialize_sources
+from .scene import load_scene as load_scene
+from .scene import save_scene as save_scene
 from .wcs import Frame as Frame
 from .xr import frame_from_observations as frame_from_observations
 from .xr import make_observation as make_observation
+from .xr import open_observation as open_observation
 from .xr import observation_wcs as observation_wcs
 
 __all__ = [
@@ -50,8 +54,12 @@ __all__ = [
     "Simplex",
     "Source",
     "Spectrum",
+    "detect_sources",
     "frame_from_observations",
     "initialize_sources",
+    "load_scene",
     "make_observation",
+    "open_observation",
     "observation_wcs",
+    "save_scene",
 ]

@@ -166,3 +166,49 @@ def test_multi_component_source_flux_adds():
     np.testing.assert_allclose(np.asarray(src.flux()), [4.0, 3.0], rtol=0.03)
     with pytest.raises(ValueError, match="same number of bands"):
         Source((25, 25), components=[bulge, (Spectrum([1.0, 2.0, 3.0]), GaussianMorphology(1.0))])
+
+
+def test_custom_morphology_fits_a_galsim_disk():
+    """The ~15-line custom morphology pattern of the AbstractMorphology docstring, fit to GalSim."""
+    from typing import ClassVar
+
+    import equinox as eqx
+    import galsim
+
+    import scarlet_xr as sx
+
+    class ExponentialDisk(sx.AbstractMorphology):
+        scale: sx.Parameter
+        shape: tuple = eqx.field(static=True)
+        intrinsic: ClassVar[bool] = True  # an unconvolved sky profile
+
+        def __init__(self, scale, shape=(31, 31)):
+            self.scale = sx.Parameter(scale, sx.LogPositive(), step=0.03)
+            self.shape = shape
+
+        def __call__(self, offset):
+            h, w = self.shape
+            y = jnp.arange(h)[:, None] - h // 2 - offset[0]
+            x = jnp.arange(w)[None, :] - w // 2 - offset[1]
+            img = jnp.exp(-jnp.hypot(y, x) / self.scale.value)
+            return img / (2 * jnp.pi * self.scale.value**2)
+
+    psf = galsim.Gaussian(fwhm=0.8)
+    truth_flux, truth_scale = np.array([40.0, 60.0]), 2.5  # scale in pixels of 0.2"
+    images = []
+    for f in truth_flux:
+        obj = galsim.Convolve(galsim.Exponential(scale_radius=truth_scale * 0.2, flux=f), psf)
+        images.append(obj.drawImage(nx=41, ny=41, scale=0.2, method="no_pixel").array)
+    psf_img = psf.drawImage(nx=21, ny=21, scale=0.2, method="no_pixel").array
+    noise = 0.01
+    data = np.stack(images) + np.random.default_rng(3).normal(0, noise, (2, 41, 41))
+    obs = sx.make_observation(data, variance=np.full(data.shape, noise**2), psf=np.stack([psf_img] * 2),
+                              bands=["r", "i"], name="disk")
+    frame = sx.frame_from_observations(obs)
+    with sx.Scene(frame) as scene:
+        sx.Source((20.2, 19.7), sx.Spectrum([20.0, 20.0]), ExponentialDisk(1.5))
+    fitted = scene.fit(obs, e_rel=1e-6, max_steps=2000)
+    src = fitted.sources[0]
+    assert abs(float(src.components[0].morphology.scale.value) - truth_scale) < 0.05 * truth_scale
+    np.testing.assert_allclose(np.asarray(src.components[0].spectrum()), truth_flux, rtol=0.03)
+    np.testing.assert_allclose(np.asarray(src.center.value), [20.0, 20.0], atol=0.05)

@@ -193,9 +193,13 @@ def test_stale_wcs_is_reported_never_used(hsc_fits_obs):
         hsc_fits_obs["data"].mean("y", keep_attrs=True).scarlet.wcs
 
 
+@pytest.mark.parametrize("which", ["hsc", "hst"])
 @pytest.mark.parametrize("fmt", ["netcdf", "zarr"])
-def test_observation_round_trip_is_exact(hsc_fits_obs, tmp_path, fmt):
-    obs = hsc_fits_obs.isel(y=slice(3, 40))
+def test_observation_round_trip_is_exact(hsc_fits_obs, data_dir, tmp_path, fmt, which):
+    if which == "hsc":
+        obs = hsc_fits_obs.isel(y=slice(3, 40))
+    else:
+        obs = open_observation(data_dir / "Cut_HST.fits", psf=data_dir / "PSF_HST.fits", recenter_psf=True)
     if fmt == "netcdf":
         obs.to_netcdf(tmp_path / "o.nc", engine="h5netcdf")
         back = xr.open_dataset(tmp_path / "o.nc", engine="h5netcdf").load()

@@ -83,6 +83,10 @@ class AbstractMorphology(eqx.Module):
     --------
     A custom morphology: a circular exponential disk with a free scale length,
     written in a few lines and usable in any :class:`~scarlet_xr.core.Source`.
+    Every field is a :class:`Parameter` (fitted and sampled through its
+    constraint) or static. For a profile of the *unconvolved* sky, also set the
+    class variable ``intrinsic: ClassVar[bool] = True`` so the scene applies the
+    model-frame PSF (``tests/test_core_models.py`` fits this example to GalSim).
 
     >>> import jax.numpy as jnp, equinox as eqx
     >>> from scarlet_xr.core import AbstractMorphology, Parameter, LogPositive

@@ -404,6 +404,40 @@ class ResamplingRenderer(AbstractRenderer):
         out = jnp.einsum("...nab,na,nb->...n", taps, wy, wx)
         return out.reshape(lead + self.obs_shape)
 
+    def render_numpy(self, model) -> np.ndarray:
+        """Numpy twin of :meth:`__call__` (float64, not differentiable, no compilation).
+
+        Used where a model is rendered a few times outside the fit (e.g. to
+        initialise spectra), so that no JAX program has to be compiled.
+        """
+        model = np.asarray(model, float)
+        model = np.take(model, list(self.band_index), axis=-3)
+        ly, lx = self.fft_shape
+        ky, kx = self.block
+        spec = np.fft.rfft(model, n=lx, axis=-1)[..., : kx + 1]
+        spec = np.fft.fft(spec, n=ly, axis=-2)
+        spec = np.concatenate([spec[..., : ky + 1, :], spec[..., ly - ky :, :]], axis=-2)
+        spec = spec * np.asarray(self.kernel)
+        if self.mode != "gather":
+            ey, ex, eyd, exd, dely, delx = (np.asarray(a) for a in self.interp)
+            rows = np.einsum("ok,...kq->...oq", ey, spec)
+            out = np.einsum("...oq,pq->...op", rows, ex).real
+            if self.mode == "taylor":
+                out = out + dely * np.einsum("ok,...kq,pq->...op", eyd, spec, ex, optimize=True).real
+                out = out + delx * np.einsum("...oq,pq->...op", rows, exd).real
+            return out
+        ny, nx = self.grid_shape
+        lead = spec.shape[:-2]
+        full = np.zeros(lead + (ny, nx // 2 + 1), complex)
+        full[..., : ky + 1, : kx + 1] = spec[..., : ky + 1, :]
+        if ky:
+            full[..., ny - ky :, : kx + 1] = spec[..., ky + 1 :, :]
+        grid = np.fft.irfft2(full, s=(ny, nx))
+        wy, wx, iy, ix = (np.asarray(a) for a in self.interp)
+        taps = grid[..., iy[:, :, None], ix[:, None, :]]
+        out = np.einsum("...nab,na,nb->...n", taps, wy, wx)
+        return out.reshape(lead + self.obs_shape)
+
 
 def _complex_dtype():
     return jnp.result_type(jnp.asarray(0.0).dtype, jnp.complex64)

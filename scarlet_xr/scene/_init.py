@@ -305,7 +305,8 @@ def _template(frame, center, image):
 def _render_np(renderer, cube):
     """Apply a renderer to a cube ``(..., band, y, x)``; numpy for plain convolutions.
 
-    Other renderers (e.g. resampling) run eagerly in JAX on the whole batch.
+    Renderers with a ``render_numpy`` twin (resampling) use it; others run
+    eagerly in JAX on the whole batch.
     """
     if isinstance(renderer, ConvolutionRenderer):
         idx = list(renderer.band_index)
@@ -313,6 +314,8 @@ def _render_np(renderer, cube):
         out = np.fft.irfft2(spec * np.asarray(renderer.kernel_fft), s=renderer.fft_shape)
         y0, y1, x0, x1 = renderer.crop
         return out[..., y0:y1, x0:x1]
+    if hasattr(renderer, "render_numpy"):
+        return renderer.render_numpy(cube)
     return np.asarray(renderer(jnp.asarray(cube, jnp.asarray(0.0).dtype)), float)
 
 

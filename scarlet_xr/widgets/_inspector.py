@@ -45,11 +45,11 @@ class Inspector:
         names = observation_names(tree)
         if observation is not None and observation not in names:
             raise ValueError(f"no observation {observation!r} in the results tree; expected one of {names}")
-        self.observation = pn.widgets.Select(name="observation", options=names,
+        self.observation = pn.widgets.Select(label="observation", options=names,
                                              value=observation or names[0])
-        self.band = pn.widgets.Select(name="band", options=self._bands(self.observation.value))
+        self.band = pn.widgets.Select(label="band", options=self._bands(self.observation.value))
         labels = source_labels(tree)
-        self.source = pn.widgets.Select(name="source", options=dict(zip(labels, range(len(labels)),
+        self.source = pn.widgets.Select(label="source", options=dict(zip(labels, range(len(labels)),
                                                                         strict=True)), value=0)
         self.observation.param.watch(self._on_observation, "value")
 

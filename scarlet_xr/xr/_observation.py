@@ -9,7 +9,8 @@ Convention (``BAND, Y, X = "band", "y", "x"``): a Dataset with
   original full image (a cutout remembers its offset),
 - attrs ``name`` and, when known, ``wcs_header`` (FITS header string of the
   WCS of the *original* image; :func:`observation_wcs` slices it to the
-  cutout using ``y[0]``, ``x[0]``).
+  cutout using ``y[0]``, ``x[0]``); the ``data`` variable carries the same
+  header in its attrs so that the image alone (``ds["data"]``) keeps its WCS.
 
 Slicing by band or pixel region keeps data, weight, PSF and WCS consistent;
 a WCS whose pixel coordinates no longer form a unit-step grid (e.g. after a
