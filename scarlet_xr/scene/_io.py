@@ -143,10 +143,10 @@ def save_scene(scene: Scene, path) -> Path:
     Examples
     --------
     >>> import numpy as np, tempfile, os
-    >>> from scarlet_xr import Frame, Scene, Source, GaussianMorphology
+    >>> from scarlet_xr import Frame, Scene, Source, FreeFormMorphology
     >>> from scarlet_xr.scene import save_scene, load_scene
     >>> with Scene(Frame(["g"], (15, 15))) as scene:
-    ...     _ = Source((7.2, 7.0), np.array([3.0]), GaussianMorphology(1.5))
+    ...     _ = Source((7.0, 7.0), np.array([3.0]), FreeFormMorphology(np.ones((5, 5))))
     >>> path = save_scene(scene, os.path.join(tempfile.mkdtemp(), "scene.npz"))
     >>> bool(np.array_equal(load_scene(path).render(), scene.render()))
     True
