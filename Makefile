@@ -13,7 +13,7 @@ export TQDM_DISABLE ?= 1
 $(STAMP): pyproject.toml $(CONSTRAINTS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
-	$(PIP) install -q -c $(CONSTRAINTS) -e ".[test,sample,multi,survey]"
+	$(PIP) install -q -c $(CONSTRAINTS) -e ".[test,sample,multi,survey,viz,widgets]"
 	rm -f $(VENV)/.installed-*
 	touch $(STAMP)
 
@@ -22,16 +22,18 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/scarlet-xr demo --out demo_output
 
+# tests + doctests + every notebook (nbmake executes them; outputs stay stripped)
 test: $(STAMP)
-	JAX_PLATFORMS=cpu $(PY) -m pytest -n 2 --dist loadfile -q
+	JAX_PLATFORMS=cpu $(PY) -m pytest -n 2 --dist loadfile -q --nbmake --nbmake-timeout=600 tests scarlet_xr notebooks
 
 bench: $(STAMP)
 	$(PIP) install -q -c $(CONSTRAINTS) -e ".[bench]"
 	JAX_PLATFORMS=cpu $(PY) benchmarks/run.py
 
+# offline build: notebooks are executed by myst-nb, plots use inline bokeh resources
 docs: $(STAMP)
 	$(PIP) install -q -c $(CONSTRAINTS) -e ".[docs,widgets]"
-	$(VENV)/bin/sphinx-build -b html docs docs/_build/html
+	JAX_PLATFORMS=cpu $(VENV)/bin/sphinx-build -b html docs docs/_build/html
 
 clean:
 	rm -rf $(VENV) demo_output docs/_build

@@ -35,7 +35,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve()
 sys.path.insert(0, str(HERE.parent))
-from bench_hsc import ROOT, _peak_mb, combine, run_child  # noqa: E402
+from bench_hsc import ROOT, _peak_mb, combine, peer_source, run_child  # noqa: E402
 
 DATA = ROOT / "tests" / "data" / "psf_unmatched_sim.npz"
 
@@ -123,7 +123,7 @@ def run_peer() -> dict:
             if s:
                 sc2.PointSource(center, sc2.init.pixel_spectrum(obs, center, correct_psf=True))
             else:
-                sc2.Source(center, *sc2.init.from_gaussian_moments(obs, center))
+                peer_source(sc2, obs, center)
     with sc2.Parameters(scene):
         for i, (src, s) in enumerate(zip(scene.sources, star, strict=True)):
             sc2.Parameter(src.spectrum, name=f"spectrum:{i}", constraint=constraints.positive,

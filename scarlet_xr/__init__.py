@@ -63,3 +63,4 @@ __all__ = [
     "observation_wcs",
     "save_scene",
 ]
+from .survey import deblend_catalog as deblend_catalog

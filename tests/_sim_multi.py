@@ -66,7 +66,7 @@ def simulate(seed: int = 3):
     rng = np.random.default_rng(seed)
     theta = float(rng.uniform(0, 2 * np.pi))
     # sky positions (arcsec from the ground image centre): a blended pair and an isolated galaxy
-    offsets = np.array([[0.25, -0.35], [-0.2, 0.3], [1.9, 1.6]])  # (north, east)
+    offsets = np.array([[0.25, -0.35], [-0.2, 0.3], [1.5, 1.3]])  # (north, east)
     hlr = [0.35, 0.25, 0.3]
     gals = []
     ra, dec = [], []
@@ -89,23 +89,23 @@ def simulate(seed: int = 3):
     flux_ground = 600.0 * sed
     flux_space = np.array([900.0, 700.0, 800.0])
 
-    wg = _tan_wcs(0.2, 0.0, (32, 32))
+    wg = _tan_wcs(0.2, 0.0, (24, 24))
     data, psfs = [], []
     sigmas = np.array([1.0, 0.8, 0.8, 1.0, 1.2])
     fwhm = np.linspace(0.9, 0.6, 5)
     for b in range(5):
         psf = galsim.Moffat(beta=3.0, fwhm=float(fwhm[b]))
-        d, _, p = _draw(gals, wg, (32, 32), psf, flux_ground[:, b], rng, sigmas[b])
+        d, _, p = _draw(gals, wg, (24, 24), psf, flux_ground[:, b], rng, sigmas[b])
         data.append(d)
         psfs.append(p)
     ground = sx.make_observation(
-        np.stack(data), psf=np.stack(psfs), variance=np.broadcast_to(sigmas[:, None, None] ** 2, (5, 32, 32)),
+        np.stack(data), psf=np.stack(psfs), variance=np.broadcast_to(sigmas[:, None, None] ** 2, (5, 24, 24)),
         bands=GROUND_BANDS, wcs=wg, name="ground",
     )
-    ws = _tan_wcs(0.05, theta, (72, 72), center_offset_arcsec=(-0.3, -0.2))
+    ws = _tan_wcs(0.05, theta, (64, 64), center_offset_arcsec=(-0.3, -0.2))
     spsf = galsim.Airy(lam_over_diam=0.11)  # FWHM ~0.11"
-    d, _, p = _draw(gals, ws, (72, 72), spsf, flux_space, rng, 0.35)
-    space = sx.make_observation(d, psf=p, variance=np.full((1, 72, 72), 0.35**2), bands=["F814W"], wcs=ws,
+    d, _, p = _draw(gals, ws, (64, 64), spsf, flux_space, rng, 0.35)
+    space = sx.make_observation(d, psf=p, variance=np.full((1, 64, 64), 0.35**2), bands=["F814W"], wcs=ws,
                                 name="space")
     truth = {
         "ra": ra,
