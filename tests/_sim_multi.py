@@ -56,8 +56,8 @@ def simulate(seed: int = 3):
     Returns
     -------
     ground, space : xarray.Dataset
-        Observations named ``"ground"`` (5 bands, 0.2"/px, 32 x 32) and
-        ``"space"`` (1 band ``"F814W"``, 0.05"/px, 72 x 72, rotated by a
+        Observations named ``"ground"`` (5 bands, 0.2"/px, 24 x 24) and
+        ``"space"`` (1 band ``"F814W"``, 0.05"/px, 64 x 64, rotated by a
         random angle, covering the blend but not the isolated source).
     truth : dict
         ``ra``, ``dec`` (deg), ``flux_ground`` (source, 5), ``flux_space``

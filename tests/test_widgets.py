@@ -116,6 +116,13 @@ def test_inspector_as_ipywidget_and_html(tree, tmp_path):
     assert inspect(tree).save(tmp_path / "again.html").exists()
 
 
+def test_results_accessor_inspect(tree):
+    insp = tree.scarlet.inspect()
+    insp.band.value = "z"
+    np.testing.assert_allclose(insp.displayed()["data"],
+                               tree["observations"]["hsc"]["data"].sel(band="z").values, rtol=1e-6)
+
+
 def test_inspect_rejects_non_results():
     import xarray as xr
 

@@ -40,6 +40,14 @@ def add_parser(sub) -> None:
                    help="subtract the sep background level from each band")
     p.add_argument("--recenter-psf", action="store_true",
                    help="move each PSF's peak onto its central pixel (whole-pixel shift)")
+    p.add_argument("--sample", type=int, default=0, metavar="N",
+                   help="after the fit, draw N posterior samples per chain with NUTS and write "
+                        "/posterior and /sample_stats into the results")
+    p.add_argument("--chains", type=int, default=4, metavar="K", help="NUTS chains (default 4)")
+    p.add_argument("--warmup", type=int, default=None, metavar="W",
+                   help="NUTS warm-up steps per chain (default: N)")
+    p.add_argument("--report", default=None, metavar="DIR",
+                   help="write figures and the offline inspector page (DIR/inspector.html)")
     p.set_defaults(func=run)
 
 
@@ -145,6 +153,16 @@ def run(args) -> int:
         initialize_sources(frame, obs, centers, kinds=kinds)
     fitted = scene.fit(obs, max_steps=args.max_steps, progress=True)
     tree = fitted.to_datatree(obs, extra_attrs={"inputs": ",".join(Path(f).name for f in args.files)})
+    if args.sample < 0 or args.chains < 1:
+        raise ValueError(f"--sample must be >= 0 and --chains >= 1; got {args.sample}, {args.chains}")
+    if args.sample:
+        from ..scene import attach_posterior, sample_scene
+
+        post = sample_scene(
+            fitted, obs, num_warmup=args.sample if args.warmup is None else args.warmup,
+            num_samples=args.sample, num_chains=args.chains, progress=True,
+        )
+        tree = attach_posterior(tree, post)
     write_tree(tree, out)
     print(f"scarlet-xr fit: {len(obs)} observation(s), {len(centers)} sources ({origin})")
     for ds in obs:
@@ -157,4 +175,13 @@ def run(args) -> int:
             print(f"  {ds.attrs['name']}: " + "; ".join(notes))
     print(format_summary(tree, time.perf_counter() - t0))
     print(f"wrote {out}")
+    if args.sample:
+        from ..scene import summarize
+
+        print(summarize(tree, var_names=["flux"]).to_string())
+    if args.report is not None:
+        from ..viz import write_report
+
+        for path in write_report(tree, args.report):
+            print(f"wrote {path}")
     return 0

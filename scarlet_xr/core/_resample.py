@@ -17,14 +17,15 @@ renderer
 1. takes a *pruned* FFT of the model: an rfft along x of which only the
    ``|k_x| <= K_x`` columns are kept, then an FFT along y of those columns;
 2. multiplies the kept block by ``D^`` (precomputed once);
-3. evaluates the band-limited result at the observation pixel centres with a
-   non-uniform inverse DFT done the NUFFT way: a small inverse FFT onto an
-   oversampled intermediate grid, then Gaussian-kernel interpolation whose
-   Fourier response is divided out beforehand ("deapodisation", folded into
-   ``D^``), which makes the interpolation accurate to ~1e-6 instead of the
-   ~1e-3 of a Lanczos kernel. The interpolation is two small dense matrices
-   when the observation axes are parallel to the model axes, otherwise a
-   precomputed gather (``(2 a)^2`` taps per pixel).
+3. evaluates the band-limited result at the observation pixel centres:
+   exactly, by two small complex matrices (an inverse DFT at the row and
+   column positions), when the observation axes are parallel to the model
+   axes ("separable"; "taylor" adds a first-order correction for tiny
+   rotations such as two north-up frames with different tangent points);
+   otherwise ("gather") the NUFFT way: a small inverse FFT onto an
+   oversampled grid, then Gaussian-kernel taps whose Fourier response is
+   divided out beforehand (deapodisation, folded into ``D^``), accurate to
+   ~1e-5 where a Lanczos kernel gives ~1e-3.
 
 Everything that depends only on frames and PSFs is computed in ``__init__``
 with numpy; ``__call__`` is a few FFTs, an element-wise product and a small

@@ -15,9 +15,12 @@ def free_filter(model):
     """Filter spec: True exactly at the ``raw`` array of every non-fixed Parameter."""
 
     def spec(x):
+        none = jax.tree_util.tree_map(lambda _: False, x)
         if isinstance(x, Parameter):
-            return jax.tree_util.tree_map(lambda _: not x.fixed, x)
-        return jax.tree_util.tree_map(lambda _: False, x)
+            # only ``raw`` is free: arrays inside a prior (distribution parameters,
+            # network weights) must never be fitted or sampled
+            return eqx.tree_at(lambda q: q.raw, none, not x.fixed)
+        return none
 
     return jax.tree_util.tree_map(spec, model, is_leaf=is_parameter)
 

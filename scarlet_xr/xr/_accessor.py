@@ -247,3 +247,17 @@ class ScarletDataTreeAccessor:
             e_rel=e_rel, optimizer=optimizer, progress=progress,
         )
 
+
+    def inspect(self, *, observation: str | None = None):
+        """Interactive inspector of these results (needs the ``widgets`` extra).
+
+        See :func:`scarlet_xr.widgets.inspect`.
+
+        Returns
+        -------
+        scarlet_xr.widgets.Inspector
+        """
+        self._check()
+        from ..widgets import inspect  # top layer; holoviews/panel load only here
+
+        return inspect(self._obj, observation=observation)
