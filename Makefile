@@ -28,7 +28,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PIP) install -q -c $(CONSTRAINTS) -e ".[bench]"
-	JAX_PLATFORMS=cpu $(PY) benchmarks/run.py
+	JAX_PLATFORMS=cpu SCARLET_XR_CACHE=off $(PY) benchmarks/run.py $(BENCH)
 
 # offline build: notebooks are executed by myst-nb, plots use inline bokeh resources
 docs: $(STAMP)

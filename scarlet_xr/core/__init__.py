@@ -37,3 +37,6 @@ from ._resample import ResamplingRenderer as ResamplingRenderer
 from ._resample import affine_from_coords as affine_from_coords
 from ._resample import psf_core_width as psf_core_width
 from ._resample import psf_spectrum as psf_spectrum
+from ._prior import AbstractPrior as AbstractPrior
+from ._prior import ScorePrior as ScorePrior
+from ._prior import score_surrogate as score_surrogate

@@ -33,9 +33,9 @@ __all__ = ["make_stamps", "train", "main", "DEFAULTS"]
 
 DEFAULTS = {
     "size": 31,
-    "width": 24,
+    "width": 16,
     "dilations": [1, 2, 4, 8, 4, 2, 1],
-    "n_stamps": 4000,
+    "n_stamps": 3000,
     "steps": 1500,
     "batch": 32,
     "learning_rate": 2e-3,

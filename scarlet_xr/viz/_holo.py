@@ -229,7 +229,8 @@ def spectrum_plot(tree, source: int, *, prob: float = 0.68):
         out = out * hv.ErrorBars(
             (bands, med, med - lo, hi - med), kd, [vd, "neg", "pos"], label=f"posterior {prob:.0%}"
         ).opts(backend="bokeh", color="red", line_width=2)
-    return out.opts(backend="bokeh", title=f"spectrum of {label}", frame_width=300, frame_height=200, show_legend=True)
+    return out.opts(backend="bokeh", title=f"spectrum of {label}", frame_width=300, frame_height=200,
+                    show_legend=True)
 
 
 def loss_plot(tree):
