@@ -9,7 +9,9 @@ compilation cache) and reports:
 - ``fit_s``: first fit, tracing and compilation included,
 - ``refit_s``: a second fit of the same initial scene in the same process,
 - ``total_s``: ``build_s + fit_s`` (the number the targets refer to),
-- ``peak_rss_mb``: peak resident memory of the process (``ru_maxrss``),
+- ``peak_rss_mb``: peak resident memory of the process (``ru_maxrss``), and
+  the same read after import, build and first fit
+  (``peak_rss_after_{import,build,fit}_mb``) to show where memory goes,
 - ``chi2``: reduced chi^2 ``sum w (d - m)^2 / N`` over pixels with ``w > 0``,
   the model rendered into the observation, computed by the same numpy code
   for both tools; ``chi2_init`` the same for the initial scene.
@@ -82,6 +84,7 @@ def run_ours() -> dict:
     from scarlet_xr.xr import likelihood_for
 
     t_import = time.perf_counter() - t0
+    rss_import = _peak_mb()
 
     t0 = time.perf_counter()
     obs, centers = hsc_cosmos_35()
@@ -90,10 +93,12 @@ def run_ours() -> dict:
     with sx.Scene(frame) as scene:
         sx.initialize_sources(frame, obs, centers, kinds=kinds)
     t_build = time.perf_counter() - t0
+    rss_build = _peak_mb()
 
     t0 = time.perf_counter()
     fitted = scene.fit(obs, max_steps=MAX_STEPS)
     t_fit = time.perf_counter() - t0
+    rss_fit = _peak_mb()
 
     t0 = time.perf_counter()
     refit = scene.fit(obs, max_steps=MAX_STEPS)
@@ -119,6 +124,9 @@ def run_ours() -> dict:
         "chi2_refit": chi2_of(refit),
         "chi2_init": chi2_of(scene),
         "peak_rss_mb": _peak_mb(),
+        "peak_rss_after_import_mb": rss_import,
+        "peak_rss_after_build_mb": rss_build,
+        "peak_rss_after_fit_mb": rss_fit,
     }
 
 
@@ -144,6 +152,7 @@ def run_peer() -> dict:
     import scarlet2 as sc2
 
     t_import = time.perf_counter() - t0
+    rss_import = _peak_mb()
     import jax.numpy as jnp
     import numpy as np
     from numpyro.distributions import constraints
@@ -178,10 +187,12 @@ def run_peer() -> dict:
             else:
                 sc2.Parameter(src.center, name="center:0", stepsize=0.1)
     t_build = time.perf_counter() - t0
+    rss_build = _peak_mb()
 
     t0 = time.perf_counter()
     fitted = scene.fit(obs, max_iter=MAX_STEPS, e_rel=1e-4, progress_bar=False)
     t_fit = time.perf_counter() - t0
+    rss_fit = _peak_mb()
 
     t0 = time.perf_counter()
     refit = scene.fit(obs, max_iter=MAX_STEPS, e_rel=1e-4, progress_bar=False)
@@ -201,6 +212,9 @@ def run_peer() -> dict:
         "chi2_refit": chi2_of(refit),
         "chi2_init": chi2_of(scene),
         "peak_rss_mb": _peak_mb(),
+        "peak_rss_after_import_mb": rss_import,
+        "peak_rss_after_build_mb": rss_build,
+        "peak_rss_after_fit_mb": rss_fit,
     }
 
 
@@ -248,8 +262,8 @@ def combine(ours: dict, peer: dict, keys) -> dict:
     return res
 
 
-KEYS = ["import_s", "build_s", "fit_s", "refit_s", "total_s", "peak_rss_mb", "chi2", "chi2_init",
-        "process_wall_s"]
+KEYS = ["import_s", "build_s", "fit_s", "refit_s", "total_s", "peak_rss_mb", "peak_rss_after_import_mb",
+        "peak_rss_after_build_mb", "peak_rss_after_fit_mb", "chi2", "chi2_init", "process_wall_s"]
 
 
 def main(timeout: float = 1800) -> dict:

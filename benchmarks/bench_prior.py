@@ -1,6 +1,6 @@
 """Learned morphology prior vs no prior vs the monotonic constraint on GalSim blends.
 
-``python benchmarks/bench_prior.py [--n 50] [--sigma 0.05]`` simulates low-S/N
+``python benchmarks/bench_prior.py [--n 50] [--sigma 0.01]`` simulates low-S/N
 blends (3 galaxies, S/N 10-30 each, every neighbour within 2 PSF FWHM of
 another), fits each three ways with the same initialisation (free-form
 without prior, free-form with :func:`scarlet_xr.nn.learned_prior`,
@@ -70,7 +70,7 @@ def simulate_blend(seed: int, *, n_sources: int = 3, noise: float = 1.0, snr_ran
     return obs, centers, fluxes, images
 
 
-def fit_blend(obs, centers, *, method: str, prior=None, max_steps: int = 400):
+def fit_blend(obs, centers, *, method: str, prior=None, max_steps: int = 1000, e_rel: float = 1e-6):
     """Fit one blend; return ``(fluxes (n, band), observed-frame source models (n, band, y, x))``."""
     frame = sx.frame_from_observations(obs)
     kind = "monotonic" if method == "monotonic" else "free"
@@ -78,7 +78,7 @@ def fit_blend(obs, centers, *, method: str, prior=None, max_steps: int = 400):
         sx.initialize_sources(frame, obs, centers, kinds=kind, min_box=BOX, max_box=BOX)
     if method == "learned":
         scene = with_morphology_prior(scene, prior)
-    fitted = scene.fit(obs, max_steps=max_steps)
+    fitted = scene.fit(obs, max_steps=max_steps, e_rel=e_rel)
     model = fitted.model()
     lik = likelihood_for(obs, frame)
     per_source = np.asarray(model.render_sources())
@@ -94,7 +94,7 @@ def errors(fluxes, rendered, true_fluxes, true_images):
     return ferr, merr
 
 
-def main(n: int = 50, *, sigma: float = 0.05, max_steps: int = 400, seed0: int = 1000) -> dict:
+def main(n: int = 50, *, sigma: float = 0.01, max_steps: int = 1000, seed0: int = 1000, log=None) -> dict:
     """Run the benchmark on ``n`` blends; return medians per method and the settings."""
     prior = learned_prior(sigma=sigma)
     methods = ("none", "learned", "monotonic")
@@ -108,6 +108,8 @@ def main(n: int = 50, *, sigma: float = 0.05, max_steps: int = 400, seed0: int =
             fe, me = errors(f, r, tf, ti)
             ferr[m].extend(fe.tolist())
             merr[m].extend(me.tolist())
+        if log is not None:
+            log(i, {m: (float(np.median(merr[m])), float(np.median(ferr[m]))) for m in methods})
     out = {
         "n_blends": n,
         "n_sources": len(ferr["none"]),
@@ -124,7 +126,9 @@ def main(n: int = 50, *, sigma: float = 0.05, max_steps: int = 400, seed0: int =
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--n", type=int, default=50)
-    p.add_argument("--sigma", type=float, default=0.05)
-    p.add_argument("--max-steps", type=int, default=400)
+    p.add_argument("--sigma", type=float, default=0.01)
+    p.add_argument("--max-steps", type=int, default=1000)
     a = p.parse_args()
-    print(json.dumps(main(a.n, sigma=a.sigma, max_steps=a.max_steps), indent=2))
+    res = main(a.n, sigma=a.sigma, max_steps=a.max_steps,
+               log=lambda i, r: print(f"blend {i}: (morph, flux) medians so far {r}", flush=True))
+    print(json.dumps(res, indent=2))

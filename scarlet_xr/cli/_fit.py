@@ -35,6 +35,9 @@ def add_parser(sub) -> None:
     p.add_argument("--out", required=True, metavar="PATH", help="output file ending in .nc or .zarr")
     p.add_argument("--kind", default="free", help="source kind when the catalog has none (default free)")
     p.add_argument("--max-steps", type=int, default=1000, help="maximum optimizer steps")
+    p.add_argument("--prior", choices=("none", "learned"), default="none",
+                   help="morphology prior of free-form sources: 'learned' applies the shipped "
+                        "galaxy-shape prior (scarlet_xr.nn.learned_prior) to every free-form model")
     p.add_argument("--threshold", type=float, default=3.0, help="detection threshold in sigma")
     p.add_argument("--subtract-background", action="store_true",
                    help="subtract the sep background level from each band")
@@ -151,6 +154,10 @@ def run(args) -> int:
     kinds = kinds if kinds is not None else args.kind
     with Scene(frame) as scene:
         initialize_sources(frame, obs, centers, kinds=kinds)
+    if getattr(args, "prior", "none") == "learned":
+        from ..nn import learned_prior, with_morphology_prior
+
+        scene = with_morphology_prior(scene, learned_prior())
     fitted = scene.fit(obs, max_steps=args.max_steps, progress=True)
     tree = fitted.to_datatree(obs, extra_attrs={"inputs": ",".join(Path(f).name for f in args.files)})
     if args.sample < 0 or args.chains < 1:

@@ -92,7 +92,7 @@ class LearnedMorphologyPrior(AbstractPrior):
     """
 
     net: ScoreNet
-    sigma: float = eqx.field(static=True, default=0.05)
+    sigma: float = eqx.field(static=True, default=0.01)
     scale_sigma: float | None = eqx.field(static=True, default=1.0)
 
     def __check_init__(self):
@@ -131,7 +131,7 @@ class LearnedMorphologyPrior(AbstractPrior):
         return self.net.score(s, self.sigma)
 
 
-def learned_prior(*, sigma: float = 0.05, scale_sigma: float | None = 1.0, path=None) -> LearnedMorphologyPrior:
+def learned_prior(*, sigma: float = 0.01, scale_sigma: float | None = 1.0, path=None) -> LearnedMorphologyPrior:
     """Return the shipped learned galaxy-morphology prior.
 
     Parameters

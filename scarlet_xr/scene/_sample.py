@@ -1,15 +1,18 @@
 """Posterior sampling of a Scene; draws as an ArviZ-style ``xarray.DataTree``.
 
 With ``fix_morphology=True`` (the default) every morphology is frozen at its
-current (fitted) state and only spectra and centres are sampled:
+current (fitted) state and only spectra and centres are sampled. Each
+component's fitted image becomes a fixed template on the frame grid that the
+source's centre moves by a Fourier phase ramp (any shift, not only
+sub-pixel): at the fitted centres the model is the fitted model, and it is
+smooth in the centres for every kind of morphology, free-form ones included
+(whose centre the fit keeps fixed because their pixels absorb shifts; with
+the pixels frozen, the centre carries the position uncertainty). The cost is
+one inverse FFT per band per evaluation, so sampling is fast.
 
-* parametric morphologies (point, Gaussian, Sersic, ...) keep their shape
-  parameters fixed; their centre moves the profile as in the fit;
-* a free-form morphology becomes a fixed template image that the centre
-  shifts by sub-pixel Fourier phase (the fit ignores the centre of free-form
-  sources, whose pixels absorb shifts; with the pixels frozen the centre is
-  what carries the position uncertainty). At the fitted centre the template
-  reproduces the fitted model exactly.
+With ``fix_morphology=False`` the scene's own model is sampled: every free
+parameter, morphology parameters included (free-form pixels then need a
+prior, see :func:`sample_scene`).
 
 The posterior group holds, per draw: ``flux (source, band)``, and when the
 centres are sampled ``y, x (source)`` in the frame's pixel coordinates (as in
@@ -22,17 +25,17 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+from scipy.fft import next_fast_len
 
 from .._version import __version__
 from ..core import (
-    AbstractMorphology,
-    Component,
     FreeFormMorphology,
     Identity,
     Parameter,
     SceneModel,
     Source,
-    fourier_shift,
+    Spectrum,
+    collecting,
     is_parameter,
 )
 from ..infer import sample as _sample
@@ -40,25 +43,88 @@ from ..xr import BAND, likelihood_for, normalize_observations
 
 __all__ = ["sample_scene", "attach_posterior", "summarize"]
 
-_TEMPLATE_PAD = 2
+class _FrozenScene(eqx.Module):
+    """A scene whose morphologies are frozen: spectra and centre shifts remain free.
+
+    Each component's image, rendered at the fitted centre on the frame grid
+    with a margin, is kept as its Fourier transform ``T_c``. The model-frame
+    cube is ``crop(irfft2(sum_c spectrum_c[b] * T_c * phase(center_s - fit_s)))``:
+    a shift of any size (not only sub-pixel) is one phase ramp, so the model
+    is smooth in the centres and costs one inverse FFT per band.
+    """
+
+    spectra: tuple
+    centers: tuple
+    fit_centers: jax.Array
+    templates: jax.Array
+    flux_factor: jax.Array
+    owner: tuple[int, ...] = eqx.field(static=True)
+    shape: tuple[int, int, int] = eqx.field(static=True)
+    grid: tuple[int, int] = eqx.field(static=True)
+    margin: int = eqx.field(static=True)
+
+    def _shifts(self):
+        return jnp.stack([c.value for c in self.centers]) - self.fit_centers
+
+    def __call__(self):
+        """Return the model cube (band, y, x)."""
+        gh, gw = self.grid
+        ky = jnp.fft.fftfreq(gh)[:, None]
+        kx = jnp.fft.rfftfreq(gw)[None, :]
+        d = self._shifts()[jnp.asarray(self.owner)]
+        phase = jnp.exp(-2j * jnp.pi * (ky[None] * d[:, 0, None, None] + kx[None] * d[:, 1, None, None]))
+        spec = jnp.stack([s() for s in self.spectra])
+        hat = jnp.einsum("cb,cyx->byx", spec.astype(self.templates.dtype), self.templates * phase)
+        cube = jnp.fft.irfft2(hat, s=self.grid)
+        b, h, w = self.shape
+        m = self.margin
+        return cube[:, m : m + h, m : m + w].astype(self.fit_centers.dtype)
+
+    def fluxes(self):
+        """Total flux per source and band ``(source, band)``."""
+        spec = jnp.stack([s() for s in self.spectra]) * self.flux_factor[:, None]
+        return jax.ops.segment_sum(spec, jnp.asarray(self.owner), num_segments=len(self.centers))
+
+    def center_values(self):
+        """Centres ``(source, 2)`` in model-frame pixels."""
+        return jnp.stack([c.value for c in self.centers])
 
 
-class _ShiftedTemplate(AbstractMorphology):
-    """A fixed image shifted by ``offset - offset0`` (Fourier phase); not sampled."""
-
-    image: jax.Array
-    offset0: jax.Array
-    shape: tuple[int, int] = eqx.field(static=True)
-    label: str = eqx.field(static=True)
-
-    def __call__(self, offset):
-        """Return the template shifted to ``offset``."""
-        return fourier_shift(self.image, offset - self.offset0)
-
-    @property
-    def kind(self) -> str:
-        """The kind of the morphology this template froze."""
-        return self.label
+def _frozen_scene(sources, frame, *, fix_centers: bool, selected=None, margin: int = 8) -> _FrozenScene:
+    b, h, w = frame.cube_shape
+    grid = (next_fast_len(h + 2 * margin, real=True), next_fast_len(w + 2 * margin, real=True))
+    spectra, centers, owner, templates, factors, fits = [], [], [], [], [], []
+    with collecting(lambda s: None):  # helper sources must not join an active scene
+        for i, src in enumerate(sources):
+            c0 = np.asarray(src.center.value, np.float64)
+            fits.append(c0)
+            center = src.center
+            chosen = selected is None or i in selected
+            if fix_centers or not chosen:
+                center = _fixed(center)
+            elif center.fixed:
+                center = Parameter(c0, Identity(), prior=center.prior, step=center.step)
+            centers.append(center)
+            for comp in src.components:
+                one = Source(c0 + margin, Spectrum(np.ones(b)), comp.morphology, fix_center=True)
+                img = np.asarray(SceneModel([one], (b,) + grid)()[0], np.float64)
+                templates.append(np.fft.rfft2(img))
+                factors.append(float(jnp.sum(comp.morphology(jnp.zeros(2)))))
+                spectra.append(comp.spectrum if chosen else _fix_all(comp.spectrum))
+                owner.append(i)
+    dt = sources[0].center.raw.dtype
+    cdt = jnp.result_type(dt, jnp.complex64)
+    return _FrozenScene(
+        spectra=tuple(spectra),
+        centers=tuple(centers),
+        fit_centers=jnp.asarray(np.stack(fits), dt),
+        templates=jnp.asarray(np.stack(templates), cdt),
+        flux_factor=jnp.asarray(factors, dt),
+        owner=tuple(owner),
+        shape=(b, h, w),
+        grid=grid,
+        margin=margin,
+    )
 
 
 def _fixed(p: Parameter) -> Parameter:
@@ -68,29 +134,22 @@ def _fixed(p: Parameter) -> Parameter:
                      step=p.step)
 
 
-def _freeze(source: Source, *, fix_morphology: bool, fix_center: bool) -> Source:
-    c0 = np.asarray(source.center.value, np.float64)
-    comps = []
-    for comp in source.components:
-        morph = comp.morphology
-        if fix_morphology:
-            if isinstance(morph, FreeFormMorphology):
-                img = np.pad(np.asarray(morph.image.value, np.float64), _TEMPLATE_PAD)
-                dt = morph.image.raw.dtype
-                morph = _ShiftedTemplate(image=jnp.asarray(img, dt),
-                                         offset0=jnp.asarray(c0 - np.round(c0), dt),
-                                         shape=img.shape, label=morph.kind)
+def _fix_all(tree):
+    return jax.tree_util.tree_map(lambda x: _fixed(x) if isinstance(x, Parameter) else x, tree,
+                                  is_leaf=is_parameter)
+
+
+def _fix_sources(sources, *, fix_centers: bool, selected):
+    out = []
+    with collecting(lambda s: None):
+        for i, s in enumerate(sources):
+            if selected is not None and i not in selected:
+                out.append(_fix_all(s))
+            elif fix_centers:
+                out.append(Source(_fixed(s.center), components=s.components, name=s.name))
             else:
-                morph = jax.tree_util.tree_map(
-                    lambda x: _fixed(x) if isinstance(x, Parameter) else x, morph, is_leaf=is_parameter
-                )
-        comps.append(Component(comp.spectrum, morph))
-    center = source.center
-    if fix_center:
-        center = _fixed(center)
-    elif center.fixed:
-        center = Parameter(c0, Identity(), prior=center.prior, step=center.step)
-    return Source(center, components=comps, name=source.name)
+                out.append(s)
+    return out
 
 
 def _check_degenerate(sources) -> None:
@@ -105,11 +164,12 @@ def _check_degenerate(sources) -> None:
                 )
 
 
-def _derived(model: SceneModel) -> dict:
-    return {
-        "flux": model.fluxes(),
-        "center": jnp.stack([s.center.value for s in model.sources]),
-    }
+def _derived_frozen(model: _FrozenScene) -> dict:
+    return {"flux": model.fluxes(), "center": model.center_values()}
+
+
+def _derived_full(model: SceneModel) -> dict:
+    return {"flux": model.fluxes(), "center": jnp.stack([s.center.value for s in model.sources])}
 
 
 def sample_scene(
@@ -123,6 +183,7 @@ def sample_scene(
     key=None,
     fix_morphology: bool = True,
     fix_centers: bool = False,
+    sources=None,
     progress: bool = True,
     **kwargs,
 ):
@@ -150,6 +211,10 @@ def sample_scene(
         pixels then need a prior.
     fix_centers : bool
         Keep all centres fixed (sample spectra only).
+    sources : sequence of int, optional
+        Indices of the sources to sample; the others stay fixed at their
+        current state (default: all sources). The posterior's ``source``
+        coordinate holds these indices.
     progress : bool
         ``tqdm.auto`` progress bar (honours ``TQDM_DISABLE``).
     **kwargs
@@ -175,21 +240,34 @@ def sample_scene(
     obs = normalize_observations(observations)
     if len(scene) == 0:
         raise ValueError("the scene has no sources")
-    sources = [_freeze(s, fix_morphology=fix_morphology, fix_center=fix_centers)
-               for s in scene.sources]
-    _check_degenerate(sources)
     frame = scene.frame
-    model = SceneModel(sources, frame.cube_shape)
+    all_sources = list(scene.sources)
+    n_src = len(all_sources)
+    selected = list(range(n_src)) if sources is None else [int(i) for i in sources]
+    if not selected or len(set(selected)) != len(selected) or not all(0 <= i < n_src for i in selected):
+        raise ValueError(
+            f"sources must be distinct indices in 0..{n_src - 1}; got {sources!r}"
+        )
+    if fix_morphology:
+        model = _frozen_scene(all_sources, frame, fix_centers=fix_centers, selected=set(selected))
+        derived = _derived_frozen
+        sampled_centers = not fix_centers
+    else:
+        srcs = _fix_sources(all_sources, fix_centers=fix_centers, selected=set(selected))
+        _check_degenerate(srcs)
+        model = SceneModel(srcs, frame.cube_shape)
+        derived = _derived_full
+        sampled_centers = any(not srcs[i].center.fixed for i in selected)
     liks = [likelihood_for(ds, frame) for ds in obs.values()]
     res = _sample(model, liks, key=seed if key is None else key, num_warmup=num_warmup,
-                  num_samples=num_samples, num_chains=num_chains, derived=_derived,
+                  num_samples=num_samples, num_chains=num_chains, derived=derived,
                   progress=progress, **kwargs)
-    names = [s.name or f"src{i}" for i, s in enumerate(sources)]
-    post = {"flux": res.derived["flux"].astype(np.float64)}
+    names = [all_sources[i].name or f"src{i}" for i in selected]
+    sel = np.asarray(selected)
+    post = {"flux": res.derived["flux"].astype(np.float64)[:, :, sel]}
     dims = {"flux": ["source", BAND]}
-    sampled_centers = any(not s.center.fixed for s in sources)
     if sampled_centers:
-        c = res.derived["center"].astype(np.float64)
+        c = res.derived["center"].astype(np.float64)[:, :, sel]
         post["y"] = c[..., 0] + frame.origin[0]
         post["x"] = c[..., 1] + frame.origin[1]
         dims["y"] = dims["x"] = ["source"]
@@ -197,7 +275,7 @@ def sample_scene(
             ra, dec = frame.pixel_to_sky(c[..., 0], c[..., 1])
             post["ra"], post["dec"] = np.asarray(ra), np.asarray(dec)
             dims["ra"] = dims["dec"] = ["source"]
-    coords = {"source": np.arange(len(sources)), BAND: list(frame.bands)}
+    coords = {"source": sel, BAND: list(frame.bands)}
     attrs = {
         "inference_library": "numpyro",
         "sampler": "NUTS (scarlet_xr.infer.sample, whitened at the mode)",
@@ -245,10 +323,11 @@ def attach_posterior(result_tree, posterior_tree):
     if "sources" in result_tree.children:
         src = result_tree["sources"]
         post = posterior_tree["posterior"]
-        if src.sizes.get("source") != post.sizes.get("source"):
+        n_res = src.sizes.get("source", 0)
+        idx = np.asarray(post["source"].values) if "source" in post.coords else np.zeros(0, int)
+        if idx.size and (idx.min() < 0 or idx.max() >= n_res):
             raise ValueError(
-                f"posterior has {post.sizes.get('source')} sources; the results have "
-                f"{src.sizes.get('source')}"
+                f"posterior source indices {idx.tolist()} are not in the results' sources 0..{n_res - 1}"
             )
         if BAND in src.coords and BAND in post.coords and list(src[BAND].values) != list(post[BAND].values):
             raise ValueError(
