@@ -19,7 +19,7 @@ compilation cache) and reports:
 Recipes
 -------
 ours: exactly what ``scarlet-xr demo`` does: ``frame_from_observations``,
-``initialize_sources`` with a point source for source 0 and ``"monotonic"``
+``initialize_sources`` with a point source for source 0 and ``"free"``
 for the others, ``scene.fit(obs)`` with default settings (1000 steps max).
 
 scarlet2: its documented quickstart on the same file: ``Observation(images,
@@ -89,7 +89,7 @@ def run_ours() -> dict:
     t0 = time.perf_counter()
     obs, centers = hsc_cosmos_35()
     frame = sx.frame_from_observations(obs)
-    kinds = ["point"] + ["monotonic"] * (len(centers) - 1)
+    kinds = ["point"] + ["free"] * (len(centers) - 1)
     with sx.Scene(frame) as scene:
         sx.initialize_sources(frame, obs, centers, kinds=kinds)
     t_build = time.perf_counter() - t0

@@ -26,7 +26,7 @@ def run(args) -> int:
 
     obs, centers = hsc_cosmos_35()
     frame = frame_from_observations(obs)
-    kinds = ["point"] + ["monotonic"] * (len(centers) - 1)
+    kinds = ["point"] + ["free"] * (len(centers) - 1)
     with Scene(frame) as scene:
         initialize_sources(frame, obs, centers, kinds=kinds)
     fitted = scene.fit(obs, max_steps=args.max_steps, progress=True)

@@ -63,22 +63,6 @@ def _ancestors(shape) -> np.ndarray:
     return table
 
 
-class _Table:
-    """Hashable wrapper of a static integer table (compared by shape and content)."""
-
-    def __init__(self, table: np.ndarray):
-        self.table = table
-        self._key = (table.shape, hash(table.tobytes()))
-
-    def __hash__(self):
-        return hash(self._key)
-
-    def __eq__(self, other):
-        return isinstance(other, _Table) and self._key == other._key and np.array_equal(
-            self.table, other.table
-        )
-
-
 class MonotonicMorphology(AbstractMorphology):
     """Non-negative image that never increases away from its central pixel.
 
@@ -96,7 +80,7 @@ class MonotonicMorphology(AbstractMorphology):
 
     peak: Parameter
     log_ratio: Parameter
-    ancestors: _Table = eqx.field(static=True)
+    ancestors: jax.Array
     shape: tuple[int, int] = eqx.field(static=True)
     symmetric: bool = eqx.field(static=True)
     pixel_anchored: ClassVar[bool] = True
@@ -128,7 +112,8 @@ class MonotonicMorphology(AbstractMorphology):
         u = np.log(ratio) - np.log1p(-ratio)
         self.peak = Parameter(peak, LogPositive(), step=0.03)
         self.log_ratio = Parameter(u.reshape(h, w), Identity(), step=step)
-        self.ancestors = _Table(_ancestors(arr.shape))
+        # a traced (non-static) leaf: keeps the table out of the compiled constants
+        self.ancestors = jnp.asarray(_ancestors(arr.shape))
         self.shape = (h, w)
 
     def __call__(self, offset):
@@ -138,7 +123,7 @@ class MonotonicMorphology(AbstractMorphology):
             u = 0.5 * (u + u[::-1, ::-1])
         ls = jax.nn.log_sigmoid(u.ravel())
         ls = jnp.concatenate([ls, jnp.zeros((1,), ls.dtype)])  # index -1 -> 0
-        table = self.ancestors.table
+        table = self.ancestors
         logv = jnp.sum(ls[table], axis=1)
         return (self.peak.value * jnp.exp(logv)).reshape(self.shape)
 

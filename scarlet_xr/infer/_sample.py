@@ -174,6 +174,11 @@ class _Problem(eqx.Module):
         return -self.log_density_u(self.to_u(z))
 
 
+@eqx.filter_jit
+def _log_density_at_start(problem: _Problem):
+    return problem.log_density_u(problem.u0)
+
+
 def _potential_gen(problem):
     return problem.potential
 
@@ -336,7 +341,7 @@ def sample(
     default_sigma: float = 1.0,
     init_jitter: float = 0.5,
     progress: bool = True,
-    chunk: int = 50,
+    chunk: int = 100,
 ) -> PosteriorSamples:
     """Draw posterior samples of the free parameters of ``model`` with NUTS.
 
@@ -433,7 +438,7 @@ def sample(
         problem = _Problem(free, rest, model, likelihoods, u0,
                            jnp.ones((n, n) if dense else (n,), real),
                            jnp.asarray(default_sigma, real))
-        lp0 = float(problem.log_density_u(u0))
+        lp0 = float(_log_density_at_start(problem))
         if not np.isfinite(lp0):
             raise ValueError(f"the log density at the starting point is not finite ({lp0})")
         u_mode, a = _newton(problem, int(newton_steps), dense)
