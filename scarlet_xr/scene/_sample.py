@@ -25,6 +25,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+import xarray as xr
 from scipy.fft import next_fast_len
 
 from .._version import __version__
@@ -288,12 +289,14 @@ def sample_scene(
         "source_names": ",".join(names),
     }
     tree = from_dict({"posterior": post, "sample_stats": dict(res.sample_stats)},
-                     dims=dims, coords=coords, attrs=attrs)
-    tree["posterior"] = tree["posterior"].assign_coords(name=("source", names))
+                     dims=dims, coords=coords, attrs={"posterior": attrs, "sample_stats": attrs})
+    ds = tree["posterior"].to_dataset().assign_coords(name=("source", names))
     units = {"flux": "model flux units", "y": "pixel", "x": "pixel", "ra": "deg", "dec": "deg"}
     for v, u in units.items():
-        if v in tree["posterior"].data_vars:
-            tree["posterior"][v].attrs["units"] = u
+        if v in ds.data_vars:
+            ds[v].attrs["units"] = u
+    tree["posterior"] = xr.DataTree(ds)
+    tree.attrs.update(attrs)
     return tree
 
 
