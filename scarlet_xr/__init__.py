@@ -64,3 +64,5 @@ __all__ = [
     "save_scene",
 ]
 from .survey import deblend_catalog as deblend_catalog
+from .core import AbstractPrior as AbstractPrior
+from .core import ScorePrior as ScorePrior

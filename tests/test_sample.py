@@ -86,7 +86,7 @@ def test_linear_flux_posterior_matches_analytic():
     a = np.sum(w[0] * t * t)
     mean, sd = np.sum(w[0] * t * data) / a, 1 / np.sqrt(a)
     assert 2.0 < mean / sd < 8.0
-    res = sample(model, [lik], key=1, num_warmup=300, num_samples=1500, num_chains=2, progress=False)
+    res = sample(model, [lik], key=1, num_warmup=200, num_samples=1000, num_chains=2, progress=False)
     (draws,) = res.params.values()
     f = draws.reshape(-1)
     # truncation at 0 is > 2 sd away: moments of the truncated normal
@@ -118,7 +118,7 @@ def test_prior_from_parameter_is_used():
     prec = a + 1 / s0**2
     mean = (np.sum(w[0] * t * data) + mu0 / s0**2) / prec
     sd = 1 / np.sqrt(prec)
-    res = sample(model, [lik], key=2, num_warmup=300, num_samples=1000, num_chains=2, progress=False)
+    res = sample(model, [lik], key=2, num_warmup=200, num_samples=1000, num_chains=2, progress=False)
     f = next(iter(res.params.values())).reshape(-1)
     assert abs(f.mean() - mean) < 0.1 * sd
     assert abs(f.std() / sd - 1) < 0.1
@@ -128,13 +128,13 @@ def test_calibration_of_flux_intervals():
     """68% intervals of star and galaxy fluxes cover the truth 68% +- 3 binomial sigma."""
     rng = np.random.default_rng(11)
     hits = []
-    n_scenes = 24
+    n_scenes = 20
     for _ in range(n_scenes):
         star = rng.uniform(2.0, 6.0, 2)
         gal = rng.uniform(2.0, 6.0, 2)
         frame, obs, sc, gc = _simulate(rng, star_flux=star, gal_flux=gal)
         fitted = _scene(frame, sc, gc, rng).fit(obs, max_steps=300)
-        post = sample_scene(fitted, obs, num_warmup=150, num_samples=200, num_chains=2,
+        post = sample_scene(fitted, obs, num_warmup=100, num_samples=100, num_chains=2,
                             seed=int(rng.integers(1 << 30)), progress=False)
         flux = post["posterior"]["flux"].values.reshape(-1, 2, 2)
         lo, hi = np.percentile(flux, [16, 84], axis=0)
@@ -182,7 +182,7 @@ def test_tree_layout_attach_and_summary(small_fit):
 
 def test_subset_and_fixed_centers(small_fit):
     fitted, obs = small_fit
-    post = sample_scene(fitted, obs, num_warmup=50, num_samples=50, num_chains=1, sources=[1],
+    post = sample_scene(fitted, obs, num_warmup=100, num_samples=100, num_chains=2, sources=[1],
                         fix_centers=True, progress=False, precision="float32")
     p = post["posterior"]
     assert list(p["source"].values) == [1]
@@ -200,7 +200,7 @@ def test_errors(small_fit):
         sample_scene(fitted, obs, num_samples=0, progress=False)
     with pytest.raises(ValueError, match="precision"):
         sample_scene(fitted, obs, precision="float16", progress=False)
-    post = sample_scene(fitted, obs, num_warmup=5, num_samples=5, num_chains=1, progress=False)
+    post = sample_scene(fitted, obs, num_warmup=100, num_samples=100, num_chains=2, progress=False)
     with pytest.raises(ValueError, match="sample_stats"):
         attach_posterior(fitted.to_datatree(obs), post.copy().drop_nodes("sample_stats"))
 
