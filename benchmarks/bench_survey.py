@@ -22,6 +22,8 @@ import numpy as np
 
 
 def _peer_fit(path, rows, max_iter):
+    from bench_hsc import peer_source
+
     import jax.numpy as jnp
     import scarlet2 as sc2
     from numpyro.distributions import constraints
@@ -39,9 +41,9 @@ def _peer_fit(path, rows, max_iter):
     frame = sc2.Frame.from_observations(obs)
     with sc2.Scene(frame) as scene:
         for yy, xx in zip(y, x, strict=True):
-            center = jnp.array([yy, xx])
-            spectrum, morph = sc2.init.from_gaussian_moments(obs, center, min_corr=0.99)
-            sc2.Source(center, spectrum, morph)
+            # scarlet2 centres are (y, x); its moments initialisation fails for some
+            # sources, so use the documented fallback (as in bench_hsc.peer_source)
+            peer_source(sc2, obs, jnp.array([yy, xx]))
     with sc2.Parameters(scene):
         for i in range(len(scene.sources)):
             sc2.Parameter(scene.sources[i].spectrum, name=f"spectrum:{i}", constraint=constraints.positive,
