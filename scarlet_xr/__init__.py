@@ -66,3 +66,8 @@ __all__ = [
 from .survey import deblend_catalog as deblend_catalog
 from .core import AbstractPrior as AbstractPrior
 from .core import ScorePrior as ScorePrior
+from .scene import attach_posterior as attach_posterior
+from .scene import sample_scene as sample_scene
+from .scene import summarize as summarize_posterior
+
+__all__ += ["attach_posterior", "sample_scene", "summarize_posterior"]

@@ -86,15 +86,16 @@ def test_linear_flux_posterior_matches_analytic():
     a = np.sum(w[0] * t * t)
     mean, sd = np.sum(w[0] * t * data) / a, 1 / np.sqrt(a)
     assert 2.0 < mean / sd < 8.0
-    res = sample(model, [lik], key=1, num_warmup=200, num_samples=1000, num_chains=2, progress=False)
+    res = sample(model, [lik], key=1, num_warmup=300, num_samples=1000, num_chains=2, progress=False)
     (draws,) = res.params.values()
     f = draws.reshape(-1)
     # truncation at 0 is > 2 sd away: moments of the truncated normal
     from scipy.stats import truncnorm
 
     tn = truncnorm(-mean / sd, np.inf, loc=mean, scale=sd)
-    assert abs(f.mean() - tn.mean()) < 0.08 * sd
-    assert abs(f.std() / tn.std() - 1) < 0.08
+    # without the Jacobian term (flat in log-flux) the mean would sit ~0.25 sd lower
+    assert abs(f.mean() - tn.mean()) < 0.1 * sd
+    assert abs(f.std() / tn.std() - 1) < 0.1
     assert not res.sample_stats["diverging"].any()
 
 
@@ -118,7 +119,7 @@ def test_prior_from_parameter_is_used():
     prec = a + 1 / s0**2
     mean = (np.sum(w[0] * t * data) + mu0 / s0**2) / prec
     sd = 1 / np.sqrt(prec)
-    res = sample(model, [lik], key=2, num_warmup=200, num_samples=1000, num_chains=2, progress=False)
+    res = sample(model, [lik], key=2, num_warmup=150, num_samples=600, num_chains=2, progress=False)
     f = next(iter(res.params.values())).reshape(-1)
     assert abs(f.mean() - mean) < 0.1 * sd
     assert abs(f.std() / sd - 1) < 0.1
@@ -224,8 +225,8 @@ def test_hsc_star_posterior():
     frame = sx.frame_from_observations(obs)
     with sx.Scene(frame) as scene:
         sx.initialize_sources(frame, obs, centers, kinds=["point"] + ["free"] * 6)
-    fitted = scene.fit(obs, max_steps=300)
-    post = sample_scene(fitted, obs, sources=[0], num_warmup=150, num_samples=200, num_chains=2,
+    fitted = scene.fit(obs, max_steps=150)
+    post = sample_scene(fitted, obs, sources=[0], num_warmup=100, num_samples=150, num_chains=2,
                         progress=False)
     p = post["posterior"]
     flux = p["flux"].sel(source=0)
