@@ -70,3 +70,25 @@ def test_catalog_outside_image_and_other_errors(tmp_path, data_dir, capsys):
     (tmp_path / "bad.fits").write_bytes(b"\x00" * 100)
     rc = main(["fit", str(tmp_path / "bad.fits"), "--out", str(tmp_path / "o.nc")])
     assert rc == 2 and "'bad.fits' is not a readable FITS file" in capsys.readouterr().err
+
+
+def test_fit_sample_and_report(tmp_path, data_dir, capsys):
+    """`scarlet-xr fit ... --sample N --chains K --report DIR` writes posterior groups and figures."""
+    from scarlet_xr.cli import main
+
+    out = tmp_path / "res.nc"
+    code = main([
+        "fit", str(data_dir / "Cut_HSC.fits"), "--psf", str(data_dir / "PSF_HSC.fits"),
+        "--bands", "g,r,i,z,y", "--max-steps", "200", "--out", str(out),
+        "--sample", "60", "--chains", "2", "--report", str(tmp_path / "report"),
+    ])
+    assert code == 0
+    text = capsys.readouterr().out
+    assert "r_hat" in text or "rhat" in text.lower()
+    tree = xr.open_datatree(out, engine="h5netcdf")
+    post = tree["posterior"].to_dataset()
+    assert post["flux"].dims[:2] == ("chain", "draw")
+    assert post.sizes["chain"] == 2 and post.sizes["draw"] == 60
+    assert "sample_stats" in tree.children
+    assert (tmp_path / "report" / "inspector.html").stat().st_size > 100_000
+    assert (tmp_path / "report" / "posterior_pairs.png").exists()
