@@ -22,6 +22,7 @@ import numpy as np
 
 
 def _peer_fit(path, rows, max_iter):
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
     from bench_hsc import peer_source
 
     import jax.numpy as jnp
@@ -104,7 +105,9 @@ def main(n_blends: int = 200, n_peer: int = 20, max_steps: int = 300, workers: i
         "peer_failed": peer_failed,
         "peer_wall_s": round(t_peer, 1),
         "peer_blends_per_s": round(n_peer_done / t_peer, 3) if t_peer else None,
-        "peer_median_rel_flux_error": float(np.median(np.concatenate(peer_err))) if peer_err else None,
+        # the peer returns NaN fluxes for some scenes (PEERS.md): count them, median the rest
+        "peer_median_rel_flux_error": float(np.nanmedian(np.concatenate(peer_err))) if peer_err else None,
+        "peer_nonfinite_fluxes": int(np.sum(~np.isfinite(np.concatenate(peer_err)))) if peer_err else 0,
         "ours_median_rel_flux_error_same_subset": (
             float(np.nanmedian(np.concatenate(peer_err_ours))) if peer_err_ours else None
         ),

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import equinox as eqx
 import numpy as np
 import xarray as xr
 
@@ -117,6 +118,13 @@ def _pad_image(img: np.ndarray, box: int) -> np.ndarray:
     return out
 
 
+@eqx.filter_jit
+def _initial_values(source):
+    """Free-form image and spectrum of an initialised source (one compile per box size)."""
+    comp = source.components[0]
+    return comp.morphology.image.value, comp.spectrum()
+
+
 def prepare_blend(ds: xr.Dataset, centers, key: BucketKey):
     """Build the padded model and likelihood of one blend for bucket ``key``.
 
@@ -154,8 +162,7 @@ def prepare_blend(ds: xr.Dataset, centers, key: BucketKey):
     sources = initialize_sources(frame, padded, centers, kinds="free", max_box=key.box)
     out = []
     for k, s in enumerate(sources):
-        img = np.asarray(s.components[0].morphology.image.value)
-        spec = np.asarray(s.components[0].spectrum())
+        img, spec = (np.asarray(x) for x in _initial_values(s))
         out.append(Source(np.asarray(s.center.value), Spectrum(spec), FreeFormMorphology(_pad_image(img, key.box)),
                           name=f"slot{k}"))
     mid = np.array([key.stamp // 2, key.stamp // 2], float)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import time
 
+import equinox as eqx
+import jax.numpy as jnp
 import numpy as np
 
 from ..infer import fit_batch
@@ -39,10 +41,20 @@ def detect_centers(ds, max_sources: int, thresh: float = 5.0) -> np.ndarray:
     return centers[:max_sources]
 
 
-def _centroid(model, k):
-    src = model.sources[k]
-    img = np.asarray(src.components[0].morphology(np.zeros(2)))
-    c = np.asarray(src.center.value, float)
+@eqx.filter_jit
+def _blend_summary(model, lik):
+    """Fluxes, morphology images, centres and chi^2 parts of a fitted blend (one compile per bucket)."""
+    cube = model()
+    r = lik.residual(cube)
+    chi2 = jnp.sum(lik.weights * r * r)
+    n_valid = jnp.sum(lik.weights > 0)
+    images = jnp.stack([src.components[0].morphology(jnp.zeros(2)) for src in model.sources])
+    centers = jnp.stack([src.center.value for src in model.sources])
+    return model.fluxes(), images, centers, chi2, n_valid
+
+
+def _centroid(img, c):
+    """Light-weighted centre of a box image anchored at the pixel nearest ``c``."""
     tot = img.sum()
     if not tot > 0:
         return c
@@ -133,16 +145,14 @@ def run_task(store: str, items: list, key, options: dict) -> list:
                     f"fit diverged after {hist.num_steps} steps (loss or gradient not finite)"
                 )
             n = len(rows)
-            flux = np.asarray(model.fluxes())[:n]
-            cen = np.stack([_centroid(model, k) for k in range(n)])
+            flux, images, centers, chi2_sum, n_valid = (np.asarray(x) for x in _blend_summary(model, lik))
+            flux = flux[:n]
+            cen = np.stack([_centroid(images[k], centers[k].astype(float)) for k in range(n)])
             if frame.wcs is not None:
                 ra, dec = frame.pixel_to_sky(cen[:, 0], cen[:, 1])
             else:
                 ra = dec = np.full(n, np.nan)
-            cube = model()
-            r = np.asarray(lik.residual(cube))
-            w = np.asarray(lik.weights)
-            chi2 = float(np.sum(w * r * r) / max(np.sum(w > 0), 1))
+            chi2 = float(chi2_sum / max(int(n_valid), 1))
             if not np.all(np.isfinite(flux)):
                 raise FloatingPointError("fitted fluxes are not finite")
             result = {
