@@ -281,11 +281,12 @@ def main(timeout: float = 1800) -> dict:
     return res
 
 
-def _cli() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def cli(main, run_ours, run_peer, default_timeout: float = 1800) -> None:
+    """Command line shared by the single-scene benchmarks (``--json``, ``--child``, ``--timeout``)."""
+    p = argparse.ArgumentParser(description=(main.__module__ or "benchmark"))
     p.add_argument("--json", help="write the result dict here")
     p.add_argument("--child", choices=["ours", "peer"], help=argparse.SUPPRESS)
-    p.add_argument("--timeout", type=float, default=1800)
+    p.add_argument("--timeout", type=float, default=default_timeout)
     args = p.parse_args()
     if args.child:
         res = run_ours() if args.child == "ours" else run_peer()
@@ -297,4 +298,4 @@ def _cli() -> None:
 
 
 if __name__ == "__main__":
-    _cli()
+    cli(main, run_ours, run_peer, 1800)

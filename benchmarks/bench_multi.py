@@ -35,8 +35,6 @@ Run: ``python benchmarks/bench_multi.py [--json out.json]``.
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -234,20 +232,7 @@ def main(timeout: float = 2400) -> dict:
     return res
 
 
-def _cli() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--json", help="write the result dict here")
-    p.add_argument("--child", choices=["ours", "peer"], help=argparse.SUPPRESS)
-    p.add_argument("--timeout", type=float, default=2400)
-    args = p.parse_args()
-    if args.child:
-        res = run_ours() if args.child == "ours" else run_peer()
-    else:
-        res = main(args.timeout)
-        print(json.dumps(res, indent=1, default=str))
-    if args.json:
-        Path(args.json).write_text(json.dumps(res, indent=1, default=str))
-
-
 if __name__ == "__main__":
-    _cli()
+    from bench_hsc import cli
+
+    cli(main, run_ours, run_peer, 2400)
