@@ -4,6 +4,9 @@ PYTHON ?= python3.11
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
+UV_VERSION := 0.13.9
+# uv installs the pinned set in ~10 s (pip takes ~1 min); both honour the constraints file
+INSTALL := $(VENV)/bin/uv pip install -q --python $(PY)
 CONSTRAINTS := constraints-py311.txt
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml $(CONSTRAINTS) | cksum | cut -d' ' -f1)
 export TQDM_DISABLE ?= 1
@@ -12,8 +15,8 @@ export TQDM_DISABLE ?= 1
 
 $(STAMP): pyproject.toml $(CONSTRAINTS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) install -q --upgrade pip
-	$(PIP) install -q -c $(CONSTRAINTS) -e ".[test,sample,multi,survey,viz,widgets]"
+	$(PIP) install -q --disable-pip-version-check uv==$(UV_VERSION)
+	$(INSTALL) -c $(CONSTRAINTS) -e ".[test,sample,multi,survey,viz,widgets]"
 	rm -f $(VENV)/.installed-*
 	touch $(STAMP)
 
@@ -27,12 +30,12 @@ test: $(STAMP)
 	JAX_PLATFORMS=cpu $(PY) -m pytest -n 2 --dist loadfile -q --nbmake --nbmake-timeout=600 tests scarlet_xr notebooks
 
 bench: $(STAMP)
-	$(PIP) install -q -c $(CONSTRAINTS) -e ".[bench]"
+	$(INSTALL) -c $(CONSTRAINTS) -e ".[bench]"
 	JAX_PLATFORMS=cpu SCARLET_XR_CACHE=off $(PY) benchmarks/run.py $(BENCH)
 
 # offline build: notebooks are executed by myst-nb, plots use inline bokeh resources
 docs: $(STAMP)
-	$(PIP) install -q -c $(CONSTRAINTS) -e ".[docs,widgets]"
+	$(INSTALL) -c $(CONSTRAINTS) -e ".[docs,widgets]"
 	JAX_PLATFORMS=cpu $(VENV)/bin/sphinx-build -b html docs docs/_build/html
 
 clean:
