@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
 import os
 from collections import defaultdict
@@ -208,12 +209,17 @@ def deblend_catalog(
     by_key = defaultdict(list)
     for i in todo:
         by_key[keys[i]].append(i)
-    tasks = []
+    per_bucket = []
     for key, idx in by_key.items():
+        chunks = []
         for s in range(0, len(idx), blends_per_task):
             items = [{"index": i, "path": blends[i]["path"], "rows": blends[i]["rows"],
                       "ra": blends[i]["ra"], "dec": blends[i]["dec"]} for i in idx[s : s + blends_per_task]]
-            tasks.append((items, key))
+            chunks.append((items, key))
+        per_bucket.append(chunks)
+    # round-robin over buckets: workers start on different buckets, so each bucket is
+    # compiled once and later tasks of it find the shared compilation cache warm
+    tasks = [t for group_ in itertools.zip_longest(*per_bucket) for t in group_ if t is not None]
     cache = compile_cache if compile_cache is not None else os.environ.get("SCARLET_XR_CACHE")
     options = {"max_steps": int(max_steps), "e_rel": float(e_rel), "max_sources": int(max_sources),
                "redo_failed": bool(retry_failed), "compile_cache": str(cache) if cache else None,
