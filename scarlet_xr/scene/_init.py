@@ -6,7 +6,6 @@ import math
 
 import jax.numpy as jnp
 import numpy as np
-from scipy.optimize import nnls
 
 from ..core import (
     ConvolutionRenderer,
@@ -319,6 +318,12 @@ def _render_np(renderer, cube):
     return np.asarray(renderer(jnp.asarray(cube, jnp.asarray(0.0).dtype)), float)
 
 
+def _nnls(a, y, maxiter):
+    from scipy.optimize import nnls  # lazy: scipy.optimize is heavy to import
+
+    return nnls(a, y, maxiter=maxiter)
+
+
 def _solve_spectra(frame, obs, centers, images):
     """Joint non-negative least squares for all spectra, per observation band."""
     nb = len(frame.bands)
@@ -334,7 +339,7 @@ def _solve_spectra(frame, obs, centers, images):
         for j, b in enumerate(frame.band_index([str(s) for s in ds[BAND].values])):
             a = np.stack([(r[j] * sw[j]).ravel() for r in rendered], axis=1)
             y = (d[j] * sw[j]).ravel()
-            sol, _ = nnls(a, y, maxiter=50 * n)
+            sol, _ = _nnls(a, y, maxiter=50 * n)
             spectra[:, b] += sol
             counts[b] += 1
     spectra /= np.maximum(counts, 1)

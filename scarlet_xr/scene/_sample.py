@@ -26,7 +26,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import xarray as xr
-from scipy.fft import next_fast_len
 
 from .._version import __version__
 from ..core import (
@@ -93,6 +92,8 @@ class _FrozenScene(eqx.Module):
 
 def _frozen_scene(sources, frame, *, fix_centers: bool, selected=None, margin: int = 8) -> _FrozenScene:
     b, h, w = frame.cube_shape
+    from scipy.fft import next_fast_len
+
     grid = (next_fast_len(h + 2 * margin, real=True), next_fast_len(w + 2 * margin, real=True))
     spectra, centers, owner, templates, factors, fits = [], [], [], [], [], []
     with collecting(lambda s: None):  # helper sources must not join an active scene

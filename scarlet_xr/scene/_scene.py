@@ -5,6 +5,9 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 
+import equinox as eqx
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 from .._version import __version__
@@ -15,6 +18,14 @@ from ..wcs import Frame
 from ..xr import build_result_tree, likelihood_for, normalize_observations
 
 __all__ = ["Scene"]
+
+
+@eqx.filter_jit
+def _evaluate(model: SceneModel, renderers):
+    """Everything the results need, in one compiled call (not op by op)."""
+    cube = model()
+    centers = jnp.stack([src.center.value for src in model.sources])
+    return model.render_sources(), model.fluxes(), [r(cube) for r in renderers], centers
 
 
 class Scene:
@@ -156,12 +167,12 @@ class Scene:
         """
         obs = normalize_observations(observations)
         model = self.model()
-        cube = model()
-        obs_items = []
-        for name, ds in obs.items():
-            lik = likelihood_for(ds, self.frame)
-            obs_items.append((name, ds, np.asarray(lik.renderer(cube))))
-        centers = self.source_centers()
+        renderers = tuple(likelihood_for(ds, self.frame).renderer for ds in obs.values())
+        per_source, fluxes, rendered, centers = (
+            jax.tree_util.tree_map(np.asarray, x) for x in _evaluate(model, renderers)
+        )
+        obs_items = [(name, ds, r) for (name, ds), r in zip(obs.items(), rendered, strict=True)]
+        centers = centers.astype(float)
         ra = dec = None
         header = None
         if self.frame.wcs is not None:
@@ -177,8 +188,8 @@ class Scene:
             bands=self.frame.bands,
             frame_y=fy,
             frame_x=fx,
-            source_models=np.asarray(model.render_sources()),
-            fluxes=np.asarray(model.fluxes()),
+            source_models=per_source,
+            fluxes=fluxes,
             centers=centers + np.asarray(self.frame.origin, float),
             kinds=[s.kind for s in self._sources],
             names=[s.name or f"src{i}" for i, s in enumerate(self._sources)],

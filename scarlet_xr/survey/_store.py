@@ -21,7 +21,6 @@ loses only its unfinished blend.
 from __future__ import annotations
 
 import numpy as np
-import zarr
 
 __all__ = ["PENDING", "DONE", "FAILED", "create_store", "open_store", "write_blend", "write_rows"]
 
@@ -50,6 +49,8 @@ _SLOT_VARS = {
 
 def create_store(path, *, files, bands, slots: int, n_rows: int, fingerprint: str, attrs=None):
     """Create an empty store (metadata only; unwritten chunks read as fill values)."""
+    import zarr  # lazy: keeps `import scarlet_xr` light
+
     g = zarr.open_group(str(path), mode="w", zarr_format=2)
     nb, nband = len(files), len(bands)
 
@@ -78,6 +79,8 @@ def create_store(path, *, files, bands, slots: int, n_rows: int, fingerprint: st
 
 def open_store(path, mode: str = "r+"):
     """Open an existing store's Zarr group."""
+    import zarr
+
     return zarr.open_group(str(path), mode=mode, zarr_format=2)
 
 
