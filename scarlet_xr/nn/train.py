@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import time
 from pathlib import Path
 
@@ -28,6 +29,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from ._network import SIGMA_DATA, ScoreNet
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["make_stamps", "train", "main", "DEFAULTS"]
 
@@ -187,10 +190,11 @@ def main(argv=None) -> int:
         p.add_argument(f"--{k.replace('_', '-')}", type=type(v), default=v)
     args = p.parse_args(argv)
     settings = {k: getattr(args, k) for k in DEFAULTS if not isinstance(DEFAULTS[k], list)}
-    net, record = train(settings, log=lambda i, loss: print(f"step {i}: loss {loss:.4f}", flush=True))
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    net, record = train(settings, log=lambda i, loss: logger.info("step %d: loss %.4f", i, loss))
     w, m = save(net, record, args.out)
-    print(f"wrote {w} and {m} (final loss {record['final_loss']:.4f}, "
-          f"{record['train_seconds']:.0f} s training)")
+    logger.info("wrote %s and %s (final loss %.4f, %.0f s training)",
+                w, m, record["final_loss"], record["train_seconds"])
     return 0
 
 
