@@ -143,6 +143,23 @@ def peer_source(sc2, obs, center):
     return sc2.Source(center, spectrum, morph)
 
 
+def peer_hsc_scene(sc2, images, weights, psfs, filters, centers):
+    """The peer's quickstart scene of the HSC cutout: a point source, then ``peer_source``s."""
+    import jax.numpy as jnp
+
+    obs = sc2.Observation(jnp.asarray(images), weights=jnp.asarray(weights),
+                          psf=sc2.ArrayPSF(jnp.asarray(psfs)), channels=filters)
+    frame = sc2.Frame.from_observations(obs)
+    with sc2.Scene(frame) as scene:
+        for i, c in enumerate(centers):
+            center = jnp.asarray(c)
+            if i == 0:
+                sc2.PointSource(center, sc2.init.pixel_spectrum(obs, center, correct_psf=True))
+            else:
+                peer_source(sc2, obs, center)
+    return obs, scene
+
+
 def run_peer() -> dict:
     """Fit the HSC scene with scarlet2's documented quickstart recipe."""
     t0 = time.perf_counter()
@@ -150,7 +167,6 @@ def run_peer() -> dict:
 
     t_import = time.perf_counter() - t0
     rss_import = _peak_mb()
-    import jax.numpy as jnp
     import numpy as np
     from numpyro.distributions import constraints
 
@@ -163,17 +179,8 @@ def run_peer() -> dict:
     t0 = time.perf_counter()
     images, variance, psfs, filters, cat = _load_npz()
     weights = 1.0 / variance
-    centers = np.stack([cat["y"], cat["x"]], axis=1).astype(float)
-    obs = sc2.Observation(jnp.asarray(images), weights=jnp.asarray(weights),
-                          psf=sc2.ArrayPSF(jnp.asarray(psfs)), channels=filters)
-    frame = sc2.Frame.from_observations(obs)
-    with sc2.Scene(frame) as scene:
-        for i, c in enumerate(centers):
-            center = jnp.asarray(c)
-            if i == 0:
-                sc2.PointSource(center, sc2.init.pixel_spectrum(obs, center, correct_psf=True))
-            else:
-                peer_source(sc2, obs, center)
+    obs, scene = peer_hsc_scene(sc2, images, weights, psfs, filters,
+                                np.stack([cat["y"], cat["x"]], axis=1).astype(float))
     with sc2.Parameters(scene):
         for i, src in enumerate(scene.sources):
             sc2.Parameter(src.spectrum, name=f"spectrum:{i}", constraint=constraints.positive,

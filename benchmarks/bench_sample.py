@@ -33,6 +33,7 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 N_CAL = 60
 
@@ -111,21 +112,10 @@ def run_peer_star() -> dict:
     weights = obs_x["weight"].values.astype(float)
     psfs = obs_x["psf"].values.astype(float)
     filters = [str(b) for b in obs_x["band"].values]
-    obs = sc2.Observation(jnp.asarray(images), weights=jnp.asarray(weights),
-                          psf=sc2.ArrayPSF(jnp.asarray(psfs)), channels=filters)
-    frame = sc2.Frame.from_observations(obs)
-    with sc2.Scene(frame) as scene:
-        for i, c in enumerate(centers):
-            center = jnp.asarray(c)
-            if i == 0:
-                sc2.PointSource(center, sc2.init.pixel_spectrum(obs, center, correct_psf=True))
-            else:
-                try:
-                    spectrum, morph = sc2.init.from_gaussian_moments(obs, center, min_corr=0.99)
-                except ValueError:
-                    spectrum = sc2.init.pixel_spectrum(obs, center)
-                    morph = sc2.init.compact_morphology()
-                sc2.Source(center, spectrum, morph)
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from bench_hsc import peer_hsc_scene
+
+    obs, scene = peer_hsc_scene(sc2, images, weights, psfs, filters, centers)
     with sc2.Parameters(scene):
         for i, src in enumerate(scene.sources):
             sc2.Parameter(src.spectrum, name=f"spectrum:{i}", constraint=constraints.positive,
