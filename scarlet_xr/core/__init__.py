@@ -40,3 +40,4 @@ from ._resample import psf_spectrum as psf_spectrum
 from ._prior import AbstractPrior as AbstractPrior
 from ._prior import ScorePrior as ScorePrior
 from ._prior import score_surrogate as score_surrogate
+from ._jit import filter_jit as filter_jit

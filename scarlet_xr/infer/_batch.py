@@ -19,6 +19,7 @@ import optax
 
 from ._fit import _STATUS, _WINDOW, DIVERGED, MAX_STEPS, FitHistory, _finish, _run_chunk, _start
 from ._fit import default_optimizer, fit
+from ..core import filter_jit
 from ._params import partition_free
 
 __all__ = ["fit_batch", "stack_trees", "unstack_trees"]
@@ -80,12 +81,12 @@ def unstack_trees(tree, n: int):
     return [eqx.combine(jax.tree_util.tree_map(lambda a, k=k: a[k], arrays), static) for k in range(n)]
 
 
-@eqx.filter_jit
+@filter_jit
 def _batched_start(free, optimizer):
     return eqx.filter_vmap(lambda f: _start(f, optimizer))(free)
 
 
-@eqx.filter_jit
+@filter_jit
 def _batched_chunk(z, opt_state, ring, rest, likelihoods, optimizer, n_done, limit, e_rel, chunk):
     def one(z_, opt_, ring_, rest_, liks_, n_, lim_):
         return _run_chunk(z_, opt_, ring_, rest_, liks_, optimizer, n_, lim_, e_rel, chunk)
@@ -106,12 +107,12 @@ def _fit_each(models, likelihoods, optimizer, max_steps, e_rel, chunk):
     return out_models, out_hist
 
 
-@eqx.filter_jit
+@filter_jit
 def _get_slot(tree, b):
     return jax.tree_util.tree_map(lambda a: a[b] if eqx.is_array(a) else a, tree)
 
 
-@eqx.filter_jit
+@filter_jit
 def _set_slot(tree, new, b):
     return jax.tree_util.tree_map(lambda a, x: a.at[b].set(x) if eqx.is_array(a) else a, tree, new)
 

@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from ..core import filter_jit
 from ._params import log_prior, partition_free, step_tree
 
 __all__ = ["fit", "FitHistory", "FitDivergedError", "default_optimizer", "loss_function"]
@@ -76,18 +77,18 @@ def _all_finite(tree):
     return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
 
 
-@eqx.filter_jit
+@filter_jit
 def _start(free, optimizer):
     z = _to_z(free, step_tree(free))
     return z, optimizer.init(z)
 
 
-@eqx.filter_jit
+@filter_jit
 def _finish(z):
     return _from_z(z, step_tree(z))
 
 
-@eqx.filter_jit
+@filter_jit
 def _run_chunk(z, opt_state, ring, rest, likelihoods, optimizer, n_done, max_steps, e_rel, chunk):
     steps = step_tree(z)
 

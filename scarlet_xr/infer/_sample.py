@@ -46,7 +46,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from ..core import Identity, Parameter, is_parameter
+from ..core import Identity, Parameter, filter_jit, is_parameter
 from ._params import partition_free
 
 __all__ = ["sample", "PosteriorSamples", "log_density"]
@@ -175,7 +175,7 @@ class _Problem(eqx.Module):
         return -self.log_density_u(self.to_u(z))
 
 
-@eqx.filter_jit
+@filter_jit
 def _log_density_at_start(problem: _Problem):
     return problem.log_density_u(problem.u0)
 
@@ -184,7 +184,7 @@ def _potential_gen(problem):
     return problem.potential
 
 
-@eqx.filter_jit
+@filter_jit
 def _newton(problem: _Problem, num_steps: int, dense: bool):
     """Chord-Newton steps on ``-log p(u)``; return the mode and the whitening matrix there."""
     f = lambda u: -problem.log_density_u(u)  # noqa: E731
@@ -247,14 +247,14 @@ def _init_kwargs(cfg: _Config):
     )
 
 
-@eqx.filter_jit
+@filter_jit
 def _init_states(problem: _Problem, z0, keys, cfg: _Config):
     init_kernel, _ = _hmc()
     init = lambda z, k: init_kernel(z, model_args=(problem,), rng_key=k, **_init_kwargs(cfg))  # noqa: E731
     return jax.vmap(init)(z0, keys)
 
 
-@eqx.filter_jit
+@filter_jit
 def _advance(problem: _Problem, states, n_valid, cfg: _Config):
     """Run ``cfg.chunk`` NUTS iterations (only the first ``n_valid`` change the state)."""
     init_kernel, sample_kernel = _hmc()
@@ -289,7 +289,7 @@ def _advance(problem: _Problem, states, n_valid, cfg: _Config):
     return states, out
 
 
-@eqx.filter_jit
+@filter_jit
 def _values(problem: _Problem, z, derived):
     """Constrained parameter values and derived quantities for draws ``z`` (k, n)."""
 

@@ -5,13 +5,12 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from .._version import __version__
-from ..core import SceneModel, Source, collecting
+from ..core import SceneModel, Source, collecting, filter_jit
 from ..infer import FitHistory
 from ..infer import fit as _fit
 from ..wcs import Frame
@@ -20,7 +19,7 @@ from ..xr import build_result_tree, likelihood_for, normalize_observations
 __all__ = ["Scene"]
 
 
-@eqx.filter_jit
+@filter_jit
 def _evaluate(model: SceneModel, renderers):
     """Everything the results need, in one compiled call (not op by op)."""
     cube = model()

@@ -12,11 +12,10 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-import equinox as eqx
 import numpy as np
 import xarray as xr
 
-from ..core import ActiveSceneModel, FreeFormMorphology, Source, Spectrum
+from ..core import ActiveSceneModel, FreeFormMorphology, Source, Spectrum, filter_jit
 from ..scene import BOX_SIZES, initialize_sources
 from ..xr import BAND, X, Y, frame_from_observations, likelihood_for
 
@@ -118,7 +117,7 @@ def _pad_image(img: np.ndarray, box: int) -> np.ndarray:
     return out
 
 
-@eqx.filter_jit
+@filter_jit
 def _initial_values(source):
     """Free-form image and spectrum of an initialised source (one compile per box size)."""
     comp = source.components[0]
