@@ -41,3 +41,4 @@ from ._prior import AbstractPrior as AbstractPrior
 from ._prior import ScorePrior as ScorePrior
 from ._prior import score_surrogate as score_surrogate
 from ._jit import filter_jit as filter_jit
+from ._prior import score_line_integral as score_line_integral

@@ -8,6 +8,9 @@ run it as fast (measured in ``benchmarks/bench_hsc.py``). The option is
 passed per compiled function through ``jax.jit(compiler_options=...)``, so
 the caller's global XLA settings are never touched, and only on the CPU
 backend (the option means nothing elsewhere).
+
+Batched (``vmap``-ed) survey fits keep the default emitters, which run
+them about 1.4x faster; they use :func:`equinox.filter_jit` directly.
 """
 
 from __future__ import annotations

@@ -22,8 +22,9 @@ from collections.abc import Callable
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-__all__ = ["AbstractPrior", "ScorePrior", "score_surrogate"]
+__all__ = ["AbstractPrior", "ScorePrior", "score_surrogate", "score_line_integral"]
 
 
 def score_surrogate(x: jax.Array, score: jax.Array, value=None) -> jax.Array:
@@ -61,6 +62,61 @@ def score_surrogate(x: jax.Array, score: jax.Array, value=None) -> jax.Array:
         raise ValueError(f"score must have the shape of x {x.shape}; got {score.shape}")
     v = jnp.zeros((), x.dtype) if value is None else jax.lax.stop_gradient(jnp.asarray(value, x.dtype))
     return v + jnp.sum(jax.lax.stop_gradient(score) * (x - jax.lax.stop_gradient(x)))
+
+
+def score_line_integral(score_fn: Callable, x: jax.Array, x0: jax.Array, order: int = 2) -> jax.Array:
+    """Log-density difference ``log p(x) - log p(x0)`` from a score, by a line integral.
+
+    ``int_0^1 score(x0 + t (x - x0)) . (x - x0) dt`` with ``order``-point
+    Gauss-Legendre quadrature (exact when the score is a polynomial of degree
+    ``<= 2 order - 1`` along the segment; a linear score, i.e. a Gaussian
+    density, is exact for any order). Differentiating this value with JAX
+    gives a gradient that equals ``score(x)`` wherever the score field is
+    conservative, and is in any case the exact gradient of the returned
+    value, so a Hamiltonian sampler sees a consistent potential.
+
+    Parameters
+    ----------
+    score_fn : callable
+        ``score_fn(v)`` returns ``grad log p(v)`` with the shape of ``v``.
+    x : array
+        Evaluation point.
+    x0 : array
+        Reference point (same shape), where the returned value is 0.
+    order : int
+        Number of quadrature nodes (>= 1).
+
+    Returns
+    -------
+    jax.Array
+        A scalar.
+
+    Raises
+    ------
+    ValueError
+        If ``x`` and ``x0`` differ in shape or ``order < 1``.
+
+    Examples
+    --------
+    A standard normal: ``log p(x) - log p(0) = -|x|^2 / 2``.
+
+    >>> import jax.numpy as jnp
+    >>> float(score_line_integral(lambda v: -v, jnp.array([1.0, 2.0]), jnp.zeros(2)))
+    -2.5
+    """
+    x = jnp.asarray(x)
+    x0 = jnp.asarray(x0, x.dtype)
+    if x.shape != x0.shape:
+        raise ValueError(f"x and x0 must have the same shape; got {x.shape} and {x0.shape}")
+    if int(order) < 1:
+        raise ValueError(f"order must be >= 1; got {order}")
+    nodes, weights = np.polynomial.legendre.leggauss(int(order))
+    t = jnp.asarray((nodes + 1.0) / 2.0, x.dtype)
+    w = jnp.asarray(weights / 2.0, x.dtype)
+    d = x - x0
+    points = x0[None] + t.reshape((-1,) + (1,) * x.ndim) * d[None]
+    scores = jax.vmap(score_fn)(points)
+    return jnp.sum(w * jnp.sum((scores * d[None]).reshape(len(weights), -1), axis=1))
 
 
 class AbstractPrior(eqx.Module):
@@ -103,6 +159,17 @@ class AbstractPrior(eqx.Module):
         """Return ``grad log_prob(x)`` (same shape as ``x``)."""
         return jax.grad(lambda v: jnp.sum(self.log_prob(v)))(jnp.asarray(x))
 
+    def for_sampling(self, x: jax.Array) -> AbstractPrior:
+        """Return the prior a sampler should use near ``x`` (default: ``self``).
+
+        Priors whose ``log_prob`` is only a surrogate (a value inconsistent
+        with its gradient, as for score models) return here a version with
+        a consistent log-density, e.g. anchored at ``x``;
+        :func:`scarlet_xr.infer.sample` calls this with the starting value of
+        each parameter before sampling.
+        """
+        return self
+
 
 class ScorePrior(AbstractPrior):
     """A prior given by its score ``grad log p(x)`` (e.g. a trained network).
@@ -115,13 +182,21 @@ class ScorePrior(AbstractPrior):
         ``value_fn(x)`` returns a log-density value to report (for loss
         curves and comparisons); default 0. Its gradient is ignored: the
         gradient of :meth:`log_prob` is always ``score_fn(x)``.
+    reference : array, optional
+        When given, :meth:`log_prob` is instead the exact potential
+        :func:`score_line_integral` from ``reference`` (value and gradient
+        consistent; the gradient is taken through ``score_fn``, which must
+        then be differentiable). :meth:`for_sampling` sets it.
+    order : int
+        Quadrature nodes of the line integral.
 
     Notes
     -----
-    With ``value_fn=None`` the reported value is constant, so a
-    Metropolis-type sampler sees only the gradient; use a consistent
-    ``value_fn`` (or an :class:`AbstractPrior` with an exact ``log_prob``) for
-    exact posterior sampling.
+    Without ``reference`` the value is a surrogate (constant with
+    ``value_fn=None``): right for optimisation, which needs only the
+    gradient, but a Hamiltonian sampler needs a value consistent with the
+    gradient; :func:`scarlet_xr.infer.sample` therefore switches to the
+    line-integral form through :meth:`for_sampling`.
 
     Examples
     --------
@@ -136,12 +211,21 @@ class ScorePrior(AbstractPrior):
 
     score_fn: Callable
     value_fn: Callable | None = None
+    reference: jax.Array | None = None
+    order: int = eqx.field(static=True, default=2)
 
     def log_prob(self, x):
-        """Surrogate log density whose gradient is ``score_fn(x)``."""
+        """Log density: surrogate with gradient ``score_fn(x)``, or the line integral from ``reference``."""
         x = jnp.asarray(x)
+        if self.reference is not None:
+            return score_line_integral(self.score_fn, x, jax.lax.stop_gradient(self.reference), self.order)
         value = None if self.value_fn is None else self.value_fn(x)
         return score_surrogate(x, self.score_fn(x), value)
+
+    def for_sampling(self, x):
+        """Return this prior with an exact potential anchored at ``x`` (see :func:`score_line_integral`)."""
+        ref = jnp.asarray(jax.lax.stop_gradient(x))
+        return eqx.tree_at(lambda p: p.reference, self, ref, is_leaf=lambda v: v is None)
 
     def score(self, x):
         """Return ``score_fn(x)``."""

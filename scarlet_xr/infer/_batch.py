@@ -19,7 +19,6 @@ import optax
 
 from ._fit import _STATUS, _WINDOW, DIVERGED, MAX_STEPS, FitHistory, _finish, _run_chunk, _start
 from ._fit import default_optimizer, fit
-from ..core import filter_jit
 from ._params import partition_free
 
 __all__ = ["fit_batch", "stack_trees", "unstack_trees"]
@@ -81,12 +80,16 @@ def unstack_trees(tree, n: int):
     return [eqx.combine(jax.tree_util.tree_map(lambda a, k=k: a[k], arrays), static) for k in range(n)]
 
 
-@filter_jit
+# The batched (vmapped) loops keep XLA's default CPU emitters: they run them
+# about 1.4x faster (survey benchmark: 4.5 against 3.1 blends/s), which
+# matters more at survey scale than the compile memory that
+# ``core.filter_jit`` saves for single scenes.
+@eqx.filter_jit
 def _batched_start(free, optimizer):
     return eqx.filter_vmap(lambda f: _start(f, optimizer))(free)
 
 
-@filter_jit
+@eqx.filter_jit
 def _batched_chunk(z, opt_state, ring, rest, likelihoods, optimizer, n_done, limit, e_rel, chunk):
     def one(z_, opt_, ring_, rest_, liks_, n_, lim_):
         return _run_chunk(z_, opt_, ring_, rest_, liks_, optimizer, n_, lim_, e_rel, chunk)
@@ -107,12 +110,12 @@ def _fit_each(models, likelihoods, optimizer, max_steps, e_rel, chunk):
     return out_models, out_hist
 
 
-@filter_jit
+@eqx.filter_jit
 def _get_slot(tree, b):
     return jax.tree_util.tree_map(lambda a: a[b] if eqx.is_array(a) else a, tree)
 
 
-@filter_jit
+@eqx.filter_jit
 def _set_slot(tree, new, b):
     return jax.tree_util.tree_map(lambda a, x: a.at[b].set(x) if eqx.is_array(a) else a, tree, new)
 

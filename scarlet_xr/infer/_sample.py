@@ -30,11 +30,19 @@ Default priors (``missing_prior="default"``) for free parameters without one:
   on a log-amplitude would be improper towards zero flux.
 
 ``missing_prior="error"`` raises instead.
+
+Priors given by a score (:class:`~scarlet_xr.core.ScorePrior`, the learned
+morphology prior of :mod:`scarlet_xr.nn`) report a surrogate value during
+fits. Before sampling, every prior with a ``for_sampling`` method is
+replaced by ``prior.for_sampling(start value)``, for those priors the exact
+line integral of the score from the starting point, so that the potential's
+value and gradient agree as Hamiltonian Monte Carlo requires.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import time
 from dataclasses import dataclass, field
@@ -50,6 +58,8 @@ from ..core import Identity, Parameter, filter_jit, is_parameter
 from ._params import partition_free
 
 __all__ = ["sample", "PosteriorSamples", "log_density"]
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -107,6 +117,19 @@ class _Config(NamedTuple):
 def _free_parameters(model):
     return [p for p in jax.tree_util.tree_leaves(model, is_leaf=is_parameter)
             if isinstance(p, Parameter) and not p.fixed]
+
+
+def _priors_for_sampling(model):
+    """Replace each free parameter's prior by ``prior.for_sampling(value)`` where it has one."""
+
+    def one(p):
+        if isinstance(p, Parameter) and not p.fixed and hasattr(p.prior, "for_sampling"):
+            new = p.prior.for_sampling(p.value)
+            if new is not p.prior:
+                return eqx.tree_at(lambda q: q.prior, p, new)
+        return p
+
+    return jax.tree_util.tree_map(one, model, is_leaf=is_parameter)
 
 
 def _parameter_names(model) -> list[str]:
@@ -194,7 +217,7 @@ def _newton(problem: _Problem, num_steps: int, dense: bool):
     def hess_rows(u):
         hvp = lambda v: jax.jvp(grad, (u,), (v,))[1]  # noqa: E731
         if dense:
-            return jax.lax.map(hvp, jnp.eye(n, dtype=u.dtype), batch_size=min(n, 64))
+            return jax.lax.map(hvp, jnp.eye(n, dtype=u.dtype), batch_size=min(n, 128))
         def diag(i):
             return hvp(jax.nn.one_hot(i, n, dtype=u.dtype))[i]
         return jax.lax.map(diag, jnp.arange(n), batch_size=min(n, 64))
@@ -223,6 +246,8 @@ def _newton(problem: _Problem, num_steps: int, dense: bool):
         k = jnp.argmin(fc)
         return jnp.where(fc[k] < f0, cands[k], u), None
 
+    if num_steps == 0:
+        return problem.u0, a0
     u, _ = jax.lax.scan(step, problem.u0, None, length=num_steps)
     a = whitening(hess_rows(u))
     return u, a
@@ -261,7 +286,7 @@ def _advance(problem: _Problem, states, n_valid, cfg: _Config):
     # init_kernel configures sample_kernel's closure (warm-up schedule, tree depth);
     # trace it abstractly so that nothing is computed.
     one = jax.tree_util.tree_map(lambda x: x[0], states)
-    jax.eval_shape(
+    eqx.filter_eval_shape(
         lambda z, k, p: init_kernel(z, model_args=(p,), rng_key=k, **_init_kwargs(cfg)),
         one.z, one.rng_key, problem,
     )
@@ -431,7 +456,7 @@ def sample(
     with ctx:
         real = jnp.float64 if precision == "float64" else jnp.float32
         cplx = jnp.complex128 if precision == "float64" else jnp.complex64
-        model = _cast(model, real, cplx)
+        model = _cast(_priors_for_sampling(model), real, cplx)
         likelihoods = _cast(likelihoods, real, cplx)
         free, rest = partition_free(model)
         u0, _ = ravel_pytree(free)
@@ -444,6 +469,9 @@ def sample(
         if not np.isfinite(lp0):
             raise ValueError(f"the log density at the starting point is not finite ({lp0})")
         u_mode, a = _newton(problem, int(newton_steps), dense)
+        a = jax.block_until_ready(a)
+        logger.info("mode and %s whitening of %d parameters: %.1f s", "dense" if dense else "diagonal",
+                    n, time.perf_counter() - t0)
         problem = eqx.tree_at(lambda p: (p.u0, p.scale), problem, (u_mode, a))
         k_init, k_chain = jax.random.split(key)
         z0 = init_jitter * jax.random.normal(k_init, (num_chains, n), real)
@@ -468,6 +496,7 @@ def sample(
                 if lo < nv:
                     pieces.append(jax.tree_util.tree_map(lambda x, lo=lo: x[:, lo:], out))
                 done += nv
+                logger.info("NUTS iteration %d of %d: %.1f s", done, total, time.perf_counter() - t0)
                 if bar is not None:
                     bar.update(nv)
                     bar.set_postfix(step=float(np.mean(np.asarray(out[6])[:, -1])))

@@ -26,8 +26,9 @@ from pathlib import Path
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from ..core import AbstractPrior, FreeFormMorphology, Parameter
+from ..core import AbstractPrior, FreeFormMorphology, Parameter, score_line_integral
 from ._network import ScoreNet
 
 __all__ = ["LearnedMorphologyPrior", "learned_prior", "load_network", "with_morphology_prior",
@@ -46,6 +47,15 @@ def _load(path: str) -> ScoreNet:
     skeleton = ScoreNet(int(meta["size"]), width=int(meta["width"]),
                         dilations=tuple(meta["dilations"]), key=jax.random.PRNGKey(0))
     return eqx.tree_deserialise_leaves(path, skeleton)
+
+
+@functools.lru_cache(maxsize=32)
+def _row_projector(n: int, size: int) -> np.ndarray:
+    """Orthogonal projector onto the row space of the 1-D resampling ``n -> size``."""
+    with jax.ensure_compile_time_eval():
+        r = np.asarray(jax.image.resize(jnp.eye(n, dtype=jnp.float32), (size, n), method="linear",
+                                        antialias=True), np.float64)
+    return r.T @ np.linalg.solve(r @ r.T, r)
 
 
 def load_network(path=None) -> ScoreNet:
@@ -89,18 +99,43 @@ class LearnedMorphologyPrior(AbstractPrior):
         Width of a log-normal term on the image peak (centred on 1), which
         fixes the degeneracy between morphology and spectrum amplitude for
         sampling; ``None`` for none.
+    reference : array, optional
+        A ``(size, size)`` stamp (:meth:`square` of an image, not
+        normalised). When given, :meth:`log_prob` is the sampling form: the
+        stamp of ``x`` is divided by the *fixed* peak of ``reference``
+        (instead of its own, non-smooth, maximum) and the log density is
+        the exact potential ``log p(s) - log p(s_ref)``, a line integral of
+        the learned score (:func:`~scarlet_xr.core.score_line_integral`).
+        Value and gradient are then consistent and smooth, as Hamiltonian
+        Monte Carlo needs; the gradient goes through the network (a few
+        forward and backward passes per evaluation instead of one forward
+        pass). With the normalisation fixed, the score itself ties the image
+        amplitude to that of the reference (training stamps all have peak
+        1), so the peak term is not added. :meth:`for_sampling` sets
+        ``reference`` from the starting image, and
+        :func:`scarlet_xr.infer.sample` calls that.
+    order : int
+        Gauss-Legendre nodes of that line integral.
+
+    Notes
+    -----
+    Without ``reference`` (fits), the value ``-|s - D|^2 / (2 sigma^2)`` is a
+    surrogate: its gradient is the learned score, which is all an optimizer
+    uses, but it is not the integral of that score.
     """
 
     net: ScoreNet
     sigma: float = eqx.field(static=True, default=0.01)
     scale_sigma: float | None = eqx.field(static=True, default=1.0)
+    reference: jax.Array | None = None
+    order: int = eqx.field(static=True, default=2)
 
     def __check_init__(self):
         if not self.sigma > 0:
             raise ValueError(f"sigma must be > 0; got {self.sigma}")
 
-    def stamp(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
-        """Return the normalised ``(size, size)`` stamp of image ``x`` and its peak."""
+    def square(self, x: jax.Array) -> jax.Array:
+        """Return image ``x`` padded or resampled to the ``(size, size)`` stamp grid (not normalised)."""
         x = jnp.asarray(x)
         if x.ndim != 2 or x.shape[0] % 2 == 0 or x.shape[1] % 2 == 0:
             raise ValueError(f"image must be 2-D with odd sizes (y, x); got shape {x.shape}")
@@ -113,11 +148,48 @@ class LearnedMorphologyPrior(AbstractPrior):
             s = jnp.pad(x, ((p, p), (p, p)))
         else:
             s = jax.image.resize(x, (size, size), method="linear", antialias=True)
+        return s
+
+    def unseen(self, x: jax.Array) -> jax.Array | None:
+        """Part of image ``x`` that the resampled stamp does not see (``None`` if none).
+
+        An image larger than the stamp is resampled onto it, a linear map
+        ``R`` with a null space (``n^2 - size^2`` dimensions). This returns
+        the component of the (square-padded) image in that null space,
+        ``x - P x P^T`` with ``P`` the orthogonal projector onto the row
+        space of the 1-D resampling matrix; the sampling form of
+        :meth:`log_prob` gives it a Gaussian prior of the score's width
+        (``sigma`` times the reference peak), without which those
+        directions would have an improper posterior wherever the data do
+        not constrain them.
+        """
+        x = jnp.asarray(x)
+        n = max(x.shape)
+        if n <= self.net.size:
+            return None
+        py, px = (n - x.shape[0]) // 2, (n - x.shape[1]) // 2
+        x = jnp.pad(x, ((py, py), (px, px)))
+        proj = jnp.asarray(_row_projector(n, self.net.size), x.dtype)
+        return x - proj @ x @ proj.T
+
+    def stamp(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """Return the normalised ``(size, size)`` stamp of image ``x`` and its peak."""
+        s = self.square(x)
         peak = jnp.max(s)
         return s / jnp.maximum(peak, 1e-30), peak
 
     def log_prob(self, x):
-        """Surrogate log density of image ``x`` (gradient = learned score)."""
+        """Log density of image ``x``: surrogate (gradient = learned score) or, with ``reference``, exact."""
+        if self.reference is not None:
+            # sampling form: fixed normalisation (smooth in x), exact potential
+            ref = jax.lax.stop_gradient(jnp.asarray(self.reference))
+            peak = ref.max()
+            s = self.square(x) / peak
+            out = score_line_integral(lambda v: self.net.score(v, self.sigma), s, ref / peak, self.order)
+            unseen = self.unseen(x)
+            if unseen is not None:
+                out = out - 0.5 * jnp.sum(unseen**2) / (self.sigma * peak) ** 2
+            return out
         s, peak = self.stamp(x)
         d = jax.lax.stop_gradient(self.net.denoise(s, self.sigma))
         out = -0.5 * jnp.sum((s - d) ** 2) / self.sigma**2
@@ -129,6 +201,11 @@ class LearnedMorphologyPrior(AbstractPrior):
         """Learned score ``(D(s, sigma) - s) / sigma**2`` of the normalised stamp of ``x``."""
         s, _ = self.stamp(x)
         return self.net.score(s, self.sigma)
+
+    def for_sampling(self, x):
+        """Return this prior with ``reference`` set to the stamp of image ``x`` (see ``reference``)."""
+        ref = self.square(jax.lax.stop_gradient(jnp.asarray(x)))
+        return eqx.tree_at(lambda p: p.reference, self, ref, is_leaf=lambda v: v is None)
 
 
 def learned_prior(*, sigma: float = 0.01, scale_sigma: float | None = 1.0, path=None) -> LearnedMorphologyPrior:

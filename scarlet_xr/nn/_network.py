@@ -21,6 +21,24 @@ SIGMA_DATA = 0.2
 """Typical pixel standard deviation of peak-normalised training stamps."""
 
 
+def _dilated_conv3x3(conv: eqx.nn.Conv2d, h: jax.Array) -> jax.Array:
+    """``conv(h)`` for a 3x3 "same" convolution, written as nine shifted matrix products.
+
+    Same result as ``conv(h)`` (to float rounding), but XLA's CPU backend runs
+    it 2-3x faster inside loops (a sampler's leapfrog loop calls the network
+    there), where its convolution kernels are slow.
+    """
+    d = conv.dilation[0]
+    w = conv.weight.astype(h.dtype)  # (out, in, 3, 3)
+    _, hh, ww = h.shape
+    hp = jnp.pad(h, ((0, 0), (d, d), (d, d)))
+    out = conv.bias.astype(h.dtype)
+    for i in range(3):
+        for j in range(3):
+            out = out + jnp.einsum("oc,cyx->oyx", w[:, :, i, j], hp[:, i * d:i * d + hh, j * d:j * d + ww])
+    return out
+
+
 class ScoreNet(eqx.Module):
     """Noise-conditional denoiser ``D(x, sigma)`` on square ``(size, size)`` stamps.
 
@@ -70,7 +88,7 @@ class ScoreNet(eqx.Module):
         log_sigma = jnp.asarray(log_sigma, u.dtype)
         h = jnp.stack([u, self.radius.astype(u.dtype), jnp.full(u.shape, log_sigma / 4.0, u.dtype)])
         for i, conv in enumerate(self.convs):
-            z = conv(h)
+            z = _dilated_conv3x3(conv, h)
             h = jax.nn.silu(z) if i == 0 else h + jax.nn.silu(z)
         return self.head(h)[0]
 

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import equinox as eqx
 import numpy as np
 import xarray as xr
 
-from ..core import ActiveSceneModel, FreeFormMorphology, Source, Spectrum, filter_jit
+from ..core import ActiveSceneModel, FreeFormMorphology, Source, Spectrum
 from ..scene import BOX_SIZES, initialize_sources
 from ..xr import BAND, X, Y, frame_from_observations, likelihood_for
 
@@ -117,7 +118,7 @@ def _pad_image(img: np.ndarray, box: int) -> np.ndarray:
     return out
 
 
-@filter_jit
+@eqx.filter_jit
 def _initial_values(source):
     """Free-form image and spectrum of an initialised source (one compile per box size)."""
     comp = source.components[0]

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import time
 
+import equinox as eqx
 import jax.numpy as jnp
 import numpy as np
 
-from ..core import filter_jit
 from ..infer import fit_batch
 from ..xr import observation_wcs
 from ._bucket import prepare_blend
@@ -41,7 +41,7 @@ def detect_centers(ds, max_sources: int, thresh: float = 5.0) -> np.ndarray:
     return centers[:max_sources]
 
 
-@filter_jit
+@eqx.filter_jit
 def _blend_summary(model, lik):
     """Fluxes, morphology images, centres and chi^2 parts of a fitted blend (one compile per bucket)."""
     cube = model()
