@@ -63,6 +63,9 @@ def filter_jit(fun):
 
     @functools.wraps(fun)
     def wrapper(*args, **kwargs):
+        if any(isinstance(x, jax.core.Tracer) for x in jax.tree_util.tree_leaves((args, kwargs))):
+            # called inside another compiled function: options belong to the outer one
+            return _compiled(fun, "")(*args, **kwargs)
         return _compiled(fun, jax.default_backend())(*args, **kwargs)
 
     return wrapper

@@ -102,7 +102,7 @@ def _fit_each(models, likelihoods, optimizer, max_steps, e_rel, chunk):
     for model, liks in zip(models, likelihoods, strict=True):
         try:
             fitted, hist = fit(model, liks, optimizer=optimizer, max_steps=max_steps, e_rel=e_rel,
-                               chunk=chunk)
+                               chunk=chunk, low_memory=False)
         except ValueError:  # initial loss not finite: report like the batched path
             fitted, hist = model, FitHistory(loss=np.full(1, np.nan), status="diverged", num_steps=0)
         out_models.append(fitted)

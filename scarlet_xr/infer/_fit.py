@@ -77,19 +77,18 @@ def _all_finite(tree):
     return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
 
 
-@filter_jit
+@eqx.filter_jit
 def _start(free, optimizer):
     z = _to_z(free, step_tree(free))
     return z, optimizer.init(z)
 
 
-@filter_jit
+@eqx.filter_jit
 def _finish(z):
     return _from_z(z, step_tree(z))
 
 
-@filter_jit
-def _run_chunk(z, opt_state, ring, rest, likelihoods, optimizer, n_done, max_steps, e_rel, chunk):
+def _chunk_impl(z, opt_state, ring, rest, likelihoods, optimizer, n_done, max_steps, e_rel, chunk):
     steps = step_tree(z)
 
     def loss_z(z_):
@@ -127,6 +126,14 @@ def _run_chunk(z, opt_state, ring, rest, likelihoods, optimizer, n_done, max_ste
     return z, opt_state, ring, hist, i, status
 
 
+# Two compiled versions of the same loop: ``core.filter_jit`` (XLA's classic CPU
+# emitters: ~170 MB less peak memory when compiling a scene, same speed on
+# one large scene) for interactive fits, and plain ``equinox.filter_jit``
+# (default emitters, faster on the many small blends of a survey).
+_run_chunk = eqx.filter_jit(_chunk_impl)
+_run_chunk_lean = filter_jit(_chunk_impl)
+
+
 def fit(
     model,
     likelihoods,
@@ -137,6 +144,7 @@ def fit(
     progress: bool = False,
     chunk: int = 100,
     on_divergence: str = "warn",
+    low_memory: bool = True,
 ):
     """Fit a model by minimising ``-log L - log prior`` with optax.
 
@@ -170,6 +178,11 @@ def fit(
         always stops and keeps the last finite state; ``"warn"`` logs a
         warning and reports ``status="diverged"``, ``"raise"`` raises
         :class:`FitDivergedError`.
+    low_memory : bool
+        Compile the loop for low peak memory (XLA's classic CPU emitters;
+        about 170 MB less for the HSC demo scene, same speed). ``False``
+        uses XLA's defaults, which run many small scenes (survey blends)
+        faster.
 
     Returns
     -------
@@ -205,7 +218,7 @@ def fit(
     status = 0
     try:
         while True:
-            z, opt_state, ring, hist, n, st = _run_chunk(
+            z, opt_state, ring, hist, n, st = (_run_chunk_lean if low_memory else _run_chunk)(
                 z, opt_state, ring, rest, likelihoods, optimizer,
                 jnp.asarray(n_done, jnp.int32), jnp.asarray(max_steps, jnp.int32),
                 jnp.asarray(e_rel, dtype), int(chunk),
