@@ -33,7 +33,10 @@ def add_parser(sub) -> None:
     p.add_argument("--sources", default=None, metavar="CATALOG",
                    help="ECSV or FITS table with ra, dec columns (deg); optional 'kind' column")
     p.add_argument("--out", required=True, metavar="PATH", help="output file ending in .nc or .zarr")
-    p.add_argument("--kind", default="free", help="source kind when the catalog has none (default free)")
+    p.add_argument("--kind", default="auto",
+                   help="source kind when the catalog has none: 'auto' (default: point source or "
+                        "Sersic, chosen per source from the data), free, monotonic, symmetric, "
+                        "point, sersic, gaussian")
     p.add_argument("--max-steps", type=int, default=1000, help="maximum optimizer steps")
     p.add_argument("--prior", choices=("none", "learned"), default="none",
                    help="morphology prior of free-form sources: 'learned' applies the shipped "
@@ -138,7 +141,7 @@ def run(args) -> int:
         raise ValueError(f"--out must end in .nc or .zarr; got {out.name!r}")
     enable_compile_cache()
     from .. import Scene, frame_from_observations, initialize_sources
-    from ..scene import detect_sources
+    from ..scene import detect_sources, fit_sources
 
     obs = _load(args)
     frame = frame_from_observations(obs)
@@ -152,13 +155,16 @@ def run(args) -> int:
         if len(centers) == 0:
             raise ValueError(f"no sources detected above {args.threshold} sigma; give --sources")
     kinds = kinds if kinds is not None else args.kind
-    with Scene(frame) as scene:
-        initialize_sources(frame, obs, centers, kinds=kinds)
     if getattr(args, "prior", "none") == "learned":
         from ..nn import learned_prior, with_morphology_prior
 
+        kinds = ["free" if k == "auto" else k for k in ([kinds] * len(centers) if isinstance(kinds, str) else kinds)]
+        with Scene(frame) as scene:
+            initialize_sources(frame, obs, centers, kinds=kinds)
         scene = with_morphology_prior(scene, learned_prior())
-    fitted = scene.fit(obs, max_steps=args.max_steps, progress=True)
+        fitted = scene.fit(obs, max_steps=args.max_steps, progress=True)
+    else:
+        fitted = fit_sources(frame, obs, centers, kinds=kinds, max_steps=args.max_steps, progress=True)
     tree = fitted.to_datatree(obs, extra_attrs={"inputs": ",".join(Path(f).name for f in args.files)})
     if args.sample < 0 or args.chains < 1:
         raise ValueError(f"--sample must be >= 0 and --chains >= 1; got {args.sample}, {args.chains}")
@@ -174,6 +180,8 @@ def run(args) -> int:
     print(f"scarlet-xr fit: {len(obs)} observation(s), {len(centers)} sources ({origin})")
     for ds in obs:
         notes = []
+        if ds.attrs.get("planes"):
+            notes.append(f"planes read from the file: {ds.attrs['planes']}")
         if ds.attrs.get("noise_estimated"):
             notes.append("noise estimated from the background (sep)")
         if ds.attrs.get("n_nonfinite_masked"):

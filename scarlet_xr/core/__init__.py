@@ -15,7 +15,9 @@ from ._fft import convolve_fft as convolve_fft
 from ._fft import fourier_shift as fourier_shift
 from ._likelihood import GaussianLikelihood as GaussianLikelihood
 from ._model import SceneModel as SceneModel
+from ._model import morphology_image as morphology_image
 from ._morphology import AbstractMorphology as AbstractMorphology
+from ._morphology import AutoMorphology as AutoMorphology
 from ._morphology import FreeFormMorphology as FreeFormMorphology
 from ._morphology import GaussianMorphology as GaussianMorphology
 from ._morphology import PointSourceMorphology as PointSourceMorphology
@@ -38,6 +40,7 @@ from ._resample import affine_from_coords as affine_from_coords
 from ._resample import psf_core_width as psf_core_width
 from ._resample import psf_spectrum as psf_spectrum
 from ._prior import AbstractPrior as AbstractPrior
+from ._prior import NormalPrior as NormalPrior
 from ._prior import ScorePrior as ScorePrior
 from ._prior import score_surrogate as score_surrogate
 from ._jit import filter_jit as filter_jit

@@ -10,7 +10,7 @@ import numpy as np
 from ._fft import fast_size, kernel_to_origin
 from ._source import Source
 
-__all__ = ["SceneModel", "render_source"]
+__all__ = ["SceneModel", "render_source", "component_boxes", "morphology_image"]
 
 
 def _place(canvas, box, center, pad):
@@ -23,22 +23,72 @@ def _place(canvas, box, center, pad):
     return jax.lax.dynamic_update_slice(canvas, cur + box, start)
 
 
+def _stack_key(comp):
+    """Components with equal keys can be evaluated in one vmapped call (None: never)."""
+    leaves, treedef = jax.tree_util.tree_flatten(comp)
+    if not all(hasattr(x, "shape") and hasattr(x, "dtype") for x in leaves):
+        return None
+    return treedef, tuple((tuple(x.shape), str(x.dtype)) for x in leaves)
+
+
+def component_boxes(sources):
+    """Evaluate every component's ``(band, h, w)`` box at its source's sub-pixel offset.
+
+    Components of the same type, structure and box size are stacked and
+    evaluated in one ``vmap``-ed call, so the compiled graph grows with the
+    number of distinct component types, not with the number of sources.
+
+    Returns
+    -------
+    list of (center, component, box)
+        In source order, then component order.
+    """
+    entries, groups = [], {}
+    for src in sources:
+        center = src.center.value
+        offset = center - jnp.round(center)
+        for comp in src.components:
+            key = _stack_key(comp)
+            idx = len(entries)
+            entries.append([center, comp, offset, None])
+            groups.setdefault(idx if key is None else key, []).append(idx)
+    for members in groups.values():
+        if len(members) == 1:
+            e = entries[members[0]]
+            e[3] = e[1](e[2])
+            continue
+        stacked = jax.tree_util.tree_map(lambda *x: jnp.stack(x), *[entries[i][1] for i in members])
+        offsets = jnp.stack([entries[i][2] for i in members])
+        out = jax.vmap(lambda c, o: c(o))(stacked, offsets)
+        for j, i in enumerate(members):
+            entries[i][3] = out[j]
+    return [(c, comp, box) for c, comp, _, box in entries]
+
+
+@eqx.filter_jit
+def morphology_image(morphology, offset) -> jax.Array:
+    """Evaluate ``morphology(offset)`` compiled once per morphology type and box size.
+
+    For code outside a traced function (initialisation, linear solves) that
+    evaluates many morphologies: eager evaluation would compile every
+    operation of the profile anew for each new box size.
+    """
+    return morphology(offset)
+
+
 def _render(sources, shape, pad, psf_fft, fft_shape):
     """Sum of ``sources`` on the frame; intrinsic profiles convolved with the model PSF."""
     b, hh, ww = shape
     dtype = sources[0].center.raw.dtype if sources else jnp.float32
     frame = jnp.zeros((b, hh + 2 * pad, ww + 2 * pad), dtype=dtype)
     intrinsic = None
-    for src in sources:
-        center = src.center.value
-        offset = center - jnp.round(center)
-        for comp in src.components:
-            if comp.morphology.intrinsic and psf_fft is not None:
-                if intrinsic is None:
-                    intrinsic = jnp.zeros_like(frame)
-                intrinsic = _place(intrinsic, comp(offset), center, pad)
-            else:
-                frame = _place(frame, comp(offset), center, pad)
+    for center, comp, box in component_boxes(sources):
+        if comp.morphology.intrinsic and psf_fft is not None:
+            if intrinsic is None:
+                intrinsic = jnp.zeros_like(frame)
+            intrinsic = _place(intrinsic, box, center, pad)
+        else:
+            frame = _place(frame, box, center, pad)
     if intrinsic is not None:
         conv = jnp.fft.irfft2(jnp.fft.rfft2(intrinsic, s=fft_shape) * psf_fft, s=fft_shape)
         frame = frame + conv[:, : frame.shape[1], : frame.shape[2]].astype(dtype)

@@ -19,7 +19,7 @@ import numpy as np
 from jax.scipy.special import gammaln
 
 from ._constraints import Interval, LogPositive, Positive
-from ._fft import fourier_shift
+from ._fft import fast_size, fourier_shift, kernel_to_origin
 from ._parameter import Parameter
 
 __all__ = [
@@ -28,6 +28,7 @@ __all__ = [
     "GaussianMorphology",
     "SersicMorphology",
     "PointSourceMorphology",
+    "AutoMorphology",
     "odd_box",
 ]
 
@@ -318,3 +319,74 @@ class PointSourceMorphology(AbstractMorphology):
     def kind(self) -> str:
         """``"point"``."""
         return "point"
+
+
+def _pad_to(image, shape):
+    """Centre an odd-sized image on a canvas of odd ``shape`` (crop or zero-pad)."""
+    image = np.asarray(image, float)
+    ph, pw = image.shape
+    h, w = shape
+    canvas = np.zeros((max(h, ph), max(w, pw)))
+    cy, cx = canvas.shape[0] // 2, canvas.shape[1] // 2
+    canvas[cy - ph // 2 : cy + ph // 2 + 1, cx - pw // 2 : cx + pw // 2 + 1] = image
+    return canvas[cy - h // 2 : cy + h // 2 + 1, cx - w // 2 : cx + w // 2 + 1]
+
+
+class AutoMorphology(AbstractMorphology):
+    """A point source or an extended Sersic profile, the choice made from the data.
+
+    The image is ``p * point + (1 - p) * (Sersic convolved with the model
+    PSF)`` with ``p`` in {0, 1} set by the model choice (an array, not a fitted
+    parameter, so switching does not change the compiled graph). With
+    ``p = 1`` the Sersic parameters receive no gradient and stay where they are.
+
+    Parameters
+    ----------
+    sersic : SersicMorphology
+        The extended alternative (its box is this morphology's box).
+    psf : array (h, w)
+        Model-frame PSF (odd sizes, centred).
+    is_point : bool
+        Start as a point source.
+    """
+
+    sersic: SersicMorphology
+    psf: jax.Array
+    psf_fft: jax.Array
+    is_point: jax.Array
+    shape: tuple[int, int] = eqx.field(static=True)
+    fft_shape: tuple[int, int] = eqx.field(static=True)
+
+    def __init__(self, sersic: SersicMorphology, psf, *, is_point: bool = False):
+        psf = np.asarray(psf, float)
+        if psf.ndim != 2 or psf.shape[0] % 2 == 0 or psf.shape[1] % 2 == 0:
+            raise ValueError(f"model PSF must be a 2-D odd-sized image; got shape {psf.shape}")
+        self.sersic = sersic
+        self.shape = sersic.shape
+        dtype = jnp.asarray(0.0).dtype
+        boxed = _pad_to(psf / psf.sum(), self.shape)
+        self.psf = jnp.asarray(boxed / boxed.sum(), dtype=dtype)
+        h, w = self.shape
+        self.fft_shape = (fast_size(h + psf.shape[0]), fast_size(w + psf.shape[1]))
+        k = np.fft.rfft2(kernel_to_origin(psf / psf.sum(), self.fft_shape))
+        self.psf_fft = jnp.asarray(k, dtype=jnp.result_type(dtype, jnp.complex64))
+        self.is_point = jnp.asarray(1.0 if is_point else 0.0, dtype=dtype)
+
+    def __call__(self, offset):
+        """Return the point-source or PSF-convolved Sersic image."""
+        h, w = self.shape
+        ext = self.sersic(offset)
+        ext = jnp.fft.irfft2(jnp.fft.rfft2(ext, s=self.fft_shape) * self.psf_fft, s=self.fft_shape)
+        ext = ext[:h, :w].astype(self.psf.dtype)
+        point = fourier_shift(self.psf, offset)
+        return self.is_point * point + (1.0 - self.is_point) * ext
+
+    def as_point(self, is_point: bool) -> AutoMorphology:
+        """Return this morphology switched to a point source (True) or the Sersic (False)."""
+        value = jnp.asarray(1.0 if is_point else 0.0, dtype=self.is_point.dtype)
+        return eqx.tree_at(lambda m: m.is_point, self, value)
+
+    @property
+    def kind(self) -> str:
+        """``"point"`` or ``"sersic"``, whichever is selected."""
+        return "point" if float(self.is_point) > 0.5 else "sersic"

@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["AbstractPrior", "ScorePrior", "score_surrogate", "score_line_integral"]
+__all__ = ["AbstractPrior", "NormalPrior", "ScorePrior", "score_surrogate", "score_line_integral"]
 
 
 def score_surrogate(x: jax.Array, score: jax.Array, value=None) -> jax.Array:
@@ -230,3 +230,27 @@ class ScorePrior(AbstractPrior):
     def score(self, x):
         """Return ``score_fn(x)``."""
         return self.score_fn(jnp.asarray(x))
+
+
+class NormalPrior(AbstractPrior):
+    """Independent normal prior ``N(mean, sigma^2)`` per element (arrays, not static).
+
+    Used, e.g., to keep a source centre near its catalog position.
+
+    Parameters
+    ----------
+    mean, sigma : array_like
+        Broadcastable to the parameter's shape; ``sigma > 0``.
+    """
+
+    mean: jax.Array
+    sigma: jax.Array
+
+    def __init__(self, mean, sigma):
+        dtype = jnp.asarray(0.0).dtype
+        self.mean = jnp.asarray(mean, dtype=dtype)
+        self.sigma = jnp.asarray(sigma, dtype=dtype)
+
+    def log_prob(self, x):
+        """Return ``-0.5 ((x - mean) / sigma)^2`` summed (up to a constant)."""
+        return -0.5 * jnp.sum(((x - self.mean) / self.sigma) ** 2)

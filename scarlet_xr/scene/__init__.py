@@ -4,6 +4,7 @@ from ._init import BOX_SIZES as BOX_SIZES
 from ._init import detection_image as detection_image
 from ._init import initialize_sources as initialize_sources
 from ._scene import Scene as Scene
+from ._auto import fit_sources as fit_sources
 from ._detect import detect_sources as detect_sources
 from ._detect import fit_observations as fit_observations
 from ._sample import attach_posterior as attach_posterior

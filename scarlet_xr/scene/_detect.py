@@ -6,8 +6,8 @@ import numpy as np
 
 from ..wcs import Frame
 from ..xr import frame_from_observations, normalize_observations
-from ._init import detection_image, initialize_sources
-from ._scene import Scene
+from ._auto import fit_sources
+from ._init import detection_image
 
 __all__ = ["detect_sources", "fit_observations"]
 
@@ -72,7 +72,7 @@ def fit_observations(
     observations,
     centers=None,
     *,
-    kinds="free",
+    kinds="auto",
     max_steps: int = 1000,
     e_rel: float = 1e-4,
     optimizer=None,
@@ -90,7 +90,9 @@ def fit_observations(
         ``(y, x)`` in the observations' pixel coordinates (values of their
         ``y``/``x`` coords). Default: :func:`detect_sources`.
     kinds : str or sequence of str
-        Source kinds for :func:`scarlet_xr.initialize_sources`.
+        ``"auto"`` (default: point source or Sersic, chosen per source from
+        the data; see :func:`scarlet_xr.scene.fit_sources`) or kinds of
+        :func:`scarlet_xr.initialize_sources`.
     max_steps, e_rel, optimizer, progress
         See :meth:`scarlet_xr.Scene.fit`.
     detect_threshold : float
@@ -116,7 +118,6 @@ def fit_observations(
             )
     else:
         frame_centers = np.atleast_2d(np.asarray(centers, float)) - np.asarray(frame.origin, float)
-    with Scene(frame) as scene:
-        initialize_sources(frame, obs, frame_centers, kinds=kinds)
-    fitted = scene.fit(obs, max_steps=max_steps, e_rel=e_rel, optimizer=optimizer, progress=progress)
+    fitted = fit_sources(frame, obs, frame_centers, kinds=kinds, max_steps=max_steps, e_rel=e_rel,
+                         optimizer=optimizer, progress=progress)
     return fitted.to_datatree(obs)

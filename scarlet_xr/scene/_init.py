@@ -16,6 +16,8 @@ from ..core import (
     SersicMorphology,
     Source,
     Spectrum,
+    morphology_image,
+    psf_core_width,
 )
 from ..wcs import Frame
 from ..xr import BAND, grid_offset, likelihood_for, normalize_observations, observation_wcs
@@ -196,6 +198,7 @@ def initialize_sources(
             raise ValueError(f"unknown source kind {k!r}; expected one of {KINDS}")
     names = [f"src{i}" for i in range(n)] if names is None else [str(s) for s in names]
     det, sigma, valid = detection_image(obs, frame)
+    psf_s2 = _observed_psf_variance(obs, frame)
     hh, ww = frame.shape
     morphs = []
     images = []
@@ -254,18 +257,35 @@ def initialize_sources(
             m = owned & valid & (np.hypot(yy - iy, xx - ix) <= r)
             wts = np.clip(det, 0, None) * m
             s2 = float(np.sum(wts * ((yy - cy) ** 2 + (xx - cx) ** 2)) / max(wts.sum(), 1e-30) / 2)
-            s = max(math.sqrt(max(s2, 0.25)) - 0.0, 0.7)
+            # the detection image is seen through the observations' PSFs: remove their width
+            s = max(math.sqrt(max(s2 - psf_s2, 0.25)), 0.7)
             if kind == "gaussian":
                 morphs.append(GaussianMorphology(s, shape=size))
             else:
                 morphs.append(SersicMorphology(1.0, 1.18 * s, shape=size))
-            intrinsic = np.asarray(morphs[-1](np.array([cy - iy, cx - ix])))
+            offset = jnp.asarray([cy - iy, cx - ix], jnp.asarray(0.0).dtype)
+            intrinsic = np.asarray(morphology_image(morphs[-1], offset))
             images.append(_np_convolve(intrinsic, frame.psf))
     spectra = _solve_spectra(frame, obs, centers, images)
     sources = []
     for i in range(n):
         sources.append(Source(centers[i], Spectrum(spectra[i]), morphs[i], name=names[i]))
     return sources
+
+
+def _observed_psf_variance(obs, frame) -> float:
+    """Squared core width (model pixels) of the observations' PSFs, median over bands.
+
+    Observations on other pixel grids count through the model PSF width only.
+    """
+    widths = [
+        psf_core_width(ds["psf"].values)
+        for ds in obs.values()
+        if grid_offset(ds, frame) is not None
+    ]
+    if not widths:
+        return float(frame.psf_sigma) ** 2
+    return float(np.median(np.concatenate(widths)) ** 2)
 
 
 def _np_shift(image, shift):

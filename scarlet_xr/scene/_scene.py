@@ -59,6 +59,7 @@ class Scene:
         self._contexts: list[collecting] = []
         self.history: FitHistory | None = None
         self.fit_time: float | None = None
+        self.choices: list[dict] | None = None
 
     # -- building ---------------------------------------------------------
     def __enter__(self) -> Scene:
@@ -104,6 +105,7 @@ class Scene:
     def _replace(self, model: SceneModel) -> Scene:
         new = Scene(self.frame)
         new._sources = list(model.sources)
+        new.choices = self.choices
         return new
 
     # -- inference ---------------------------------------------------------
@@ -183,7 +185,7 @@ class Scene:
         attrs = dict(extra_attrs or {})
         if self.fit_time is not None:
             attrs["fit_time_s"] = float(self.fit_time)
-        return build_result_tree(
+        tree = build_result_tree(
             bands=self.frame.bands,
             frame_y=fy,
             frame_x=fx,
@@ -202,6 +204,13 @@ class Scene:
             version=__version__,
             extra_attrs=attrs,
         )
+        if self.choices is not None:
+            tree["sources"] = tree["sources"].to_dataset().assign(
+                kind_reason=("source", [str(c["reason"]) for c in self.choices]),
+                delta_chi2_point=("source", [float(c["delta_chi2_point"]) for c in self.choices]),
+                box_truncated=("source", [bool(c["box_truncated"]) for c in self.choices]),
+            )
+        return tree
 
     def __repr__(self) -> str:
         kinds = ", ".join(s.kind for s in self._sources)

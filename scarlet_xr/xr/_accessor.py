@@ -146,7 +146,7 @@ class ScarletDatasetAccessor:
         ra, dec = w.pixel_to_world_values(x, y)
         return np.asarray(ra), np.asarray(dec)
 
-    def fit(self, centers=None, *, kinds="free", max_steps: int = 1000, e_rel: float = 1e-4,
+    def fit(self, centers=None, *, kinds="auto", max_steps: int = 1000, e_rel: float = 1e-4,
             optimizer=None, detect_threshold: float = 3.0, progress: bool = False) -> xr.DataTree:
         """Detect (if needed), initialise and fit sources; return the results tree.
 
@@ -159,7 +159,8 @@ class ScarletDatasetAccessor:
             (values of its ``y``/``x`` coords). Default: detected with ``sep``
             on the detection image (:func:`scarlet_xr.scene.detect_sources`).
         kinds : str or sequence of str
-            Source kinds (see :func:`scarlet_xr.initialize_sources`).
+            ``"auto"`` (default: point source or Sersic per source, chosen
+            from the data) or kinds of :func:`scarlet_xr.initialize_sources`.
         max_steps, e_rel, optimizer, progress
             See :meth:`scarlet_xr.Scene.fit`.
         detect_threshold : float

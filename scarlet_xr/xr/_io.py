@@ -189,6 +189,14 @@ def estimate_background(image, *, mask=None, box: int = 16, thresh: float = 1.5)
     return float(bkg.globalback), rms
 
 
+VARIANCE_HDUS = ("VARIANCE", "VAR")
+"""HDU names read as the variance plane when ``variance``/``weight`` are not given."""
+WEIGHT_HDUS = ("IVAR", "WEIGHT", "WHT")
+"""HDU names read as inverse variance when no variance plane is found."""
+MASK_HDUS = ("MASK", "BADPIX")
+"""HDU names read as the bad-pixel mask (non-zero = bad) when ``mask`` is not given."""
+
+
 def open_observation(
     path,
     *,
@@ -219,13 +227,16 @@ def open_observation(
     hdu : int or str, optional
         The image HDU; default the first HDU holding a 2-D or 3-D image.
     variance, weight : array, int, str or path-like, optional
-        Variance or inverse variance, as for ``psf`` (give at most one). When
-        both are absent, the noise is estimated from the background of each
+        Variance or inverse variance, as for ``psf`` (give at most one).
+        Default: an HDU named as in :data:`VARIANCE_HDUS` or, failing that,
+        :data:`WEIGHT_HDUS` (recorded in ``attrs["planes"]``). When neither is
+        given nor found, the noise is estimated from the background of each
         band with ``sep`` (a constant variance per band) and
         ``attrs["noise_estimated"] = 1``; the measured levels are kept in the
         variables ``background`` and ``background_rms`` (band).
     mask : array, int, str or path-like, optional
         Bad-pixel mask, as for ``psf``; non-zero marks a bad pixel (weight 0).
+        Default: an HDU named as in :data:`MASK_HDUS`, if present.
     bands : sequence of str, optional
         Band names; default from the header, else ``"<name>0", "<name>1", ...``
         (prefixed so that bands of different files never merge by accident).
@@ -302,6 +313,22 @@ def open_observation(
         extra["psf_shift"] = np.asarray(shifts, np.int64).ravel()
     if variance is not None and weight is not None:
         raise ValueError("give variance or weight, not both")
+    hdu_names = [h.name for h in hdul]
+    planes = {}
+    if variance is None and weight is None:
+        variance = next((n for n in VARIANCE_HDUS if n in hdu_names), None)
+        weight = None if variance is not None else next((n for n in WEIGHT_HDUS if n in hdu_names), None)
+        for what, hname in (("variance", variance), ("weight", weight)):
+            if hname is not None:
+                planes[what] = hname
+    if mask is None:
+        mask = next((n for n in MASK_HDUS if n in hdu_names), None)
+        if mask is not None:
+            planes["mask"] = mask
+    if planes:
+        logger.info("%s: using planes %s", Path(path).name,
+                    ", ".join(f"{k}={v!r}" for k, v in planes.items()))
+        extra["planes"] = ",".join(f"{k}={v}" for k, v in planes.items())
     var_arr = _read_aux(variance, hdul, path, "variance")
     w_arr = _read_aux(weight, hdul, path, "weight")
     m_arr = _read_aux(mask, hdul, path, "mask")

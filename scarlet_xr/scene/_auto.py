@@ -1,0 +1,288 @@
+"""The default deblending path: a model per source chosen from the data.
+
+``fit_sources`` is what the CLI, the accessor and :func:`fit_observations` run
+when sources have ``kind="auto"`` (the default):
+
+1. every ``auto`` source starts as an elliptical Sersic profile (its size from
+   the PSF-corrected second moments of the detection image) and the scene is
+   fitted jointly;
+2. the spectra are re-solved exactly by linear least squares with the shapes
+   fixed, and for each source the χ² of the scene with that source replaced by
+   a point source (same centre, fluxes re-solved) is compared with the Sersic
+   one: the source becomes a point unless the Sersic lowers χ² by more than
+   its number of extra shape parameters (:data:`EXTENT_PARAMETERS`, the mean
+   drop from noise alone). Losing an extended galaxy's wings costs far more
+   flux than fitting a star with a compact Sersic, so ties go to "extended";
+3. the box (one canonical size shared by all ``auto`` sources, so that they
+   render in one vmapped call and a scene compiles once) is grown if an
+   extended source now needs more than ``BOX_RADII_RE`` half-light radii, the
+   scene is refitted with the chosen models (the switch is an array, not a new
+   graph), and the spectra are solved linearly once more. A source whose
+   fitted size still outgrows its box is flagged ``box_truncated``.
+
+Choices and their reasons are kept per source (``Scene.choices``) and written
+to ``/sources`` (``kind_reason``, ``delta_chi2_point``, ``box_truncated``).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+
+import equinox as eqx
+
+from ..core import AutoMorphology, NormalPrior, Parameter, SersicMorphology, Source
+from ..infer import FitHistory
+from ..infer import fit as _fit
+from ..wcs import Frame
+from ..xr import likelihood_for, normalize_observations
+from ._init import BOX_SIZES, _canonical, _np_shift, _template, initialize_sources
+from ._linear import solve_linear, set_spectra
+from ._scene import Scene
+
+__all__ = ["fit_sources", "EXTENT_PARAMETERS"]
+
+EXTENT_PARAMETERS = 4
+"""Extra shape parameters of a Sersic over a point source (n, r_e, e1, e2): a
+source is a point unless the Sersic lowers chi^2 by more than this (the drop
+that noise alone gives on average)."""
+
+BOX_RADII_RE = 5.0
+"""Extended-source boxes hold this many half-light radii (plus the PSF) after the first fit."""
+
+_STAGE1_STEPS = 300
+
+INIT_SIZE_MARGIN = 2.0
+"""Initial boxes hold ``BOX_RADII_RE`` times this many initial half-light radii."""
+
+CENTER_SIGMA = 0.5
+"""Prior width (model pixels) on the centres of ``auto`` sources while fitting."""
+
+
+def _point_images(frame: Frame, centers) -> np.ndarray:
+    """Point-source templates (model PSF at each sub-pixel centre) on the frame, ``(n, y, x)``."""
+    out = []
+    for c in centers:
+        iy, ix = round(float(c[0])), round(float(c[1]))
+        img = _np_shift(np.asarray(frame.psf, float), (float(c[0]) - iy, float(c[1]) - ix))
+        out.append(np.asarray(_template(frame, c, img))[0])
+    return np.stack(out)
+
+
+def _delta_chi2_point(model, liks, frame, auto_idx, comp_of_source):
+    """χ²(source k as a point) - χ²(as fitted) per source in ``auto_idx``, spectra re-solved."""
+    from ._linear import _component_images, _normal_equations, _nnls_normal
+
+    images = _component_images(model, frame.psf)
+    centers = np.stack([np.asarray(s.center.value, float) for s in model.sources])
+    pts = _point_images(frame, centers[auto_idx])
+    allimg = np.concatenate([images, pts])
+    nb = model.shape[0]
+    a, rhs, dd = _normal_equations(allimg, liks, nb)
+    nc = images.shape[0]
+
+    def chi2(sel):
+        tot = 0.0
+        for b in range(nb):
+            aa, rr = a[b][np.ix_(sel, sel)], rhs[b][sel]
+            x = _nnls_normal(aa, rr)
+            tot += dd[b] - 2 * x @ rr + x @ aa @ x
+        return tot
+
+    base = list(range(nc))
+    ref = chi2(base)
+    out = {}
+    for j, k in enumerate(auto_idx):
+        sel = [c for c in base if c not in comp_of_source[k]] + [nc + j]
+        out[k] = chi2(sel) - ref
+    return out, images
+
+
+def fit_sources(
+    frame: Frame,
+    observations,
+    centers,
+    *,
+    kinds="auto",
+    names=None,
+    max_steps: int = 1000,
+    e_rel: float = 1e-4,
+    optimizer=None,
+    progress: bool = False,
+    max_box: int = BOX_SIZES[-4],
+    center_sigma: float = CENTER_SIGMA,
+) -> Scene:
+    """Initialise, choose models for and fit sources at ``centers``; return the fitted Scene.
+
+    Sources of kind ``"auto"`` get the model their data support (point source
+    or Sersic, see the module docstring); other kinds (see
+    :func:`scarlet_xr.initialize_sources`) are used as given. After the
+    fit the spectra are the exact linear least-squares solution given the
+    fitted shapes.
+
+    Parameters
+    ----------
+    frame : Frame
+    observations : Dataset, sequence or mapping of Datasets
+    centers : array (n, 2)
+        ``(y, x)`` in model-frame pixels.
+    kinds : str or sequence of str
+        ``"auto"`` (default) or a fixed kind per source.
+    names : sequence of str, optional
+    max_steps, e_rel, optimizer, progress
+        See :func:`scarlet_xr.infer.fit` (``max_steps`` bounds each stage).
+    max_box : int
+        Largest box an extended source may grow to; a source that needs more
+        is flagged ``box_truncated``.
+    center_sigma : float
+        Width (model pixels) of the normal prior that keeps each ``auto``
+        source's centre near its given position during the fit (so that
+        neighbours cannot swap identities); dropped from the returned scene.
+
+    Returns
+    -------
+    Scene
+        Fitted; ``scene.choices`` lists per source ``kind``, ``reason``,
+        ``delta_chi2_point`` and ``box_truncated``.
+    """
+    obs = normalize_observations(observations)
+    centers = np.atleast_2d(np.asarray(centers, float))
+    n = len(centers)
+    kinds = [kinds] * n if isinstance(kinds, str) else list(kinds)
+    if len(kinds) != n:
+        raise ValueError(f"expected {n} kinds; got {len(kinds)}")
+    auto_idx = [i for i, k in enumerate(kinds) if k == "auto"]
+    init_kinds = ["sersic" if k == "auto" else k for k in kinds]
+    liks = [likelihood_for(ds, frame) for ds in obs.values()]
+    t0 = time.perf_counter()
+    with Scene(frame) as scene:
+        initialize_sources(frame, obs, centers, kinds=init_kinds, names=names)
+    sources = list(scene.sources)
+    choices = [
+        {"kind": k, "reason": "given", "delta_chi2_point": float("nan"), "box_truncated": False}
+        for k in kinds
+    ]
+    # one box size for all auto sources: they render in one vmapped call and
+    # the scene compiles once, whatever its number of sources
+    # (moments inside the footprint underestimate sizes: start with room for twice the size)
+    box = _common_box([sources[k].components[0].morphology for k in auto_idx], max_box,
+                      scale=INIT_SIZE_MARGIN)
+    for k in auto_idx:
+        src = sources[k]
+        morph = _resized(src.components[0].morphology, box)
+        c = np.asarray(src.center.value, float)
+        center = Parameter(c, step=src.center.step, prior=NormalPrior(c, center_sigma))
+        sources[k] = Source(center, src.components[0].spectrum, AutoMorphology(morph, frame.psf),
+                            name=src.name)
+    model = type(scene.model())(sources, frame.cube_shape, psf=frame.psf)
+    losses, steps = [], 0
+    if auto_idx:
+        model, hist = _fit(model, liks, optimizer=optimizer, max_steps=min(_STAGE1_STEPS, max_steps),
+                           e_rel=e_rel, progress=progress)
+        losses.append(hist.loss)
+        steps += hist.num_steps
+        model = _choose(model, liks, frame, auto_idx, choices)
+        model = _grow_boxes(model, auto_idx, choices, max_box)
+    model, hist = _fit(model, liks, optimizer=optimizer, max_steps=max_steps, e_rel=e_rel,
+                       progress=progress)
+    losses.append(hist.loss)
+    steps += hist.num_steps
+    _flag_truncated(model, auto_idx, choices, max_box)
+    sol = solve_linear(model, liks, frame.psf)
+    model = set_spectra(model, sol.amplitudes)
+    model = _drop_center_priors(model, auto_idx)
+    fitted = scene._replace(model)
+    fitted.history = FitHistory(loss=np.concatenate(losses), status=hist.status, num_steps=steps)
+    fitted.fit_time = time.perf_counter() - t0
+    fitted.choices = choices
+    return fitted
+
+
+def _choose(model, liks, frame, auto_idx, choices):
+    """Switch ``auto`` sources to point sources where the data do not support extent."""
+    comp_of_source, c = [], 0
+    for src in model.sources:
+        comp_of_source.append(list(range(c, c + len(src.components))))
+        c += len(src.components)
+    delta, _ = _delta_chi2_point(model, liks, frame, auto_idx, comp_of_source)
+    sources = list(model.sources)
+    for k in auto_idx:
+        penalty = float(EXTENT_PARAMETERS)
+        d = float(delta[k])
+        morph = sources[k].components[0].morphology
+        re = float(morph.sersic.r_e.value)
+        point = d <= penalty
+        if point:
+            reason = f"point: a Sersic lowers chi2 by only {d:.1f} <= {penalty:.0f} (its extra parameters)"
+        else:
+            reason = f"extended: a Sersic (r_e {re:.2f} px) lowers chi2 by {d:.1f} > {penalty:.0f}"
+        if _DEBUG is not None:
+            _DEBUG.append((k, d, penalty, re, float(morph.sersic.n.value)))
+        choices[k].update(kind="point" if point else "sersic", delta_chi2_point=d, reason=reason)
+        comp = eqx.tree_at(lambda c: c.morphology, sources[k].components[0], morph.as_point(point))
+        sources[k] = eqx.tree_at(lambda s: s.components, sources[k], (comp,))
+    return eqx.tree_at(lambda m: m.sources, model, tuple(sources))
+
+
+def _common_box(morphs, max_box: int, scale: float = 1.0) -> int:
+    """Canonical box size holding every Sersic of ``morphs`` (see :func:`_needed_box`)."""
+    if not morphs:
+        return 0
+    return min(_canonical(max(max(m.shape[0], _needed_box(m, scale)) for m in morphs)), max_box)
+
+
+def _needed_box(sersic: SersicMorphology, scale: float = 1.0) -> int:
+    """Box side holding ``BOX_RADII_RE`` half-light radii (times ``scale``) plus the PSF core."""
+    return 2 * int(math.ceil(BOX_RADII_RE * scale * float(sersic.r_e.value) + 2)) + 1
+
+
+def _resized(sersic: SersicMorphology, size: int) -> SersicMorphology:
+    if sersic.shape == (size, size):
+        return sersic
+    return SersicMorphology(sersic.n, sersic.r_e, sersic.ellipticity, shape=size,
+                            oversample=sersic.oversample)
+
+
+def _grow_boxes(model, auto_idx, choices, max_box):
+    """Give all ``auto`` sources the box their largest extended member now needs.
+
+    The box only grows (never shrinks), so compiled shapes change at most once.
+    """
+    sources = list(model.sources)
+    morphs = [sources[k].components[0].morphology for k in auto_idx]
+    current = morphs[0].shape[0]
+    ext = [m.sersic for k, m in zip(auto_idx, morphs, strict=True) if choices[k]["kind"] == "sersic"]
+    box = max(current, _common_box(ext, max_box))
+    if box == current:
+        return model
+    for k, m in zip(auto_idx, morphs, strict=True):
+        auto = AutoMorphology(_resized(m.sersic, box), _model_psf(m), is_point=m.kind == "point")
+        comp = eqx.tree_at(lambda c: c.morphology, sources[k].components[0], auto)
+        sources[k] = eqx.tree_at(lambda s: s.components, sources[k], (comp,))
+    return eqx.tree_at(lambda m: m.sources, model, tuple(sources))
+
+
+def _flag_truncated(model, auto_idx, choices, max_box):
+    """Flag extended sources whose fitted size needs a box beyond the one they have."""
+    for k in auto_idx:
+        m = model.sources[k].components[0].morphology
+        if choices[k]["kind"] == "sersic":
+            choices[k]["box_truncated"] = bool(_needed_box(m.sersic) > m.shape[0])
+
+
+def _model_psf(morph) -> np.ndarray:
+    """The model PSF an AutoMorphology was built with (un-padded is not needed: padding is exact)."""
+    return np.asarray(morph.psf)
+
+
+def _drop_center_priors(model, auto_idx):
+    sources = list(model.sources)
+    for k in auto_idx:
+        c = sources[k].center
+        sources[k] = eqx.tree_at(lambda s: s.center, sources[k], Parameter(c.value, step=c.step))
+    return eqx.tree_at(lambda m: m.sources, model, tuple(sources))
+
+
+_DEBUG: list | None = None

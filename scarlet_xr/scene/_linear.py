@@ -1,0 +1,188 @@
+"""Linear flux solve: with the morphologies fixed, the spectra are linear parameters.
+
+Every component's morphology image on the frame (after the model PSF) is
+rendered into every observation once; per frame band the weighted normal
+equations of all observations are summed and solved for the amplitudes
+(non-negative least squares). This is the exact conditional maximum-likelihood
+flux given the shapes, free of optimizer noise, and its inverse normal matrix
+is the flux covariance conditional on the shapes.
+"""
+
+from __future__ import annotations
+
+import equinox as eqx
+import jax.numpy as jnp
+import numpy as np
+
+from ..core import SceneModel, Spectrum, morphology_image
+from ._init import _np_convolve, _render_np
+
+__all__ = ["LinearSolution", "solve_linear", "set_spectra"]
+
+
+def _component_images(model: SceneModel, psf) -> np.ndarray:
+    """Each component's morphology on the frame ``(component, y, x)`` (numpy).
+
+    Intrinsic profiles are convolved with the model PSF: the model cube is
+    ``sum_c spectrum_c[:, None, None] * image_c[None]``, so these images are
+    the templates of a linear flux solve.
+    """
+    _, hh, ww = model.shape
+    psf = None if model.psf_fft is None or psf is None else np.asarray(psf, float)
+    out = []
+    for src in model.sources:
+        center = np.asarray(src.center.value, float)
+        offset = center - np.round(center)
+        for comp in src.components:
+            img = np.asarray(morphology_image(comp.morphology, jnp.asarray(offset, src.center.raw.dtype)), float)
+            if comp.morphology.intrinsic and psf is not None:
+                img = _np_convolve(img, psf)
+            out.append(np.asarray(_template_plane((hh, ww), center, img)))
+    return np.stack(out)
+
+
+def _template_plane(shape, center, image):
+    """``image`` placed on a zero plane of ``shape`` centred on the pixel nearest ``center``."""
+    hh, ww = shape
+    h, w = image.shape
+    iy, ix = int(round(center[0])), int(round(center[1]))
+    plane = np.zeros((hh, ww))
+    y0, x0 = iy - h // 2, ix - w // 2
+    ys0, xs0 = max(y0, 0), max(x0, 0)
+    ys1, xs1 = min(y0 + h, hh), min(x0 + w, ww)
+    if ys1 > ys0 and xs1 > xs0:
+        plane[ys0:ys1, xs0:xs1] = image[ys0 - y0 : ys1 - y0, xs0 - x0 : xs1 - x0]
+    return plane
+
+
+class LinearSolution(eqx.Module):
+    """Result of :func:`solve_linear`.
+
+    Attributes
+    ----------
+    amplitudes : numpy.ndarray (component, band)
+        Non-negative spectrum values per component.
+    variance : numpy.ndarray (component, band)
+        Variance of each amplitude (inverse normal matrix, components at 0
+        excluded), conditional on the morphologies.
+    chi2 : numpy.ndarray (band,)
+        ``sum w (d - m)^2`` per frame band at the solution.
+    normal : numpy.ndarray (band, component, component)
+        Normal matrices ``R^T W R`` (for covariances of sums).
+    """
+
+    amplitudes: np.ndarray
+    variance: np.ndarray
+    chi2: np.ndarray
+    normal: np.ndarray
+
+
+def _normal_equations(images, likelihoods, num_bands):
+    """Normal matrices ``(band, c, c)``, right-hand sides ``(band, c)`` and ``sum w d^2``."""
+    nc = images.shape[0]
+    a = np.zeros((num_bands, nc, nc))
+    rhs = np.zeros((num_bands, nc))
+    dd = np.zeros(num_bands)
+    cube = np.broadcast_to(images[:, None], (nc, num_bands) + images.shape[1:])
+    for lik in likelihoods:
+        rendered = np.asarray(_render_np(lik.renderer, cube), float)  # (c, obs band, y, x)
+        data = np.asarray(lik.data, float)
+        w = np.asarray(lik.weights, float)
+        band_index = getattr(lik.renderer, "band_index", tuple(range(data.shape[0])))
+        for j, b in enumerate(band_index):
+            r = rendered[:, j].reshape(nc, -1)
+            wj = w[j].ravel()
+            dj = data[j].ravel()
+            a[b] += (r * wj) @ r.T
+            rhs[b] += r @ (wj * dj)
+            dd[b] += float(np.sum(wj * dj * dj))
+    return a, rhs, dd
+
+
+def _nnls_normal(a, rhs):
+    """Minimise ``x^T a x - 2 x^T rhs`` subject to ``x >= 0`` (active set on the normal form)."""
+    from scipy.optimize import nnls
+
+    nc = a.shape[0]
+    live = np.diag(a) > 0
+    x = np.zeros(nc)
+    if not live.any():
+        return x
+    sub = a[np.ix_(live, live)]
+    scale = np.sqrt(np.diag(sub))
+    sub_n = sub / np.outer(scale, scale) + 1e-10 * np.eye(len(scale))
+    r_n = rhs[live] / scale
+    chol = np.linalg.cholesky(sub_n)
+    y = np.linalg.solve(chol, r_n)
+    sol, _ = nnls(chol.T, y, maxiter=50 * nc + 50)
+    x[live] = sol / scale
+    return x
+
+
+def solve_linear(model: SceneModel, likelihoods, psf=None, *, images=None) -> LinearSolution:
+    """Solve all component spectra by linear least squares with the shapes fixed.
+
+    Parameters
+    ----------
+    model : SceneModel
+        Supplies the morphologies and centres (its spectra are ignored).
+    likelihoods : sequence of GaussianLikelihood
+        One per observation (their renderers map the frame into each).
+    psf : array (h, w), optional
+        The model-frame PSF (``frame.psf``) applied to intrinsic profiles.
+    images : array (component, y, x), optional
+        Precomputed :meth:`SceneModel.component_images`.
+
+    Returns
+    -------
+    LinearSolution
+    """
+    if images is None:
+        images = _component_images(model, psf)
+    num_bands = model.shape[0]
+    a, rhs, dd = _normal_equations(np.asarray(images, float), likelihoods, num_bands)
+    nc = images.shape[0]
+    amp = np.zeros((nc, num_bands))
+    var = np.full((nc, num_bands), np.inf)
+    chi2 = np.zeros(num_bands)
+    for b in range(num_bands):
+        x = _nnls_normal(a[b], rhs[b])
+        amp[:, b] = x
+        chi2[b] = dd[b] - 2 * x @ rhs[b] + x @ a[b] @ x
+        live = np.diag(a[b]) > 0
+        if live.any():
+            sub = a[b][np.ix_(live, live)]
+            try:
+                cov = np.linalg.inv(sub)
+                var[live, b] = np.clip(np.diag(cov), 0, None)
+            except np.linalg.LinAlgError:
+                pass
+    return LinearSolution(amplitudes=amp, variance=var, chi2=chi2, normal=a)
+
+
+def set_spectra(model: SceneModel, amplitudes, *, floor: float = 1e-6) -> SceneModel:
+    """Return ``model`` with every component's spectrum set to ``amplitudes`` (component, band).
+
+    Values are floored at ``floor`` times the band maximum (positive
+    spectra); steps and priors of the spectra are kept.
+    """
+    amplitudes = np.asarray(amplitudes, float)
+    top = np.maximum(amplitudes.max(axis=0, keepdims=True), 1e-30)
+    amplitudes = np.maximum(amplitudes, floor * top)
+    k = 0
+    sources = []
+    for src in model.sources:
+        comps = []
+        for comp in src.components:
+            spec = comp.spectrum
+            if isinstance(spec, Spectrum):
+                p = spec.values
+                new = Spectrum(amplitudes[k], step=p.step, prior=p.prior, fixed=p.fixed)
+                new = eqx.tree_at(
+                    lambda s: s.values.raw, new, jnp.asarray(new.values.raw, p.raw.dtype)
+                )
+                comp = eqx.tree_at(lambda c: c.spectrum, comp, new)
+            comps.append(comp)
+            k += 1
+        sources.append(eqx.tree_at(lambda s: s.components, src, tuple(comps)))
+    return eqx.tree_at(lambda m: m.sources, model, tuple(sources))
