@@ -42,7 +42,9 @@ def test_fit_detects_fits_and_leaves_input_untouched(fitted, hsc_fits_obs):
                                atol=1e-4)
     src = tree["sources"].to_dataset()
     assert src.sizes["source"] >= 4
-    assert np.all(src["flux"].values > 0)
+    # fluxes are the non-negative linear solution, each with a finite 1-sigma error
+    assert np.all(src["flux"].values >= 0) and np.all(src["flux"].values.sum(axis=1) > 0)
+    assert np.all(np.isfinite(src["flux_err"].values)) and np.all(src["flux_err"].values > 0)
     # sky positions of the sources agree with the WCS of the input file
     ra, dec = hsc_fits_obs.scarlet.pixel_to_sky(src["y"].values, src["x"].values)
     np.testing.assert_allclose(src["ra"].values, ra, rtol=0, atol=1e-9)

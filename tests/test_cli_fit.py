@@ -42,9 +42,11 @@ def test_fit_with_catalog_writes_zarr(nc_run, tmp_path, data_dir, capsys):
     tree = xr.open_datatree(out, engine="zarr", consolidated=False)
     got = tree["sources"].to_dataset()
     assert got.sizes["source"] == src.sizes["source"]
-    # catalog positions went through the WCS and back: same pixel centres
-    np.testing.assert_allclose(got["y"].values, src["y"].values, atol=1e-6)
-    np.testing.assert_allclose(got["x"].values, src["x"].values, atol=1e-6)
+    # catalog positions went through the WCS and back; fitted centres stay within the
+    # default path's 1-pixel wall around them (free-form sources keep their pixel)
+    dist = np.hypot(got["y"].values - src["y"].values, got["x"].values - src["x"].values)
+    assert np.all(dist <= 1.0 + 1e-6), dist
+    assert "kind_reason" in got and "flux_err" in got
     assert tree["observations/Cut_HSC"].attrs["chi2_reduced"] < 1.5
 
 

@@ -157,7 +157,9 @@ def test_single_band_with_hdus_for_variance_mask_psf_and_header_band(tmp_path, d
     # weights from a separate file, bands given by the user, HDU index for the variance
     fits.PrimaryHDU(1 / var).writeto(tmp_path / "weight.fits")
     obs2 = open_observation(path, weight=tmp_path / "weight.fits", bands=["HSC-Z"], name="z")
-    np.testing.assert_allclose(obs2["weight"].values, 25.0, rtol=1e-6)
+    # the file's MASK HDU is still read by default (and said so)
+    assert obs2.attrs["planes"] == "mask=MASK"
+    np.testing.assert_allclose(obs2["weight"].values[0], np.where(mask == 0, 25.0, 0.0), rtol=1e-6)
     assert list(obs2["band"].values) == ["HSC-Z"] and obs2.attrs["name"] == "z"
     obs3 = open_observation(path, variance=1, psf=3)
     np.testing.assert_array_equal(obs3["weight"].values, obs2["weight"].values)
@@ -215,3 +217,42 @@ def test_observation_round_trip_is_exact(hsc_fits_obs, data_dir, tmp_path, fmt, 
         observation_wcs(back).pixel_to_world_values([0.0, 9.0], [0.0, 30.0]),
         observation_wcs(obs).pixel_to_world_values([0.0, 9.0], [0.0, 30.0]),
     )
+
+
+def test_variance_and_mask_planes_read_by_name_by_default(tmp_path, data_dir):
+    """A VARIANCE (or WEIGHT) and a MASK HDU are used without being named, and recorded."""
+    src = fits.open(data_dir / "Cut_HSC.fits")
+    img = src[0].data[:2].astype(np.float32)
+    hdr = WCS(src[0].header, naxis=2).to_header()
+    hdr["BANDS"] = "g,r"
+    var = np.full(img.shape, 0.04, np.float32)
+    mask = np.zeros(img.shape, np.int32)
+    mask[:, 5:7, 8:9] = 1
+    psf = fits.getdata(data_dir / "PSF_HSC.fits")[:2]
+    fits.HDUList([
+        fits.PrimaryHDU(img, header=hdr),
+        fits.ImageHDU(var, name="VARIANCE"),
+        fits.ImageHDU(mask, name="MASK"),
+        fits.ImageHDU(psf, name="PSF"),
+    ]).writeto(tmp_path / "planes.fits")
+    obs = open_observation(tmp_path / "planes.fits")
+    assert obs.attrs["noise_estimated"] == 0
+    assert obs.attrs["planes"] == "variance=VARIANCE,mask=MASK"
+    np.testing.assert_allclose(obs["weight"].values, np.where(mask == 0, 25.0, 0.0), rtol=1e-6)
+    # inverse variance under the name WHT
+    fits.HDUList([
+        fits.PrimaryHDU(img, header=hdr),
+        fits.ImageHDU(1 / var, name="WHT"),
+        fits.ImageHDU(psf, name="PSF"),
+    ]).writeto(tmp_path / "wht.fits")
+    obs = open_observation(tmp_path / "wht.fits")
+    assert obs.attrs["planes"] == "weight=WHT" and obs.attrs["noise_estimated"] == 0
+    np.testing.assert_allclose(obs["weight"].values, 25.0, rtol=1e-6)
+    # a plane of the wrong shape is refused, naming it
+    fits.HDUList([
+        fits.PrimaryHDU(img, header=hdr),
+        fits.ImageHDU(var[:, :10], name="VARIANCE"),
+        fits.ImageHDU(psf, name="PSF"),
+    ]).writeto(tmp_path / "badvar.fits")
+    with pytest.raises(ValueError, match="variance"):
+        open_observation(tmp_path / "badvar.fits")

@@ -233,7 +233,7 @@ class ScorePrior(AbstractPrior):
 
 
 class NormalPrior(AbstractPrior):
-    """Independent normal prior ``N(mean, sigma^2)`` per element (arrays, not static).
+    """Independent normal prior ``N(mean, sigma^2)`` per element, optionally walled.
 
     Used, e.g., to keep a source centre near its catalog position.
 
@@ -241,16 +241,26 @@ class NormalPrior(AbstractPrior):
     ----------
     mean, sigma : array_like
         Broadcastable to the parameter's shape; ``sigma > 0``.
+    limit : float, optional
+        Distance from ``mean`` beyond which a steep wall ``1e6 (|x - mean| / limit)^16``
+        keeps the value, whatever the pull of the data (a bound that, unlike
+        an interval constraint, leaves parameters of different sources stackable).
     """
 
     mean: jax.Array
     sigma: jax.Array
+    limit: jax.Array | None
 
-    def __init__(self, mean, sigma):
+    def __init__(self, mean, sigma, limit=None):
         dtype = jnp.asarray(0.0).dtype
         self.mean = jnp.asarray(mean, dtype=dtype)
         self.sigma = jnp.asarray(sigma, dtype=dtype)
+        self.limit = None if limit is None else jnp.asarray(limit, dtype=dtype)
 
     def log_prob(self, x):
-        """Return ``-0.5 ((x - mean) / sigma)^2`` summed (up to a constant)."""
-        return -0.5 * jnp.sum(((x - self.mean) / self.sigma) ** 2)
+        """Return ``-0.5 ((x - mean) / sigma)^2`` (minus the wall) summed, up to a constant."""
+        z = (x - self.mean) / self.sigma
+        out = -0.5 * jnp.sum(z**2)
+        if self.limit is not None:
+            out = out - 1e6 * jnp.sum(((x - self.mean) / self.limit) ** 16)
+        return out

@@ -32,8 +32,18 @@ import time
 import numpy as np
 
 import equinox as eqx
+import jax.numpy as jnp
 
-from ..core import AutoMorphology, NormalPrior, Parameter, SersicMorphology, Source
+from ..core import (
+    AutoMorphology,
+    FreeFormMorphology,
+    NormalPrior,
+    Parameter,
+    SersicMorphology,
+    Source,
+    Spectrum,
+    morphology_image,
+)
 from ..infer import FitHistory
 from ..infer import fit as _fit
 from ..wcs import Frame
@@ -54,11 +64,20 @@ BOX_RADII_RE = 5.0
 
 _STAGE1_STEPS = 300
 
+MISFIT_CHI2 = 1.5
+"""Footprint reduced chi^2 above which a bright Sersic source becomes free-form."""
+
+MISFIT_SNR = 50.0
+"""Minimum S/N (all bands) for the free-form switch: below it a smooth profile is the safer model."""
+
 INIT_SIZE_MARGIN = 2.0
 """Initial boxes hold ``BOX_RADII_RE`` times this many initial half-light radii."""
 
 CENTER_SIGMA = 0.5
 """Prior width (model pixels) on the centres of ``auto`` sources while fitting."""
+
+CENTER_LIMIT = 1.0
+"""Centres of ``auto`` sources stay within this many model pixels of the given position."""
 
 
 def _point_images(frame: Frame, centers) -> np.ndarray:
@@ -73,7 +92,7 @@ def _point_images(frame: Frame, centers) -> np.ndarray:
 
 def _delta_chi2_point(model, liks, frame, auto_idx, comp_of_source):
     """χ²(source k as a point) - χ²(as fitted) per source in ``auto_idx``, spectra re-solved."""
-    from ._linear import _component_images, _normal_equations, _nnls_normal
+    from ._linear import _component_images, _normal_equations, _solve_band
 
     images = _component_images(model, frame.psf)
     centers = np.stack([np.asarray(s.center.value, float) for s in model.sources])
@@ -87,7 +106,7 @@ def _delta_chi2_point(model, liks, frame, auto_idx, comp_of_source):
         tot = 0.0
         for b in range(nb):
             aa, rr = a[b][np.ix_(sel, sel)], rhs[b][sel]
-            x = _nnls_normal(aa, rr)
+            x, _ = _solve_band(aa, rr)
             tot += dd[b] - 2 * x @ rr + x @ aa @ x
         return tot
 
@@ -108,7 +127,7 @@ def fit_sources(
     kinds="auto",
     names=None,
     max_steps: int = 1000,
-    e_rel: float = 1e-4,
+    e_rel: float = 1e-6,
     optimizer=None,
     progress: bool = False,
     max_box: int = BOX_SIZES[-4],
@@ -139,7 +158,8 @@ def fit_sources(
     center_sigma : float
         Width (model pixels) of the normal prior that keeps each ``auto``
         source's centre near its given position during the fit (so that
-        neighbours cannot swap identities); dropped from the returned scene.
+        neighbours cannot swap identities), walled at :data:`CENTER_LIMIT`;
+        dropped from the returned scene.
 
     Returns
     -------
@@ -173,7 +193,7 @@ def fit_sources(
         src = sources[k]
         morph = _resized(src.components[0].morphology, box)
         c = np.asarray(src.center.value, float)
-        center = Parameter(c, step=src.center.step, prior=NormalPrior(c, center_sigma))
+        center = Parameter(c, step=src.center.step, prior=NormalPrior(c, center_sigma, CENTER_LIMIT))
         sources[k] = Source(center, src.components[0].spectrum, AutoMorphology(morph, frame.psf),
                             name=src.name)
     model = type(scene.model())(sources, frame.cube_shape, psf=frame.psf)
@@ -192,12 +212,106 @@ def fit_sources(
     _flag_truncated(model, auto_idx, choices, max_box)
     sol = solve_linear(model, liks, frame.psf)
     model = set_spectra(model, sol.amplitudes)
+    upgraded = _free_form_misfits(model, liks, frame, auto_idx, choices, centers)
+    if upgraded is not None:
+        model, hist = _fit(upgraded, liks, optimizer=optimizer, max_steps=max_steps, e_rel=e_rel,
+                           progress=progress)
+        losses.append(hist.loss)
+        steps += hist.num_steps
+        sol = solve_linear(model, liks, frame.psf)
+        model = set_spectra(model, sol.amplitudes)
     model = _drop_center_priors(model, auto_idx)
     fitted = scene._replace(model)
     fitted.history = FitHistory(loss=np.concatenate(losses), status=hist.status, num_steps=steps)
     fitted.fit_time = time.perf_counter() - t0
     fitted.choices = choices
+    fitted.measured_flux = _per_source(model, sol.flux)
+    fitted.measured_flux_err = np.sqrt(_per_source(model, sol.flux_variance))
     return fitted
+
+
+def _per_source(model, values):
+    """Sum component rows of ``values`` (component, band) into sources."""
+    out, c = [], 0
+    for src in model.sources:
+        m = len(src.components)
+        out.append(np.sum(values[c : c + m], axis=0))
+        c += m
+    return np.stack(out)
+
+
+def _footprint_chi2(model, liks, frame, idx):
+    """Reduced chi^2 of the whole model on each source's footprint and its S/N.
+
+    The footprint of source ``k`` is where its own rendered model exceeds the
+    noise (1 sigma) in an observation band.
+    """
+    from ._init import _render_np
+    from ._linear import _component_images
+
+    images = _component_images(model, frame.psf)
+    spectra = np.stack([np.asarray(c.spectrum(), float) for s_ in model.sources for c in s_.components])
+    comp0 = np.cumsum([0] + [len(s_.components) for s_ in model.sources])
+    cubes = images[:, None] * spectra[:, :, None, None]
+    per_source = np.stack([cubes[comp0[i] : comp0[i + 1]].sum(0) for i in range(len(model.sources))])
+    num = {k: 0.0 for k in idx}
+    cnt = {k: 0 for k in idx}
+    snr2 = {k: 0.0 for k in idx}
+    for lik in liks:
+        rendered = np.asarray(_render_np(lik.renderer, per_source), float)
+        w = np.asarray(lik.weights, float)
+        resid2 = w * (np.asarray(lik.data, float) - rendered.sum(0)) ** 2
+        for k in idx:
+            foot = (rendered[k] * np.sqrt(w) > 1.0) & (w > 0)
+            num[k] += float(resid2[foot].sum())
+            cnt[k] += int(foot.sum())
+            snr2[k] += float(np.sum(w * rendered[k] ** 2))
+    return {k: (num[k] / max(cnt[k], 1), cnt[k], math.sqrt(snr2[k])) for k in idx}
+
+
+def _free_form_misfits(model, liks, frame, auto_idx, choices, given):
+    """Switch bright extended sources that a Sersic does not fit to free-form pixels.
+
+    Real galaxies (spiral arms, bars, clumps) leave structured residuals that
+    no smooth profile removes; on their footprint the reduced chi^2 stays above
+    ``MISFIT_CHI2``. Such sources, when their S/N exceeds ``MISFIT_SNR``,
+    become :class:`~scarlet_xr.core.FreeFormMorphology` pixels (positive,
+    anchored on the given position) started from the fitted profile: at that
+    S/N their light dominates the box, so free pixels model structure, not
+    noise, and a monotonicity constraint would leave the structure (spiral
+    arms, off-centre clumps) in the residual. Returns the new model, or None if nothing changed.
+    """
+    ext = [k for k in auto_idx if choices[k]["kind"] == "sersic"]
+    if not ext:
+        return None
+    stats = _footprint_chi2(model, liks, frame, ext)
+    sources = list(model.sources)
+    changed = False
+    for k in ext:
+        chi2, npix, snr = stats[k]
+        if chi2 <= MISFIT_CHI2 or snr < MISFIT_SNR:
+            continue
+        src = sources[k]
+        morph = src.components[0].morphology
+        # pixels anchored on the given position's pixel (the peak a detection found),
+        # started from the fitted profile seen from there
+        anchor = np.round(given[k])
+        offset = jnp.asarray(np.asarray(src.center.value, float) - anchor, src.center.raw.dtype)
+        img = np.asarray(morphology_image(morph, offset), float)
+        peak = float(img.max())
+        img = np.clip(img / peak, 1e-3, None)
+        spec = np.asarray(src.components[0].spectrum(), float) * peak
+        sources[k] = Source(anchor, Spectrum(spec), FreeFormMorphology(img), name=src.name)
+        choices[k].update(
+            kind="freeform",
+            reason=choices[k]["reason"]
+            + f"; free-form: the Sersic leaves reduced chi2 {chi2:.2f} > {MISFIT_CHI2} "
+            f"on its footprint ({npix} px) at S/N {snr:.0f}",
+        )
+        changed = True
+    if not changed:
+        return None
+    return type(model)(sources, model.shape, psf=frame.psf)
 
 
 def _choose(model, liks, frame, auto_idx, choices):

@@ -74,7 +74,7 @@ def fit_observations(
     *,
     kinds="auto",
     max_steps: int = 1000,
-    e_rel: float = 1e-4,
+    e_rel: float = 1e-6,
     optimizer=None,
     detect_threshold: float = 3.0,
     progress: bool = False,

@@ -62,19 +62,19 @@ class LinearSolution(eqx.Module):
     ----------
     amplitudes : numpy.ndarray (component, band)
         Non-negative spectrum values per component.
-    variance : numpy.ndarray (component, band)
-        Variance of each amplitude (inverse normal matrix, components at 0
-        excluded), conditional on the morphologies.
+    flux : numpy.ndarray (component, band)
+        Flux of each component inside its box: ``amplitude * sum(box)``.
+    flux_variance : numpy.ndarray (component, band)
+        Variance of ``flux`` from the inverse normal matrix (conditional on
+        the morphologies; a component with an empty template gets ``inf``).
     chi2 : numpy.ndarray (band,)
         ``sum w (d - m)^2`` per frame band at the solution.
-    normal : numpy.ndarray (band, component, component)
-        Normal matrices ``R^T W R`` (for covariances of sums).
     """
 
     amplitudes: np.ndarray
-    variance: np.ndarray
+    flux: np.ndarray
+    flux_variance: np.ndarray
     chi2: np.ndarray
-    normal: np.ndarray
 
 
 def _normal_equations(images, likelihoods, num_bands):
@@ -99,27 +99,43 @@ def _normal_equations(images, likelihoods, num_bands):
     return a, rhs, dd
 
 
-def _nnls_normal(a, rhs):
-    """Minimise ``x^T a x - 2 x^T rhs`` subject to ``x >= 0`` (active set on the normal form)."""
-    from scipy.optimize import nnls
-
-    nc = a.shape[0]
-    live = np.diag(a) > 0
-    x = np.zeros(nc)
-    if not live.any():
-        return x
-    sub = a[np.ix_(live, live)]
+def _inverse(sub):
+    """Inverse of a positive (semi-)definite normal matrix, scaled for conditioning."""
     scale = np.sqrt(np.diag(sub))
-    sub_n = sub / np.outer(scale, scale) + 1e-10 * np.eye(len(scale))
-    r_n = rhs[live] / scale
-    chol = np.linalg.cholesky(sub_n)
-    y = np.linalg.solve(chol, r_n)
-    sol, _ = nnls(chol.T, y, maxiter=50 * nc + 50)
-    x[live] = sol / scale
-    return x
+    inv = np.linalg.inv(sub / np.outer(scale, scale) + 1e-10 * np.eye(len(scale)))
+    return inv / np.outer(scale, scale)
 
 
-def solve_linear(model: SceneModel, likelihoods, psf=None, *, images=None) -> LinearSolution:
+def _solve_band(a, rhs):
+    """Minimise ``x^T a x - 2 x^T rhs`` subject to ``x >= 0``; also return the covariance.
+
+    Active set: the most negative unknown of the unconstrained solution is
+    fixed at 0 and the rest solved again, until none is negative (exact for
+    the few, mostly positive, unknowns of a blend). Unknowns with an empty
+    template stay 0 (infinite variance); unknowns solved to 0 keep their
+    unconstrained variance.
+    """
+    n = a.shape[0]
+    live = np.diag(a) > 0
+    x = np.zeros(n)
+    cov = np.zeros((n, n))
+    if live.any():
+        # unknowns that end at 0 keep the variance they have in the unconstrained problem
+        idx = np.flatnonzero(live)
+        cov[np.ix_(idx, idx)] = _inverse(a[np.ix_(idx, idx)])
+    while live.any():
+        idx = np.flatnonzero(live)
+        inv = _inverse(a[np.ix_(idx, idx)])
+        sol = inv @ rhs[idx]
+        if np.all(sol >= 0):
+            x[idx] = sol
+            cov[np.ix_(idx, idx)] = inv
+            break
+        live[idx[np.argmin(sol)]] = False
+    return x, cov
+
+
+def solve_linear(model: SceneModel, likelihoods, psf=None) -> LinearSolution:
     """Solve all component spectra by linear least squares with the shapes fixed.
 
     Parameters
@@ -130,34 +146,37 @@ def solve_linear(model: SceneModel, likelihoods, psf=None, *, images=None) -> Li
         One per observation (their renderers map the frame into each).
     psf : array (h, w), optional
         The model-frame PSF (``frame.psf``) applied to intrinsic profiles.
-    images : array (component, y, x), optional
-        Precomputed :meth:`SceneModel.component_images`.
 
     Returns
     -------
     LinearSolution
     """
-    if images is None:
-        images = _component_images(model, psf)
-    num_bands = model.shape[0]
-    a, rhs, dd = _normal_equations(np.asarray(images, float), likelihoods, num_bands)
+    images = _component_images(model, psf)
+    sums = np.asarray(_box_sums(model), float)
     nc = images.shape[0]
+    num_bands = model.shape[0]
+    a, rhs, dd = _normal_equations(images, likelihoods, num_bands)
     amp = np.zeros((nc, num_bands))
-    var = np.full((nc, num_bands), np.inf)
+    fvar = np.full((nc, num_bands), np.inf)
     chi2 = np.zeros(num_bands)
     for b in range(num_bands):
-        x = _nnls_normal(a[b], rhs[b])
+        x, cov = _solve_band(a[b], rhs[b])
         amp[:, b] = x
         chi2[b] = dd[b] - 2 * x @ rhs[b] + x @ a[b] @ x
-        live = np.diag(a[b]) > 0
-        if live.any():
-            sub = a[b][np.ix_(live, live)]
-            try:
-                cov = np.linalg.inv(sub)
-                var[live, b] = np.clip(np.diag(cov), 0, None)
-            except np.linalg.LinAlgError:
-                pass
-    return LinearSolution(amplitudes=amp, variance=var, chi2=chi2, normal=a)
+        var = np.diag(cov)
+        fvar[:, b] = np.where(var > 0, np.clip(var, 0, None) * sums**2, np.inf)
+    flux = amp * sums[:, None]
+    return LinearSolution(amplitudes=amp, flux=flux, flux_variance=fvar, chi2=chi2)
+
+
+def _box_sums(model: SceneModel):
+    """Flux inside each component's box for a unit spectrum (as ``Component.flux``)."""
+    out = []
+    for src in model.sources:
+        for comp in src.components:
+            out.append(float(np.sum(np.asarray(
+                morphology_image(comp.morphology, jnp.zeros(2, src.center.raw.dtype))))))
+    return out
 
 
 def set_spectra(model: SceneModel, amplitudes, *, floor: float = 1e-6) -> SceneModel:

@@ -60,6 +60,8 @@ class Scene:
         self.history: FitHistory | None = None
         self.fit_time: float | None = None
         self.choices: list[dict] | None = None
+        self.measured_flux: np.ndarray | None = None
+        self.measured_flux_err: np.ndarray | None = None
 
     # -- building ---------------------------------------------------------
     def __enter__(self) -> Scene:
@@ -105,7 +107,7 @@ class Scene:
     def _replace(self, model: SceneModel) -> Scene:
         new = Scene(self.frame)
         new._sources = list(model.sources)
-        new.choices = self.choices
+        new.choices = self.choices  # measured fluxes belong to one fit and are not carried
         return new
 
     # -- inference ---------------------------------------------------------
@@ -204,6 +206,20 @@ class Scene:
             version=__version__,
             extra_attrs=attrs,
         )
+        if self.measured_flux is not None:
+            src = tree["sources"].to_dataset()
+            src["model_flux"] = src["flux"].copy()
+            src["model_flux"].attrs["description"] = "flux of the model images per band"
+            src["flux"] = (("source", "band"), np.asarray(self.measured_flux, np.float64))
+            src["flux"].attrs["description"] = (
+                "total flux per band (model units): linear least-squares solution with the fitted "
+                "shapes (per-band shape terms where the data support them)"
+            )
+            src["flux_err"] = (("source", "band"), np.asarray(self.measured_flux_err, np.float64))
+            src["flux_err"].attrs["description"] = (
+                "1-sigma flux uncertainty from the inverse normal matrix, conditional on the fitted shapes"
+            )
+            tree["sources"] = src
         if self.choices is not None:
             tree["sources"] = tree["sources"].to_dataset().assign(
                 kind_reason=("source", [str(c["reason"]) for c in self.choices]),

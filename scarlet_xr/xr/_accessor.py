@@ -146,7 +146,7 @@ class ScarletDatasetAccessor:
         ra, dec = w.pixel_to_world_values(x, y)
         return np.asarray(ra), np.asarray(dec)
 
-    def fit(self, centers=None, *, kinds="auto", max_steps: int = 1000, e_rel: float = 1e-4,
+    def fit(self, centers=None, *, kinds="auto", max_steps: int = 1000, e_rel: float = 1e-6,
             optimizer=None, detect_threshold: float = 3.0, progress: bool = False) -> xr.DataTree:
         """Detect (if needed), initialise and fit sources; return the results tree.
 
@@ -226,7 +226,7 @@ class ScarletDataTreeAccessor:
         """Weights per observation."""
         return {k: v["weight"] for k, v in self.observations().items()}
 
-    def fit(self, *, max_steps: int = 1000, e_rel: float = 1e-4, optimizer=None,
+    def fit(self, *, max_steps: int = 1000, e_rel: float = 1e-6, optimizer=None,
             progress: bool = False) -> xr.DataTree:
         """Fit again from the stored observations and source positions and kinds.
 
@@ -241,6 +241,10 @@ class ScarletDataTreeAccessor:
 
         src = self._obj["sources"].to_dataset()
         centers = np.stack([src["y"].values, src["x"].values], axis=1)
+        # a fitted centre may sit a fraction of a pixel beyond the last pixel
+        ny, nx = self._obj["model"].sizes["y"], self._obj["model"].sizes["x"]
+        y0, x0 = float(self._obj["model"]["y"].values[0]), float(self._obj["model"]["x"].values[0])
+        centers = np.clip(centers, [y0, x0], [y0 + ny - 1, x0 + nx - 1])
         # morphology kind labels -> initialisation kinds ("freeform" -> "free")
         kinds = [{"freeform": "free"}.get(str(k), str(k)) for k in src["kind"].values]
         return fit_observations(
