@@ -7,11 +7,13 @@ import plotting or widget libraries.
 from ._version import __version__ as __version__
 from .core import AbstractMorphology as AbstractMorphology
 from .core import AbstractSpectrum as AbstractSpectrum
+from .core import AutoMorphology as AutoMorphology
 from .core import Component as Component
 from .core import FreeFormMorphology as FreeFormMorphology
 from .core import GaussianMorphology as GaussianMorphology
 from .core import Identity as Identity
 from .core import Interval as Interval
+from .core import NormalPrior as NormalPrior
 from .core import LogPositive as LogPositive
 from .core import Parameter as Parameter
 from .core import PointSourceMorphology as PointSourceMorphology
@@ -24,6 +26,8 @@ from .infer import FitDivergedError as FitDivergedError
 from .infer import FitHistory as FitHistory
 from .scene import Scene as Scene
 from .scene import detect_sources as detect_sources
+from .scene import fit_observations as fit_observations
+from .scene import fit_sources as fit_sources
 from .scene import initialize_sources as initialize_sources
 from .scene import load_scene as load_scene
 from .scene import save_scene as save_scene
@@ -37,6 +41,7 @@ __all__ = [
     "__version__",
     "AbstractMorphology",
     "AbstractSpectrum",
+    "AutoMorphology",
     "Component",
     "FitDivergedError",
     "FitHistory",
@@ -46,6 +51,7 @@ __all__ = [
     "Identity",
     "Interval",
     "LogPositive",
+    "NormalPrior",
     "Parameter",
     "PointSourceMorphology",
     "Positive",
@@ -55,6 +61,8 @@ __all__ = [
     "Source",
     "Spectrum",
     "detect_sources",
+    "fit_observations",
+    "fit_sources",
     "frame_from_observations",
     "initialize_sources",
     "load_scene",

@@ -29,10 +29,9 @@ from __future__ import annotations
 import math
 import time
 
-import numpy as np
-
 import equinox as eqx
 import jax.numpy as jnp
+import numpy as np
 
 from ..core import (
     AutoMorphology,
@@ -44,12 +43,12 @@ from ..core import (
     Spectrum,
     morphology_image,
 )
-from ..infer import FitHistory
+from ..infer import FitHistory, default_optimizer, settling_optimizer
 from ..infer import fit as _fit
 from ..wcs import Frame
 from ..xr import likelihood_for, normalize_observations
 from ._init import BOX_SIZES, _canonical, _np_shift, _template, initialize_sources
-from ._linear import solve_linear, set_spectra
+from ._linear import set_spectra, solve_linear
 from ._scene import Scene
 
 __all__ = ["fit_sources", "EXTENT_PARAMETERS"]
@@ -69,6 +68,9 @@ MISFIT_CHI2 = 1.5
 
 MISFIT_SNR = 50.0
 """Minimum S/N (all bands) for the free-form switch: below it a smooth profile is the safer model."""
+
+SERSIC_OVERSAMPLE = 2
+"""Sub-pixel samples per axis of ``auto`` Sersic profiles outside their finely sampled centre."""
 
 INIT_SIZE_MARGIN = 2.0
 """Initial boxes hold ``BOX_RADII_RE`` times this many initial half-light radii."""
@@ -152,6 +154,9 @@ def fit_sources(
     names : sequence of str, optional
     max_steps, e_rel, optimizer, progress
         See :func:`scarlet_xr.infer.fit` (``max_steps`` bounds each stage).
+        Default optimizer: :func:`~scarlet_xr.infer.settling_optimizer` while
+        shapes are parametric, :func:`~scarlet_xr.infer.default_optimizer`
+        once free-form pixels are in the scene.
     max_box : int
         Largest box an extended source may grow to; a source that needs more
         is flagged ``box_truncated``.
@@ -187,6 +192,8 @@ def fit_sources(
     # one box size for all auto sources: they render in one vmapped call and
     # the scene compiles once, whatever its number of sources
     # (moments inside the footprint underestimate sizes: start with room for twice the size)
+    # (and never more than the frame holds: light outside it is not measured)
+    max_box = min(max_box, _canonical(max(frame.shape)))
     box = _common_box([sources[k].components[0].morphology for k in auto_idx], max_box,
                       scale=INIT_SIZE_MARGIN)
     for k in auto_idx:
@@ -199,14 +206,14 @@ def fit_sources(
     model = type(scene.model())(sources, frame.cube_shape, psf=frame.psf)
     losses, steps = [], 0
     if auto_idx:
-        model, hist = _fit(model, liks, optimizer=optimizer, max_steps=min(_STAGE1_STEPS, max_steps),
-                           e_rel=e_rel, progress=progress)
+        model, hist = _fit(model, liks, optimizer=_optimizer_for(model, optimizer),
+                           max_steps=min(_STAGE1_STEPS, max_steps), e_rel=e_rel, progress=progress)
         losses.append(hist.loss)
         steps += hist.num_steps
         model = _choose(model, liks, frame, auto_idx, choices)
         model = _grow_boxes(model, auto_idx, choices, max_box)
-    model, hist = _fit(model, liks, optimizer=optimizer, max_steps=max_steps, e_rel=e_rel,
-                       progress=progress)
+    model, hist = _fit(model, liks, optimizer=_optimizer_for(model, optimizer), max_steps=max_steps,
+                       e_rel=e_rel, progress=progress)
     losses.append(hist.loss)
     steps += hist.num_steps
     _flag_truncated(model, auto_idx, choices, max_box)
@@ -214,8 +221,8 @@ def fit_sources(
     model = set_spectra(model, sol.amplitudes)
     upgraded = _free_form_misfits(model, liks, frame, auto_idx, choices, centers)
     if upgraded is not None:
-        model, hist = _fit(upgraded, liks, optimizer=optimizer, max_steps=max_steps, e_rel=e_rel,
-                           progress=progress)
+        model, hist = _fit(upgraded, liks, optimizer=_optimizer_for(upgraded, optimizer),
+                           max_steps=max_steps, e_rel=e_rel, progress=progress)
         losses.append(hist.loss)
         steps += hist.num_steps
         sol = solve_linear(model, liks, frame.psf)
@@ -238,6 +245,18 @@ def _per_source(model, values):
         out.append(np.sum(values[c : c + m], axis=0))
         c += m
     return np.stack(out)
+
+
+def _optimizer_for(model, optimizer):
+    """The user's optimizer, else: decaying rate for parametric scenes, constant with pixels.
+
+    Parametric shapes settle with a decaying rate; free-form pixels (many, each
+    moving by about its step) need the constant rate of the default optimizer.
+    """
+    if optimizer is not None:
+        return optimizer
+    pixels = any(c.morphology.pixel_anchored for s_ in model.sources for c in s_.components)
+    return default_optimizer() if pixels else settling_optimizer()
 
 
 def _footprint_chi2(model, liks, frame, idx):
@@ -353,10 +372,11 @@ def _needed_box(sersic: SersicMorphology, scale: float = 1.0) -> int:
 
 
 def _resized(sersic: SersicMorphology, size: int) -> SersicMorphology:
-    if sersic.shape == (size, size):
+    """The same profile on a ``size`` box, sampled 2x2 per pixel (the centre keeps 16x16)."""
+    if sersic.shape == (size, size) and sersic.oversample == SERSIC_OVERSAMPLE:
         return sersic
     return SersicMorphology(sersic.n, sersic.r_e, sersic.ellipticity, shape=size,
-                            oversample=sersic.oversample)
+                            oversample=SERSIC_OVERSAMPLE)
 
 
 def _grow_boxes(model, auto_idx, choices, max_box):

@@ -34,7 +34,8 @@ def _component_images(model: SceneModel, psf) -> np.ndarray:
         center = np.asarray(src.center.value, float)
         offset = center - np.round(center)
         for comp in src.components:
-            img = np.asarray(morphology_image(comp.morphology, jnp.asarray(offset, src.center.raw.dtype)), float)
+            off = jnp.asarray(offset, src.center.raw.dtype)
+            img = np.asarray(morphology_image(comp.morphology, off), float)
             if comp.morphology.intrinsic and psf is not None:
                 img = _np_convolve(img, psf)
             out.append(np.asarray(_template_plane((hh, ww), center, img)))
