@@ -101,3 +101,20 @@ def test_flux_errors_are_calibrated_on_bright_sources(scenes):
     pulls = np.asarray(pulls)
     assert len(pulls) >= 10
     assert 0.3 < np.std(pulls) < 3.0, np.std(pulls)
+
+
+def test_catalog_kind_column_overrides_and_bad_kinds_are_refused(scenes, tmp_path, capsys):
+    """A truth-style catalog (kind = star/galaxy) overrides the choice; unknown kinds are refused."""
+    d, truth, _ = scenes[1]
+    out = tmp_path / "given.nc"
+    assert main(["fit", str(d / "ground.fits"), "--sources", str(d / "truth.ecsv"), "--out", str(out)]) == 0
+    src = xr.open_datatree(out)["sources"].to_dataset()
+    expect = ["point" if k == "star" else "sersic" for k in truth["kind"]]
+    assert list(src["kind"].values) == expect
+    assert set(src["kind_reason"].values) == {"given"}
+    bad = Table({"ra": truth["ra"], "dec": truth["dec"], "kind": ["blob"] * len(truth)})
+    bad.write(tmp_path / "bad.ecsv")
+    capsys.readouterr()
+    assert main(["fit", str(d / "ground.fits"), "--sources", str(tmp_path / "bad.ecsv"),
+                 "--out", str(tmp_path / "bad.nc")]) == 2
+    assert "unknown source kind(s) ['blob']" in capsys.readouterr().err

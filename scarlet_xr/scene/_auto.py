@@ -47,11 +47,15 @@ from ..infer import FitHistory, default_optimizer, settling_optimizer
 from ..infer import fit as _fit
 from ..wcs import Frame
 from ..xr import likelihood_for, normalize_observations
-from ._init import BOX_SIZES, _canonical, _np_shift, _template, initialize_sources
+from ._init import BOX_SIZES, KINDS, _canonical, _np_shift, _template, initialize_sources
 from ._linear import set_spectra, solve_linear
 from ._scene import Scene
 
 __all__ = ["fit_sources", "EXTENT_PARAMETERS"]
+
+KIND_ALIASES = {"star": "point", "galaxy": "sersic", "freeform": "free", "": "auto"}
+"""Catalog spellings accepted for kinds (e.g. a truth table's ``star``/``galaxy``, a
+results table's ``freeform``)."""
 
 EXTENT_PARAMETERS = 4
 """Extra shape parameters of a Sersic over a point source (n, r_e, e1, e2): a
@@ -62,6 +66,7 @@ BOX_RADII_RE = 5.0
 """Extended-source boxes hold this many half-light radii (plus the PSF) after the first fit."""
 
 _STAGE1_STEPS = 300
+_STAGE1_E_REL = 1e-5  # the first fit only has to tell points from extended sources
 
 MISFIT_CHI2 = 1.5
 """Footprint reduced chi^2 above which a bright Sersic source becomes free-form."""
@@ -150,7 +155,8 @@ def fit_sources(
     centers : array (n, 2)
         ``(y, x)`` in model-frame pixels.
     kinds : str or sequence of str
-        ``"auto"`` (default) or a fixed kind per source.
+        ``"auto"`` (default) or a fixed kind per source (see
+        :func:`scarlet_xr.initialize_sources`; aliases in :data:`KIND_ALIASES`).
     names : sequence of str, optional
     max_steps, e_rel, optimizer, progress
         See :func:`scarlet_xr.infer.fit` (``max_steps`` bounds each stage).
@@ -178,6 +184,13 @@ def fit_sources(
     kinds = [kinds] * n if isinstance(kinds, str) else list(kinds)
     if len(kinds) != n:
         raise ValueError(f"expected {n} kinds; got {len(kinds)}")
+    kinds = [KIND_ALIASES.get(str(k).strip().lower(), str(k).strip().lower()) for k in kinds]
+    unknown = sorted({k for k in kinds if k != "auto" and k not in KINDS})
+    if unknown:
+        raise ValueError(
+            f"unknown source kind(s) {unknown}; expected 'auto', one of {KINDS} or an alias "
+            f"{sorted(KIND_ALIASES)}"
+        )
     auto_idx = [i for i, k in enumerate(kinds) if k == "auto"]
     init_kinds = ["sersic" if k == "auto" else k for k in kinds]
     liks = [likelihood_for(ds, frame) for ds in obs.values()]
@@ -207,7 +220,7 @@ def fit_sources(
     losses, steps = [], 0
     if auto_idx:
         model, hist = _fit(model, liks, optimizer=_optimizer_for(model, optimizer),
-                           max_steps=min(_STAGE1_STEPS, max_steps), e_rel=e_rel, progress=progress)
+                           max_steps=min(_STAGE1_STEPS, max_steps), e_rel=max(e_rel, _STAGE1_E_REL), progress=progress)
         losses.append(hist.loss)
         steps += hist.num_steps
         model = _choose(model, liks, frame, auto_idx, choices)
