@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from scarlet_xr.core import (
+    AutoMorphology,
     ConvolutionRenderer,
     FreeFormMorphology,
     GaussianMorphology,
@@ -35,8 +36,28 @@ ALL_MORPHOLOGIES = {
     "free": FreeFormMorphology(_img),
     "monotonic": MonotonicMorphology(_img),
     "symmetric": MonotonicMorphology(_img, symmetric=True),
+    "auto_extended": AutoMorphology(SersicMorphology(1.5, 2.5, (0.1, 0.3), shape=41), PSF),
+    "auto_point": AutoMorphology(SersicMorphology(1.5, 2.5, shape=41), PSF, is_point=True),
 }
-UNIT_FLUX = {"gaussian", "sersic", "point"}
+UNIT_FLUX = {"gaussian", "sersic", "point", "auto_extended", "auto_point"}
+
+
+def test_auto_morphology_is_its_point_or_its_convolved_sersic():
+    """The switch selects exactly the point source or the PSF-convolved Sersic, with one graph."""
+    from scarlet_xr.scene._init import _np_convolve
+
+    sersic = SersicMorphology(1.2, 2.0, (0.2, -0.1), shape=31)
+    auto = AutoMorphology(sersic, PSF)
+    offset = jnp.array([0.25, -0.4])
+    render = jax.jit(lambda m, o: m(o))
+    ext = np.asarray(render(auto, offset))
+    np.testing.assert_allclose(ext, _np_convolve(np.asarray(sersic(offset)), PSF), atol=1e-6)
+    point = auto.as_point(True)
+    assert point.kind == "point" and auto.kind == "sersic"
+    expected = np.asarray(PointSourceMorphology(PSF, shape=31)(offset))
+    np.testing.assert_allclose(np.asarray(render(point, offset)), expected, atol=1e-6)
+    # same pytree structure: switching costs no recompilation
+    assert jax.tree_util.tree_structure(point) == jax.tree_util.tree_structure(auto)
 
 
 @pytest.mark.parametrize("name", list(ALL_MORPHOLOGIES))

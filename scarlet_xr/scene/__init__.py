@@ -1,14 +1,14 @@
 """Layer ``scene``: the user's Scene and source initialisation."""
 
-from ._init import BOX_SIZES as BOX_SIZES
-from ._init import detection_image as detection_image
-from ._init import initialize_sources as initialize_sources
-from ._scene import Scene as Scene
 from ._auto import fit_sources as fit_sources
 from ._detect import detect_sources as detect_sources
 from ._detect import fit_observations as fit_observations
+from ._init import BOX_SIZES as BOX_SIZES
+from ._init import detection_image as detection_image
+from ._init import initialize_sources as initialize_sources
+from ._io import load_scene as load_scene
+from ._io import save_scene as save_scene
 from ._sample import attach_posterior as attach_posterior
 from ._sample import sample_scene as sample_scene
 from ._sample import summarize as summarize
-from ._io import load_scene as load_scene
-from ._io import save_scene as save_scene
+from ._scene import Scene as Scene

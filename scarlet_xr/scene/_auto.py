@@ -18,7 +18,10 @@ when sources have ``kind="auto"`` (the default):
    extended source now needs more than ``BOX_RADII_RE`` half-light radii, the
    scene is refitted with the chosen models (the switch is an array, not a new
    graph), and the spectra are solved linearly once more. A source whose
-   fitted size still outgrows its box is flagged ``box_truncated``.
+   fitted size still outgrows its box is flagged ``box_truncated``;
+4. bright sources (S/N > :data:`MISFIT_SNR`) that a smooth profile does not fit
+   (footprint reduced χ² > :data:`MISFIT_CHI2`, e.g. real spirals) become
+   free-form pixels and the scene is refitted once more.
 
 Choices and their reasons are kept per source (``Scene.choices``) and written
 to ``/sources`` (``kind_reason``, ``delta_chi2_point``, ``box_truncated``).
@@ -47,7 +50,7 @@ from ..infer import FitHistory, default_optimizer, settling_optimizer
 from ..infer import fit as _fit
 from ..wcs import Frame
 from ..xr import likelihood_for, normalize_observations
-from ._init import BOX_SIZES, KINDS, _canonical, _np_shift, _template, initialize_sources
+from ._init import BOX_SIZES, KINDS, _canonical, _np_shift, _template_plane, initialize_sources
 from ._linear import set_spectra, solve_linear
 from ._scene import Scene
 
@@ -93,7 +96,7 @@ def _point_images(frame: Frame, centers) -> np.ndarray:
     for c in centers:
         iy, ix = round(float(c[0])), round(float(c[1]))
         img = _np_shift(np.asarray(frame.psf, float), (float(c[0]) - iy, float(c[1]) - ix))
-        out.append(np.asarray(_template(frame, c, img))[0])
+        out.append(_template_plane(frame.shape, c, img))
     return np.stack(out)
 
 
@@ -220,11 +223,12 @@ def fit_sources(
     losses, steps = [], 0
     if auto_idx:
         model, hist = _fit(model, liks, optimizer=_optimizer_for(model, optimizer),
-                           max_steps=min(_STAGE1_STEPS, max_steps), e_rel=max(e_rel, _STAGE1_E_REL), progress=progress)
+                           max_steps=min(_STAGE1_STEPS, max_steps), e_rel=max(e_rel, _STAGE1_E_REL),
+                           progress=progress)
         losses.append(hist.loss)
         steps += hist.num_steps
         model = _choose(model, liks, frame, auto_idx, choices)
-        model = _grow_boxes(model, auto_idx, choices, max_box)
+        model = _grow_boxes(model, auto_idx, choices, max_box, frame.psf)
     model, hist = _fit(model, liks, optimizer=_optimizer_for(model, optimizer), max_steps=max_steps,
                        e_rel=e_rel, progress=progress)
     losses.append(hist.loss)
@@ -364,8 +368,6 @@ def _choose(model, liks, frame, auto_idx, choices):
             reason = f"point: a Sersic lowers chi2 by only {d:.1f} <= {penalty:.0f} (its extra parameters)"
         else:
             reason = f"extended: a Sersic (r_e {re:.2f} px) lowers chi2 by {d:.1f} > {penalty:.0f}"
-        if _DEBUG is not None:
-            _DEBUG.append((k, d, penalty, re, float(morph.sersic.n.value)))
         choices[k].update(kind="point" if point else "sersic", delta_chi2_point=d, reason=reason)
         comp = eqx.tree_at(lambda c: c.morphology, sources[k].components[0], morph.as_point(point))
         sources[k] = eqx.tree_at(lambda s: s.components, sources[k], (comp,))
@@ -392,7 +394,7 @@ def _resized(sersic: SersicMorphology, size: int) -> SersicMorphology:
                             oversample=SERSIC_OVERSAMPLE)
 
 
-def _grow_boxes(model, auto_idx, choices, max_box):
+def _grow_boxes(model, auto_idx, choices, max_box, psf):
     """Give all ``auto`` sources the box their largest extended member now needs.
 
     The box only grows (never shrinks), so compiled shapes change at most once.
@@ -405,7 +407,7 @@ def _grow_boxes(model, auto_idx, choices, max_box):
     if box == current:
         return model
     for k, m in zip(auto_idx, morphs, strict=True):
-        auto = AutoMorphology(_resized(m.sersic, box), _model_psf(m), is_point=m.kind == "point")
+        auto = AutoMorphology(_resized(m.sersic, box), psf, is_point=m.kind == "point")
         comp = eqx.tree_at(lambda c: c.morphology, sources[k].components[0], auto)
         sources[k] = eqx.tree_at(lambda s: s.components, sources[k], (comp,))
     return eqx.tree_at(lambda m: m.sources, model, tuple(sources))
@@ -419,11 +421,6 @@ def _flag_truncated(model, auto_idx, choices, max_box):
             choices[k]["box_truncated"] = bool(_needed_box(m.sersic) > m.shape[0])
 
 
-def _model_psf(morph) -> np.ndarray:
-    """The model PSF an AutoMorphology was built with (un-padded is not needed: padding is exact)."""
-    return np.asarray(morph.psf)
-
-
 def _drop_center_priors(model, auto_idx):
     sources = list(model.sources)
     for k in auto_idx:
@@ -432,4 +429,3 @@ def _drop_center_priors(model, auto_idx):
     return eqx.tree_at(lambda m: m.sources, model, tuple(sources))
 
 
-_DEBUG: list | None = None

@@ -308,17 +308,24 @@ def _np_convolve(image, kernel):
     return out[kh // 2 : kh // 2 + h, kw // 2 : kw // 2 + w]
 
 
-def _template(frame, center, image):
-    """Unit-spectrum cube (band, y, x) of one morphology image placed on the frame."""
-    hh, ww = frame.shape
+def _template_plane(shape, center, image):
+    """``image`` placed on a zero plane of ``shape`` centred on the pixel nearest ``center``."""
+    hh, ww = shape
     h, w = image.shape
     iy, ix = int(round(center[0])), int(round(center[1]))
     plane = np.zeros((hh, ww))
     y0, x0 = iy - h // 2, ix - w // 2
     ys0, xs0 = max(y0, 0), max(x0, 0)
     ys1, xs1 = min(y0 + h, hh), min(x0 + w, ww)
-    plane[ys0:ys1, xs0:xs1] = image[ys0 - y0 : ys1 - y0, xs0 - x0 : xs1 - x0]
-    return np.broadcast_to(plane, (len(frame.bands), hh, ww))
+    if ys1 > ys0 and xs1 > xs0:
+        plane[ys0:ys1, xs0:xs1] = image[ys0 - y0 : ys1 - y0, xs0 - x0 : xs1 - x0]
+    return plane
+
+
+def _template(frame, center, image):
+    """Unit-spectrum cube (band, y, x) of one morphology image placed on the frame."""
+    plane = _template_plane(frame.shape, center, image)
+    return np.broadcast_to(plane, (len(frame.bands),) + plane.shape)
 
 
 def _render_np(renderer, cube):

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..core import SceneModel, Spectrum, morphology_image
-from ._init import _np_convolve, _render_np
+from ._init import _np_convolve, _render_np, _template_plane
 
 __all__ = ["LinearSolution", "solve_linear", "set_spectra"]
 
@@ -40,20 +40,6 @@ def _component_images(model: SceneModel, psf) -> np.ndarray:
                 img = _np_convolve(img, psf)
             out.append(np.asarray(_template_plane((hh, ww), center, img)))
     return np.stack(out)
-
-
-def _template_plane(shape, center, image):
-    """``image`` placed on a zero plane of ``shape`` centred on the pixel nearest ``center``."""
-    hh, ww = shape
-    h, w = image.shape
-    iy, ix = int(round(center[0])), int(round(center[1]))
-    plane = np.zeros((hh, ww))
-    y0, x0 = iy - h // 2, ix - w // 2
-    ys0, xs0 = max(y0, 0), max(x0, 0)
-    ys1, xs1 = min(y0 + h, hh), min(x0 + w, ww)
-    if ys1 > ys0 and xs1 > xs0:
-        plane[ys0:ys1, xs0:xs1] = image[ys0 - y0 : ys1 - y0, xs0 - x0 : xs1 - x0]
-    return plane
 
 
 class LinearSolution(eqx.Module):
