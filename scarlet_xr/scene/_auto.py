@@ -126,7 +126,7 @@ def _delta_chi2_point(model, liks, frame, auto_idx, comp_of_source):
     for j, k in enumerate(auto_idx):
         sel = [c for c in base if c not in comp_of_source[k]] + [nc + j]
         out[k] = chi2(sel) - ref
-    return out, images
+    return out
 
 
 def fit_sources(
@@ -356,7 +356,7 @@ def _choose(model, liks, frame, auto_idx, choices):
     for src in model.sources:
         comp_of_source.append(list(range(c, c + len(src.components))))
         c += len(src.components)
-    delta, _ = _delta_chi2_point(model, liks, frame, auto_idx, comp_of_source)
+    delta = _delta_chi2_point(model, liks, frame, auto_idx, comp_of_source)
     sources = list(model.sources)
     for k in auto_idx:
         penalty = float(EXTENT_PARAMETERS)
