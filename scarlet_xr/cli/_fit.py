@@ -7,7 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ._common import enable_compile_cache, format_summary, write_tree
+from ._common import check_output, enable_compile_cache, format_summary, write_tree
+from ._sources import read_catalog as read_catalog
 
 
 def add_parser(sub) -> None:
@@ -33,6 +34,8 @@ def add_parser(sub) -> None:
     p.add_argument("--sources", default=None, metavar="CATALOG",
                    help="ECSV or FITS table with ra, dec columns (deg); optional 'kind' column")
     p.add_argument("--out", required=True, metavar="PATH", help="output file ending in .nc or .zarr")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace --out even if it is not a scarlet_xr result (default: refuse)")
     p.add_argument("--kind", default="auto",
                    help="source kind when the catalog has none: 'auto' (default: point source or "
                         "Sersic, chosen per source from the data), free, monotonic, symmetric, "
@@ -55,60 +58,6 @@ def add_parser(sub) -> None:
     p.add_argument("--report", default=None, metavar="DIR",
                    help="write figures and the offline inspector page (DIR/inspector.html)")
     p.set_defaults(func=run)
-
-
-def read_catalog(path, frame):
-    """Frame pixel centres ``(n, 2)`` and kinds from a catalog with ``ra``, ``dec`` columns.
-
-    Parameters
-    ----------
-    path : str or path-like
-        ECSV or FITS table; columns ``ra`` and ``dec`` in degrees (any case),
-        optional ``kind``.
-    frame : Frame
-        Model frame with a WCS.
-
-    Returns
-    -------
-    centers : numpy.ndarray (n, 2)
-        ``(y, x)`` in model-frame pixels.
-    kinds : list of str or None
-
-    Raises
-    ------
-    ValueError
-        Unreadable file, missing columns, a frame without WCS, or a position
-        outside the image.
-    """
-    from astropy.table import Table
-
-    try:
-        table = Table.read(path)
-    except Exception as err:  # astropy raises many types for unreadable tables
-        raise ValueError(f"cannot read the source catalog {str(path)!r}: {err}") from err
-    cols = {c.lower(): c for c in table.colnames}
-    missing = [c for c in ("ra", "dec") if c not in cols]
-    if missing:
-        raise ValueError(
-            f"the source catalog must have columns 'ra' and 'dec' (degrees); missing {missing}, "
-            f"got {table.colnames}"
-        )
-    if frame.wcs is None:
-        raise ValueError("a catalog with ra, dec needs observations with a WCS")
-    ra = np.asarray(table[cols["ra"]], float)
-    dec = np.asarray(table[cols["dec"]], float)
-    y, x = frame.sky_to_pixel(ra, dec)
-    ny, nx = frame.shape
-    outside = ~((y > -0.5) & (y < ny - 0.5) & (x > -0.5) & (x < nx - 0.5))
-    if np.any(outside):
-        i = int(np.flatnonzero(outside)[0])
-        raise ValueError(
-            f"{int(outside.sum())} catalog position(s) lie outside the image; e.g. row {i} "
-            f"(ra={ra[i]:.6f}, dec={dec[i]:.6f}) falls on pixel (y={y[i]:.1f}, x={x[i]:.1f}), "
-            f"expected within y 0..{ny - 1}, x 0..{nx - 1}"
-        )
-    kinds = [str(k) for k in table[cols["kind"]]] if "kind" in cols else None
-    return np.stack([y, x], axis=1), kinds
 
 
 def _load(args):
@@ -139,6 +88,7 @@ def run(args) -> int:
     out = Path(args.out)
     if out.suffix not in (".nc", ".zarr"):
         raise ValueError(f"--out must end in .nc or .zarr; got {out.name!r}")
+    check_output(out, overwrite=args.overwrite, inputs=[*args.files, *(args.psf or ()), args.sources])
     enable_compile_cache()
     from .. import Scene, frame_from_observations, initialize_sources
     from ..scene import detect_sources, fit_sources

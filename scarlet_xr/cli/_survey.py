@@ -10,6 +10,8 @@ def add_parser(sub) -> None:
     p = sub.add_parser("survey", help="deblend every blend of a catalog into one Zarr store (resumable)")
     p.add_argument("catalog", help="ECSV/FITS/CSV table with columns file[, ra, dec]")
     p.add_argument("--out", required=True, help="output Zarr store (re-running resumes it)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace whatever is at --out (also a survey store, which is otherwise resumed)")
     p.add_argument("--workers", type=int, default=2, help="LocalCluster worker processes (default 2)")
     p.add_argument("--scheduler", default=None,
                    help="address of a running dask scheduler (default: start a LocalCluster)")
@@ -22,8 +24,9 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     """Run the survey; print a summary. Returns 0 if no blend failed, 1 otherwise."""
     from ..survey import deblend_catalog
-    from ._common import enable_compile_cache
+    from ._common import SURVEY, check_output, enable_compile_cache
 
+    check_output(args.out, overwrite=args.overwrite, expect=SURVEY, inputs=[args.catalog])
     enable_compile_cache()
     import os
     from pathlib import Path

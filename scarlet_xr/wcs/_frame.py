@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Sequence
 
@@ -10,7 +11,72 @@ from astropy.wcs import WCS
 
 from ..core import gaussian_psf_image
 
-__all__ = ["Frame", "DEFAULT_MODEL_PSF_SIGMA"]
+__all__ = ["Frame", "DEFAULT_MODEL_PSF_SIGMA", "celestial_frame", "is_icrs_like"]
+
+logger = logging.getLogger(__name__)
+
+_SUPPORTED_CTYPES = {"RA--": "equatorial", "GLON": "galactic", "SLON": "supergalactic"}
+
+
+def celestial_frame(wcs: WCS):
+    """The astropy celestial frame of a celestial WCS (ICRS, FK5, FK4, Galactic, ...).
+
+    Parameters
+    ----------
+    wcs : astropy.wcs.WCS
+        A WCS with celestial axes.
+
+    Returns
+    -------
+    astropy.coordinates.BaseCoordinateFrame
+
+    Raises
+    ------
+    ValueError
+        If the WCS is not celestial or its frame is not supported (ecliptic,
+        planetary, helioprojective ...): expected equatorial (``RA``/``DEC``,
+        ``RADESYS`` ICRS, FK5, FK4), galactic (``GLON``/``GLAT``) or
+        supergalactic (``SLON``/``SLAT``).
+    """
+    from astropy.wcs.utils import wcs_to_celestial_frame
+
+    if not wcs.has_celestial:
+        raise ValueError(f"the WCS must be celestial (RA/Dec axes); got axes {list(wcs.wcs.ctype)}")
+    cel = wcs.celestial
+    lon = str(cel.wcs.ctype[cel.wcs.lng])[:4].upper()
+    if lon not in _SUPPORTED_CTYPES:
+        raise ValueError(
+            f"unsupported celestial WCS axes {list(cel.wcs.ctype)}: expected equatorial (RA---/DEC--), "
+            "galactic (GLON/GLAT) or supergalactic (SLON/SLAT)"
+        )
+    try:
+        return wcs_to_celestial_frame(cel)
+    except ValueError as err:
+        raise ValueError(f"cannot tell the celestial frame of WCS axes {list(cel.wcs.ctype)}: {err}") from err
+
+
+def is_icrs_like(frame) -> bool:
+    """True for ICRS and FK5 (equinox J2000), which astropy treats as identical (< 1 mas).
+
+    Positions in such a frame are used as ICRS without conversion.
+    """
+    from astropy.coordinates import FK5, ICRS
+    from astropy.time import Time
+
+    if isinstance(frame, ICRS):
+        return True
+    return isinstance(frame, FK5) and abs((frame.equinox - Time("J2000")).to_value("day")) < 1e-6
+
+
+def _lonlat(wcs: WCS, world):
+    """``(lon, lat)`` from world values in the axis order of ``wcs``."""
+    a, b = world
+    return (a, b) if wcs.wcs.lng == 0 else (b, a)
+
+
+def _world(wcs: WCS, lon, lat):
+    """World values in the axis order of ``wcs`` from ``(lon, lat)``."""
+    return (lon, lat) if wcs.wcs.lng == 0 else (lat, lon)
 
 DEFAULT_MODEL_PSF_SIGMA = 0.8
 """Width (pixels) of the model frame's Gaussian PSF."""
@@ -56,6 +122,9 @@ class Frame:
         self.bands = bands
         self.shape = (int(shape[0]), int(shape[1]))
         self.wcs = wcs.celestial if wcs is not None else None
+        self.sky_frame = None if wcs is None else celestial_frame(self.wcs)
+        """astropy frame of the WCS (ICRS, FK5, Galactic ...); None without WCS."""
+        self._icrs_like = self.sky_frame is None or is_icrs_like(self.sky_frame)
         self.origin = (int(origin[0]), int(origin[1]))
         self.psf_sigma = float(psf_sigma)
         size = 2 * int(math.ceil(4 * self.psf_sigma)) + 1
@@ -73,18 +142,43 @@ class Frame:
             raise ValueError(f"bands {missing} are not in the frame bands {self.bands}")
         return [self.bands.index(b) for b in bands]
 
+    @property
+    def sky_frame_name(self) -> str | None:
+        """Name of the WCS's celestial frame (``"icrs"``, ``"fk5"``, ``"galactic"`` ...)."""
+        return None if self.sky_frame is None else str(self.sky_frame.name)
+
     def pixel_to_sky(self, y, x):
-        """Return ``(ra, dec)`` in degrees for frame pixel coordinates (needs a WCS)."""
+        """ICRS ``(ra, dec)`` in degrees of frame pixel coordinates (needs a WCS).
+
+        A WCS in another celestial frame (galactic, FK4 ...) is evaluated in
+        its own frame and the positions are converted to ICRS with astropy.
+        """
         if self.wcs is None:
             raise ValueError("this frame has no WCS; sky coordinates are unavailable")
-        ra, dec = self.wcs.pixel_to_world_values(np.asarray(x, float), np.asarray(y, float))
-        return np.asarray(ra), np.asarray(dec)
+        world = self.wcs.pixel_to_world_values(np.asarray(x, float), np.asarray(y, float))
+        lon, lat = _lonlat(self.wcs, world)
+        if self._icrs_like:
+            return np.asarray(lon), np.asarray(lat)
+        from astropy.coordinates import SkyCoord
+
+        c = SkyCoord(np.asarray(lon), np.asarray(lat), unit="deg", frame=self.sky_frame).icrs
+        return np.asarray(c.ra.deg), np.asarray(c.dec.deg)
 
     def sky_to_pixel(self, ra, dec):
-        """Return frame pixel ``(y, x)`` for ``ra``, ``dec`` in degrees (needs a WCS)."""
+        """Frame pixel ``(y, x)`` of ICRS ``ra``, ``dec`` in degrees (needs a WCS).
+
+        Positions are converted from ICRS into the WCS's frame when that is
+        not ICRS (see :attr:`sky_frame`).
+        """
         if self.wcs is None:
             raise ValueError("this frame has no WCS; sky coordinates are unavailable")
-        x, y = self.wcs.world_to_pixel_values(np.asarray(ra, float), np.asarray(dec, float))
+        lon, lat = np.asarray(ra, float), np.asarray(dec, float)
+        if not self._icrs_like:
+            from astropy.coordinates import SkyCoord
+
+            c = SkyCoord(lon, lat, unit="deg", frame="icrs").transform_to(self.sky_frame)
+            lon, lat = np.asarray(c.spherical.lon.deg), np.asarray(c.spherical.lat.deg)
+        x, y = self.wcs.world_to_pixel_values(*_world(self.wcs, lon, lat))
         return np.asarray(y), np.asarray(x)
 
     @property
@@ -120,7 +214,8 @@ class Frame:
         from astropy.coordinates import SkyCoord
 
         if isinstance(coords, SkyCoord):
-            x, y = self.wcs.world_to_pixel(coords.reshape(-1) if coords.ndim else coords[None])
+            c = (coords.reshape(-1) if coords.ndim else coords[None]).icrs
+            y, x = self.sky_to_pixel(c.ra.deg, c.dec.deg)
             return np.stack([np.asarray(y, float), np.asarray(x, float)], axis=1)
         arr = np.asarray(coords, float)
         if arr.ndim == 1:
@@ -131,13 +226,16 @@ class Frame:
         return np.stack([y, x], axis=1)
 
     def to_sky(self, centers):
-        """Sky positions (``SkyCoord``) of frame pixel centres ``(n, 2)`` given as ``(y, x)``."""
+        """ICRS sky positions (``SkyCoord``) of frame pixel centres ``(n, 2)`` given as ``(y, x)``."""
         if self.wcs is None:
             raise ValueError("this frame has no WCS; sky coordinates are unavailable")
+        from astropy.coordinates import SkyCoord
+
         c = np.atleast_2d(np.asarray(centers, float))
         if c.shape[-1] != 2:
             raise ValueError(f"centers must be (n, 2) as (y, x); got shape {c.shape}")
-        return self.wcs.pixel_to_world(c[:, 1], c[:, 0])
+        ra, dec = self.pixel_to_sky(c[:, 0], c[:, 1])
+        return SkyCoord(ra, dec, unit="deg", frame="icrs")
 
     def arcsec_to_pixels(self, arcsec):
         """Convert a size in arcsec (float or ``astropy.units.Quantity``) to frame pixels."""
@@ -219,7 +317,7 @@ class Frame:
     def __repr__(self) -> str:
         return (
             f"Frame(bands={self.bands}, shape={self.shape}, origin={self.origin}, "
-            f"wcs={'yes' if self.wcs is not None else 'no'}, psf_sigma={self.psf_sigma})"
+            f"wcs={self.sky_frame_name or 'no'}, psf_sigma={self.psf_sigma})"
         )
 
 
@@ -268,8 +366,47 @@ def _scale_matrix(wcs):
 
 def _offset_in(ref, wcs):
     """Pixel position (y, x) of ``wcs``'s pixel (0, 0) in ``ref``'s pixel grid."""
-    x, y = ref.world_to_pixel_values(*wcs.pixel_to_world_values(0.0, 0.0))
+    x, y = ref.world_to_pixel_values(*_world(ref, *_lonlat(wcs, wcs.pixel_to_world_values(0.0, 0.0))))
     return np.array([float(y), float(x)])
+
+
+def _check_sky_frames(wcss) -> None:
+    """All WCSs must share one celestial frame (ICRS and FK5 J2000 count as one)."""
+    frames = [celestial_frame(w) for w in wcss]
+    ref = frames[0]
+    for i, f in enumerate(frames[1:], start=1):
+        same = (is_icrs_like(ref) and is_icrs_like(f)) or ref.is_equivalent_frame(f)
+        if not same:
+            raise ValueError(
+                f"the observations' WCSs are in different celestial frames: observation 0 in {ref.name!r}, "
+                f"observation {i} in {f.name!r}; expected one frame for all (reproject the images to a "
+                "common frame first)"
+            )
+
+
+def _check_overlap(boxes, frame=None) -> None:
+    """Every observation must overlap another one (boxes ``(ylo, yhi, xlo, xhi)`` in one pixel grid)."""
+    n = len(boxes)
+    if n < 2:
+        return
+    for i in range(n):
+        a = boxes[i]
+        if any(
+            min(a[1], b[1]) > max(a[0], b[0]) and min(a[3], b[3]) > max(a[2], b[2])
+            for j, b in enumerate(boxes) if j != i
+        ):
+            continue
+        where = ""
+        if frame is not None and frame.wcs is not None:
+            ra, dec = frame.pixel_to_sky(
+                np.array([(b[0] + b[1]) / 2 for b in boxes]), np.array([(b[2] + b[3]) / 2 for b in boxes])
+            )
+            at = [f"observation {k} at ra={ra[k]:.5f} dec={dec[k]:.5f}" for k in range(n)]
+            where = " (centres, ICRS deg: " + ", ".join(at) + ")"
+        raise ValueError(
+            f"observation {i} does not overlap any other observation on the sky{where}; expected "
+            "observations of one region (fit them separately)"
+        )
 
 
 def _frame_from_grids(cls, grids, resolution, coverage, psf_sigma):
@@ -282,6 +419,7 @@ def _frame_from_grids(cls, grids, resolution, coverage, psf_sigma):
         if resolution is not None:
             raise ValueError("resolution= needs every observation to have a WCS")
         return _same_grid_frame(cls, grids, bands, [None] * len(grids), psf_sigma, coverage)
+    _check_sky_frames(wcss)
     first = wcss[0]
     offsets = [_offset_in(first, w) for w in wcss]
     same = all(
@@ -307,6 +445,7 @@ def _same_grid_frame(cls, grids, bands, offsets, psf_sigma, coverage="union"):
             starts.append((y0, x0))
         else:
             starts.append((fy0 + int(round(off[0])), fx0 + int(round(off[1]))))
+    _check_overlap([(s[0], s[0] + g[1][0], s[1], s[1] + g[1][1]) for s, g in zip(starts, grids, strict=True)])
     lo, hi = (min, max) if coverage == "union" else (max, min)
     y0 = lo(s[0] for s in starts)
     x0 = lo(s[1] for s in starts)
@@ -334,7 +473,8 @@ def _footprint(wcs, shape, frame_wcs):
     t = np.linspace(0, 1, 9)
     ys = np.concatenate([t * ny, np.full(9, ny), t * ny, np.zeros(9)]) - 0.5
     xs = np.concatenate([np.zeros(9), t * nx, np.full(9, nx), t * nx]) - 0.5
-    fx, fy = frame_wcs.world_to_pixel_values(*wcs.pixel_to_world_values(xs, ys))
+    lon, lat = _lonlat(wcs, wcs.pixel_to_world_values(xs, ys))
+    fx, fy = frame_wcs.world_to_pixel_values(*_world(frame_wcs, lon, lat))
     return fy.min(), fy.max(), fx.min(), fx.max()
 
 
@@ -353,17 +493,23 @@ def _sky_frame(cls, grids, bands, resolution, coverage, psf_sigma):
     else:
         ny, nx = grids[k][1]
         ra, dec = ref.pixel_to_world_values((nx - 1) / 2, (ny - 1) / 2)
-        fwcs = WCS(naxis=2)
-        fwcs.wcs.ctype = ["RA---TAN", "DEC--TAN"]
-        fwcs.wcs.crval = [float(ra), float(dec)]
+        lon, lat = _lonlat(ref, (ra, dec))
+        lon_t, lat_t = (str(ref.wcs.ctype[k])[:4] for k in (ref.wcs.lng, ref.wcs.lat))
+        fwcs = WCS(naxis=2)  # north-up (in the observations' own celestial frame), longitude first
+        fwcs.wcs.ctype = [f"{lon_t:-<5}TAN", f"{lat_t:-<5}TAN"]
+        fwcs.wcs.crval = [float(lon), float(lat)]
         fwcs.wcs.crpix = [1.0, 1.0]
         fwcs.wcs.cdelt = [-res / 3600, res / 3600]
         fwcs.wcs.cunit = ["deg", "deg"]
         if ref.wcs.radesys:
             fwcs.wcs.radesys = ref.wcs.radesys
+        if np.isfinite(ref.wcs.equinox):
+            fwcs.wcs.equinox = ref.wcs.equinox
         fwcs.wcs.set()
         base = (0, 0)
     boxes = np.array([_footprint(g[2], g[1], fwcs) for g in grids])
+    if coverage == "union":
+        _check_overlap(boxes, Frame(bands, (1, 1), wcs=fwcs))
     tol = 1e-6
     if coverage == "union":
         ylo, yhi, xlo, xhi = boxes[:, 0].min(), boxes[:, 1].max(), boxes[:, 2].min(), boxes[:, 3].max()

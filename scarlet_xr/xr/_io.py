@@ -20,6 +20,7 @@ import xarray as xr
 from astropy.io import fits
 from astropy.wcs import WCS, FITSFixedWarning
 
+from ..wcs import celestial_frame
 from ._observation import BAND, make_observation
 
 __all__ = ["open_observation", "estimate_background"]
@@ -132,6 +133,10 @@ def _read_wcs(header, path, allow_missing: bool) -> WCS | None:
         raise ValueError(
             f"{Path(path).name!r}: the WCS must be celestial (RA/Dec axes); got axes {ctype}"
         )
+    try:
+        celestial_frame(wcs)
+    except ValueError as err:
+        raise ValueError(f"{Path(path).name!r}: {err}") from err
     return wcs.celestial
 
 
@@ -193,6 +198,9 @@ VARIANCE_HDUS = ("VARIANCE", "VAR")
 """HDU names read as the variance plane when ``variance``/``weight`` are not given."""
 WEIGHT_HDUS = ("IVAR", "WEIGHT", "WHT")
 """HDU names read as inverse variance when no variance plane is found."""
+STDDEV_HDUS = ("ERR", "SIGMA", "RMS", "STDDEV", "NOISE")
+"""HDU names read as the noise standard deviation (variance = value**2) when no
+variance or weight plane is found."""
 MASK_HDUS = ("MASK", "BADPIX")
 """HDU names read as the bad-pixel mask (non-zero = bad) when ``mask`` is not given."""
 
@@ -229,7 +237,10 @@ def open_observation(
     variance, weight : array, int, str or path-like, optional
         Variance or inverse variance, as for ``psf`` (give at most one).
         Default: an HDU named as in :data:`VARIANCE_HDUS` or, failing that,
-        :data:`WEIGHT_HDUS` (recorded in ``attrs["planes"]``). When neither is
+        :data:`WEIGHT_HDUS` or, failing that, a noise standard deviation HDU
+        (:data:`STDDEV_HDUS`, squared) (recorded in ``attrs["planes"]``).
+        Other image HDUs that are not used are never ignored silently: they
+        are logged (warning) and listed in ``attrs["ignored_hdus"]``. When none is
         given nor found, the noise is estimated from the background of each
         band with ``sep`` (a constant variance per band) and
         ``attrs["noise_estimated"] = 1``; the measured levels are kept in the
@@ -315,10 +326,13 @@ def open_observation(
         raise ValueError("give variance or weight, not both")
     hdu_names = [h.name for h in hdul]
     planes = {}
+    stddev = None
     if variance is None and weight is None:
         variance = next((n for n in VARIANCE_HDUS if n in hdu_names), None)
         weight = None if variance is not None else next((n for n in WEIGHT_HDUS if n in hdu_names), None)
-        for what, hname in (("variance", variance), ("weight", weight)):
+        if variance is None and weight is None:
+            stddev = next((n for n in STDDEV_HDUS if n in hdu_names), None)
+        for what, hname in (("variance", variance), ("weight", weight), ("stddev", stddev)):
             if hname is not None:
                 planes[what] = hname
     if mask is None:
@@ -329,6 +343,18 @@ def open_observation(
         logger.info("%s: using planes %s", Path(path).name,
                     ", ".join(f"{k}={v!r}" for k, v in planes.items()))
         extra["planes"] = ",".join(f"{k}={v}" for k, v in planes.items())
+    ignored = _ignored_hdus(hdul, img_hdu, (psf, variance, weight, stddev, mask))
+    if ignored:
+        logger.warning(
+            "%s: ignoring image HDU(s) %s (not read as image, PSF, variance, weight or mask; "
+            "pass them explicitly with psf=, variance=, weight= or mask=)", Path(path).name, ignored,
+        )
+        extra["ignored_hdus"] = ",".join(ignored)
+    if stddev is not None:
+        sd = np.asarray(_read_aux(stddev, hdul, path, "stddev"), np.float64)
+        logger.info("%s: noise standard deviation read from HDU %r (variance = value**2)",
+                    Path(path).name, stddev)
+        variance = np.where(sd > 0, sd**2, np.where(np.isfinite(sd), 0.0, np.nan))
     var_arr = _read_aux(variance, hdul, path, "variance")
     w_arr = _read_aux(weight, hdul, path, "weight")
     m_arr = _read_aux(mask, hdul, path, "mask")
@@ -383,6 +409,19 @@ def open_observation(
             "%s: %d non-finite pixels were masked", Path(path).name, ds.attrs["n_nonfinite_masked"]
         )
     return ds
+
+
+def _ignored_hdus(hdul, img_hdu, used) -> list[str]:
+    """Names (or indices) of the image HDUs of ``hdul`` that are not ``img_hdu`` nor in ``used``."""
+    names = {u.upper() for u in used if isinstance(u, str)}
+    idx = {int(u) for u in used if isinstance(u, (int, np.integer))}
+    out = []
+    for i in _image_hdus(hdul):
+        h = hdul[i]
+        if h is img_hdu or i in idx or (h.name and h.name.upper() in names):
+            continue
+        out.append(h.name if h.name and h.name != "PRIMARY" else str(i))
+    return out
 
 
 def _recenter(psf):

@@ -28,6 +28,7 @@ from astropy.io import fits
 from astropy.wcs import WCS
 
 from ..core import check_psf
+from ..wcs import celestial_frame, is_icrs_like
 
 __all__ = [
     "BAND",
@@ -172,6 +173,12 @@ def make_observation(
         if not wcs.has_celestial:
             raise ValueError("the WCS must be celestial (RA/Dec axes); got axes "
                              f"{list(wcs.wcs.ctype)}")
+        sky = celestial_frame(wcs)
+        attrs["sky_frame"] = str(sky.name)
+        if not is_icrs_like(sky):
+            logger.info(
+                "%s: the WCS is in the %r frame; sky positions are converted to/from ICRS", name, sky.name
+            )
         attrs["wcs_header"] = header = wcs_to_header_string(wcs)
     ds = xr.Dataset(
         {
