@@ -7,6 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..xr._catalog import catalog_from_tree, write_catalog, write_deblended
+from ._products import check_products, format_catalog, parse_zero_points
 from ._common import check_output, enable_compile_cache, format_summary, write_tree
 from ._sources import read_catalog as read_catalog
 
@@ -55,6 +57,13 @@ def add_parser(sub) -> None:
     p.add_argument("--chains", type=int, default=4, metavar="K", help="NUTS chains (default 4)")
     p.add_argument("--warmup", type=int, default=None, metavar="W",
                    help="NUTS warm-up steps per chain (default: N)")
+    p.add_argument("--catalog", default=None, metavar="PATH",
+                   help="also write the source catalog (one row per source, with units): .ecsv or .fits")
+    p.add_argument("--deblended", default=None, metavar="DIR",
+                   help="also write each source's deblended image per observation as FITS with WCS")
+    p.add_argument("--zero-point", default=None, metavar="ZP",
+                   help="AB zero point for magnitudes: one number, or band=zp,band=zp,... "
+                        "(default: MAGZERO/FLUXMAG0/PHOTFLAM keywords of the FITS headers)")
     p.add_argument("--report", default=None, metavar="DIR",
                    help="write figures and the offline inspector page (DIR/inspector.html)")
     p.set_defaults(func=run)
@@ -89,6 +98,7 @@ def run(args) -> int:
     if out.suffix not in (".nc", ".zarr"):
         raise ValueError(f"--out must end in .nc or .zarr; got {out.name!r}")
     check_output(out, overwrite=args.overwrite, inputs=[*args.files, *(args.psf or ()), args.sources])
+    check_products(args)
     enable_compile_cache()
     from .. import Scene, frame_from_observations, initialize_sources
     from ..scene import detect_sources, fit_sources
@@ -115,7 +125,8 @@ def run(args) -> int:
         fitted = scene.fit(obs, max_steps=args.max_steps, progress=True)
     else:
         fitted = fit_sources(frame, obs, centers, kinds=kinds, max_steps=args.max_steps, progress=True)
-    tree = fitted.to_datatree(obs, extra_attrs={"inputs": ",".join(Path(f).name for f in args.files)})
+    tree = fitted.to_datatree(obs, extra_attrs={"inputs": ",".join(Path(f).name for f in args.files)},
+                              zero_points=parse_zero_points(args.zero_point))
     if args.sample < 0 or args.chains < 1:
         raise ValueError(f"--sample must be >= 0 and --chains >= 1; got {args.sample}, {args.chains}")
     if args.sample:
@@ -139,7 +150,14 @@ def run(args) -> int:
         if notes:
             print(f"  {ds.attrs['name']}: " + "; ".join(notes))
     print(format_summary(tree, time.perf_counter() - t0))
+    table = catalog_from_tree(tree)
+    print(format_catalog(table))
     print(f"wrote {out}")
+    if args.catalog is not None:
+        print(f"wrote {write_catalog(table, args.catalog)}")
+    if args.deblended is not None:
+        paths = write_deblended(tree, args.deblended)
+        print(f"wrote {len(paths)} deblended images to {args.deblended}")
     if args.sample:
         from ..scene import summarize
 

@@ -7,6 +7,8 @@ from ._init import BOX_SIZES as BOX_SIZES
 from ._init import detection_image as detection_image
 from ._init import initialize_sources as initialize_sources
 from ._io import load_scene as load_scene
+from ._measure import Measurements as Measurements
+from ._measure import measure_scene as measure_scene
 from ._io import save_scene as save_scene
 from ._sample import attach_posterior as attach_posterior
 from ._sample import sample_scene as sample_scene

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+import xarray as xr
 
 from .._version import __version__
 from ..core import SceneModel, Source, collecting, filter_jit
@@ -158,8 +159,15 @@ class Scene:
         """Total flux ``(source, band)``."""
         return np.asarray(self.model().fluxes(), float)
 
-    def to_datatree(self, observations, *, extra_attrs: dict | None = None):
+    def to_datatree(self, observations, *, extra_attrs: dict | None = None, zero_points=None,
+                    measure: bool = True):
         """Results as an ``xarray.DataTree`` (layout in :mod:`scarlet_xr.xr`).
+
+        ``/sources`` holds the catalog quantities of
+        :func:`~scarlet_xr.scene.measure_scene` (``x``, ``y``, ``ra``, ``dec``
+        are the model's light-weighted centroid; the centre parameters are
+        ``anchor_y``, ``anchor_x``) and ``/deblended/<observation>`` the
+        flux-conserving per-source images, footprints and segmentation.
 
         Parameters
         ----------
@@ -167,6 +175,12 @@ class Scene:
             The observations the scene was fit to.
         extra_attrs : dict, optional
             Added to the root attrs.
+        zero_points : float, sequence or dict, optional
+            AB zero points for magnitudes (default: from the observations'
+            ``attrs['zero_point']``); see :func:`~scarlet_xr.scene.measure_scene`.
+        measure : bool
+            False skips the measurements and deblended images (model and
+            residuals only).
         """
         obs = normalize_observations(observations)
         model = self.model()
@@ -206,26 +220,31 @@ class Scene:
             version=__version__,
             extra_attrs=attrs,
         )
+        src = tree["sources"].to_dataset()
         if self.measured_flux is not None:
-            src = tree["sources"].to_dataset()
             src["model_flux"] = src["flux"].copy()
             src["model_flux"].attrs["description"] = "flux of the model images per band"
-            src["flux"] = (("source", "band"), np.asarray(self.measured_flux, np.float64))
-            src["flux"].attrs["description"] = (
-                "total flux per band (model units): linear least-squares solution with the fitted "
-                "shapes (per-band shape terms where the data support them)"
-            )
-            src["flux_err"] = (("source", "band"), np.asarray(self.measured_flux_err, np.float64))
-            src["flux_err"].attrs["description"] = (
-                "1-sigma flux uncertainty from the inverse normal matrix, conditional on the fitted shapes"
-            )
-            tree["sources"] = src
+        src["anchor_y"] = src["y"].copy()
+        src["anchor_x"] = src["x"].copy()
+        for v in ("anchor_y", "anchor_x"):
+            src[v].attrs = {"units": "pix", "description": "centre parameter of the source model"}
+        deblended = None
+        if measure:
+            from ._measure import measure_scene
+
+            meas = measure_scene(self, obs, zero_points=zero_points)
+            for name, (dims, values, var_attrs) in meas.sources.items():
+                src[name] = xr.Variable(dims, values, var_attrs)
+            deblended = meas.deblended
         if self.choices is not None:
-            tree["sources"] = tree["sources"].to_dataset().assign(
+            src = src.assign(
                 kind_reason=("source", [str(c["reason"]) for c in self.choices]),
                 delta_chi2_point=("source", [float(c["delta_chi2_point"]) for c in self.choices]),
                 box_truncated=("source", [bool(c["box_truncated"]) for c in self.choices]),
             )
+        tree["sources"] = src
+        if deblended is not None:
+            tree["deblended"] = xr.DataTree(children={k: xr.DataTree(v) for k, v in deblended.items()})
         return tree
 
     def __repr__(self) -> str:

@@ -12,6 +12,12 @@ from ._bridge import likelihood_for as likelihood_for
 from ._bridge import grid_offset as grid_offset
 from ._bridge import normalize_observations as normalize_observations
 from ._results import build_result_tree as build_result_tree
+from ._measure import FLAGS as FLAGS
+from ._measure import flag_descriptions as flag_descriptions
+from ._photometry import zero_point_from_header as zero_point_from_header
+from ._catalog import catalog_from_tree as catalog_from_tree
+from ._catalog import write_catalog as write_catalog
+from ._catalog import write_deblended as write_deblended
 from ._results import reduced_chi2 as reduced_chi2
 from ._io import estimate_background as estimate_background
 from ._io import open_observation as open_observation

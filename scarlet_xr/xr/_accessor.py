@@ -253,6 +253,46 @@ class ScarletDataTreeAccessor:
         )
 
 
+    def catalog(self, *, columns=None):
+        """The source catalog: one row per source, with units and descriptions.
+
+        See :func:`scarlet_xr.xr.catalog_from_tree` for the columns.
+
+        Parameters
+        ----------
+        columns : sequence of str, optional
+            Keep only these columns.
+
+        Returns
+        -------
+        astropy.table.Table
+        """
+        from ._catalog import catalog_from_tree
+
+        return catalog_from_tree(self._obj, columns=columns)
+
+    def deblended(self, observation: str | None = None) -> xr.Dataset:
+        """Deblended images, footprints and segmentation of one observation.
+
+        Parameters
+        ----------
+        observation : str, optional
+            Observation name (default: the first).
+
+        Returns
+        -------
+        xarray.Dataset
+            ``image (source, band, y, x)``, ``footprint``, ``segmentation``,
+            ``blendedness``.
+        """
+        if "deblended" not in self._obj.children:
+            raise ValueError("this results tree has no /deblended node (fit again with this version)")
+        nodes = self._obj["deblended"].children
+        name = next(iter(nodes)) if observation is None else observation
+        if name not in nodes:
+            raise ValueError(f"unknown observation {name!r}; the tree has {list(nodes)}")
+        return nodes[name].to_dataset()
+
     def inspect(self, *, observation: str | None = None):
         """Interactive inspector of these results (needs the ``widgets`` extra).
 

@@ -1,0 +1,268 @@
+"""Per-source measurements of a fitted scene: pure numpy functions of model images and data.
+
+Everything here works on plain arrays (no JAX, no fitting): the scene layer
+renders the per-source models and their derivatives and hands them in.
+
+Conventions
+-----------
+* Shapes are measured on each source's model on the model frame, which
+  includes the frame's narrow model PSF. Unweighted moments add under
+  convolution, so subtracting the model PSF's second moments gives the
+  moments of the model *before any PSF* exactly; the half-light radius is
+  corrected in quadrature (exact for Gaussians, an approximation otherwise,
+  small because the model PSF is narrower than any observation's PSF).
+* ``e1 = (Ixx - Iyy) / (Ixx + Iyy)``, ``e2 = 2 Ixy / (Ixx + Iyy)`` (distortion,
+  the convention of GalSim's ``shear(e1=, e2=)``), ``x`` along image columns,
+  ``y`` along rows; ``theta`` is the major-axis angle from +x towards +y.
+* Uncertainties come from the Fisher matrix of the observations at the fit,
+  in a linearised model whose parameters are every source's flux per band,
+  its centre (y, x) and, for extended sources, its size (a flux-conserving
+  dilation of its model). They are conditional on the rest of the shape
+  (profile, ellipticity) and include the covariance between blended
+  neighbours.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = [
+    "FLAGS",
+    "flag_descriptions",
+    "image_moments",
+    "half_light_radius",
+    "shape_from_moments",
+    "fisher_covariance",
+    "deblend_images",
+    "footprints",
+]
+
+#: Bits of the ``flags`` column (public contract; extend, never renumber).
+FLAGS = {
+    "BOX_TRUNCATED": 1,  # the model reaches the edge of its box and the box could not grow
+    "EDGE": 2,  # the source's footprint touches the edge of an observation
+    "MASKED": 4,  # more than 10% of the footprint's pixels are masked (weight 0)
+    "NOT_CONVERGED": 8,  # the fit stopped at its step limit
+    "DIVERGED": 16,  # the fit diverged (non-finite loss); values are from the last finite state
+    "FLUX_NONPOSITIVE": 32,  # flux <= 0 in at least one band
+    "FAILED": 64,  # no fit: the blend failed (survey catalogs); values are NaN
+    "NO_FOOTPRINT": 128,  # the model is below the footprint threshold everywhere
+}
+
+MASKED_FRACTION_LIMIT = 0.1
+
+
+def flag_descriptions() -> dict[str, str]:
+    """Meaning of every flag bit, ``{name: "bit value: meaning"}``.
+
+    Returns
+    -------
+    dict
+    """
+    text = {
+        "BOX_TRUNCATED": "model reaches the edge of its box and the box could not grow",
+        "EDGE": "footprint touches the edge of an observation",
+        "MASKED": f"more than {MASKED_FRACTION_LIMIT:.0%} of the footprint's pixels are masked",
+        "NOT_CONVERGED": "fit stopped at its step limit before converging",
+        "DIVERGED": "fit diverged; values are from its last finite state",
+        "FLUX_NONPOSITIVE": "flux <= 0 in at least one band",
+        "FAILED": "no fit (failed blend); values are NaN",
+        "NO_FOOTPRINT": "model below the footprint threshold everywhere",
+    }
+    return {k: f"{v}: {text[k]}" for k, v in FLAGS.items()}
+
+
+def image_moments(images):
+    """Centroid and unweighted second moments of non-negative images.
+
+    Parameters
+    ----------
+    images : array (n, y, x)
+
+    Returns
+    -------
+    total : (n,)
+    centroid : (n, 2)
+        ``(y, x)`` in pixel coordinates of the array.
+    second : (n, 3)
+        ``(Iyy, Ixx, Ixy)`` about the centroid, in pixel^2.
+    """
+    img = np.clip(np.asarray(images, float), 0, None)
+    n, h, w = img.shape
+    yy, xx = np.mgrid[:h, :w]
+    tot = img.sum(axis=(1, 2))
+    safe = np.where(tot > 0, tot, np.nan)
+    cy = np.einsum("nij,ij->n", img, yy) / safe
+    cx = np.einsum("nij,ij->n", img, xx) / safe
+    dy = yy[None] - cy[:, None, None]
+    dx = xx[None] - cx[:, None, None]
+    iyy = np.einsum("nij,nij->n", img, dy * dy) / safe
+    ixx = np.einsum("nij,nij->n", img, dx * dx) / safe
+    ixy = np.einsum("nij,nij->n", img, dx * dy) / safe
+    return tot, np.stack([cy, cx], axis=1), np.stack([iyy, ixx, ixy], axis=1)
+
+
+def half_light_radius(images, centroid):
+    """Radius of the circle about ``centroid`` holding half of each image's flux (pixels).
+
+    Pixels are split 5 x 5 so the growth curve is smooth at sub-pixel radii.
+
+    Parameters
+    ----------
+    images : array (n, y, x)
+    centroid : array (n, 2)
+
+    Returns
+    -------
+    numpy.ndarray (n,)
+    """
+    img = np.clip(np.asarray(images, float), 0, None)
+    n, h, w = img.shape
+    sub = 5
+    off = (np.arange(sub) + 0.5) / sub - 0.5
+    out = np.full(n, np.nan)
+    yy, xx = np.mgrid[:h, :w]
+    for k in range(n):
+        if not np.all(np.isfinite(centroid[k])) or img[k].sum() <= 0:
+            continue
+        shape = (h, w, sub, sub)
+        ry = np.broadcast_to(yy[..., None, None] + off[:, None] - centroid[k, 0], shape).reshape(-1)
+        rx = np.broadcast_to(xx[..., None, None] + off[None, :] - centroid[k, 1], shape).reshape(-1)
+        r = np.hypot(ry, rx)
+        f = np.repeat(img[k].reshape(-1), sub * sub) / (sub * sub)
+        order = np.argsort(r)
+        cum = np.cumsum(f[order])
+        i = int(np.searchsorted(cum, 0.5 * cum[-1]))
+        out[k] = r[order][min(i, r.size - 1)]
+    return out
+
+
+def shape_from_moments(second, psf_second=None):
+    """Ellipticity, angle and size from second moments, optionally PSF-corrected.
+
+    Parameters
+    ----------
+    second : array (n, 3)
+        ``(Iyy, Ixx, Ixy)``.
+    psf_second : array (3,), optional
+        Second moments of a PSF the images include; subtracted first (floored
+        so the corrected trace stays positive).
+
+    Returns
+    -------
+    e1, e2, theta_deg, sigma : arrays (n,)
+        ``sigma = sqrt((Ixx + Iyy) / 2)`` in pixels.
+    """
+    m = np.asarray(second, float).copy()
+    if psf_second is not None:
+        m = m - np.asarray(psf_second, float)[None]
+        tr = m[:, 0] + m[:, 1]
+        small = tr < 1e-3
+        m[small, 0] = m[small, 1] = 5e-4
+        m[small, 2] = 0.0
+        # keep the matrix positive definite
+        det = m[:, 0] * m[:, 1] - m[:, 2] ** 2
+        bad = det <= 0
+        m[bad, 2] = np.sign(m[bad, 2]) * 0.999 * np.sqrt(m[bad, 0] * m[bad, 1])
+    iyy, ixx, ixy = m.T
+    tr = ixx + iyy
+    e1 = (ixx - iyy) / tr
+    e2 = 2 * ixy / tr
+    theta = 0.5 * np.degrees(np.arctan2(e2, e1))
+    return e1, e2, theta, np.sqrt(tr / 2)
+
+
+def fisher_covariance(blocks, num_sources: int, num_bands: int, extended):
+    """Covariance of fluxes, centres and sizes from summed Fisher blocks.
+
+    Parameters
+    ----------
+    blocks : dict
+        ``ff (band, source, source)``: flux-flux terms per band;
+        ``fs (band, source, 3*source)``: flux-shape terms;
+        ``ss (3*source, 3*source)``: shape-shape terms, shape parameters
+        ordered ``(dy_0, dx_0, ds_0, dy_1, ...)``.
+    num_sources, num_bands : int
+    extended : bool array (source,)
+        Sources with a size parameter; for the others it is left out.
+
+    Returns
+    -------
+    flux_var : (source, band)
+        ``inf`` where a flux is not constrained (e.g. a fully masked band).
+    center_cov : (source, 2, 2)
+    """
+    ns, nb = num_sources, num_bands
+    keep_shape = np.ones(3 * ns, bool)
+    keep_shape[2::3] = np.asarray(extended, bool)
+    nf = ns * nb
+    n = nf + 3 * ns
+    f = np.zeros((n, n))
+    for b in range(nb):
+        sl = slice(b * ns, (b + 1) * ns)
+        f[sl, sl] = blocks["ff"][b]
+        f[sl, nf:] = blocks["fs"][b]
+        f[nf:, sl] = blocks["fs"][b].T
+    f[nf:, nf:] = blocks["ss"]
+    keep = np.concatenate([np.ones(nf, bool), keep_shape]) & (np.diag(f) > 0)
+    idx = np.flatnonzero(keep)
+    sub = f[np.ix_(idx, idx)]
+    scale = np.sqrt(np.diag(sub))
+    cov_s = np.linalg.pinv(sub / np.outer(scale, scale), rcond=1e-12, hermitian=True)
+    cov = np.full((n, n), np.nan)
+    cov[np.ix_(idx, idx)] = cov_s / np.outer(scale, scale)
+    diag = np.diag(cov)
+    flux_var = np.where(np.isfinite(diag[:nf]), diag[:nf], np.inf).reshape(nb, ns).T
+    center_cov = np.full((ns, 2, 2), np.inf)
+    for k in range(ns):
+        i = nf + 3 * k
+        c = cov[i : i + 2, i : i + 2]
+        if np.all(np.isfinite(c)):
+            center_cov[k] = c
+    return flux_var, center_cov
+
+
+def footprints(models, noise_sigma, *, nsigma: float = 0.5, peak_fraction: float = 0.05):
+    """Boolean footprint of each source on one observation's grid.
+
+    A pixel belongs to source ``k``'s footprint where the band-summed model
+    of ``k`` exceeds ``min(nsigma * noise_sigma, peak_fraction * peak_k)``:
+    half the noise of the band-summed image, or for a source fainter than
+    that, 5% of its own peak (so every source with flux has a footprint).
+
+    Parameters
+    ----------
+    models : array (source, band, y, x)
+    noise_sigma : float
+        Noise per pixel of the band-summed image.
+
+    Returns
+    -------
+    numpy.ndarray bool (source, y, x)
+    """
+    summed = np.asarray(models, float).sum(axis=1)
+    peak = summed.reshape(len(summed), -1).max(axis=1) if summed.size else np.zeros(0)
+    thresh = np.minimum(nsigma * noise_sigma, peak_fraction * np.maximum(peak, 0))
+    return (summed > thresh[:, None, None]) & (peak[:, None, None] > 0)
+
+
+def deblend_images(data, models):
+    """Split the data among sources in proportion to their models (flux-conserving).
+
+    ``image_k = data * model_k / sum_j model_j`` where the summed model is
+    positive, 0 elsewhere; models are clipped at 0 first, so the images sum
+    to the data exactly wherever any source's model is positive.
+
+    Parameters
+    ----------
+    data : array (band, y, x)
+    models : array (source, band, y, x)
+
+    Returns
+    -------
+    numpy.ndarray (source, band, y, x)
+    """
+    m = np.clip(np.asarray(models, np.float64), 0, None)
+    total = m.sum(axis=0)
+    share = np.divide(m, total[None], out=np.zeros_like(m), where=total[None] > 0)
+    return share * np.asarray(data, np.float64)[None]
