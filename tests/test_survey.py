@@ -1,17 +1,21 @@
-"""Survey runner: Zarr results, resume, failure isolation, a killed worker, CLI."""
+"""Survey runner: Zarr results, resume, failure isolation, a killed worker, the catalog, CLI."""
 
 import os
+import shutil
 import signal
 import threading
 import time
 
+import astropy.units as u
 import numpy as np
 import pytest
 import xarray as xr
 import zarr
+from astropy.table import Table
 
 from scarlet_xr.cli import main
-from scarlet_xr.survey import deblend_catalog, simulate_blends
+from scarlet_xr.survey import deblend_catalog, simulate_blends, survey_catalog
+from scarlet_xr.xr import FLAGS, write_catalog
 
 pytest.importorskip("galsim")
 distributed = pytest.importorskip("distributed")
@@ -27,10 +31,20 @@ def survey(tmp_path_factory):
     return path, table
 
 
-def test_results_failure_isolation_and_resume(survey, tmp_path):
+@pytest.fixture(scope="module")
+def survey_store(survey, tmp_path_factory):
+    """The survey deblended once (synchronously); tests that change it work on a copy."""
+    path, _ = survey
+    out = tmp_path_factory.mktemp("store") / "run.zarr"
+    deblend_catalog(path, out=out, client="synchronous", max_steps=150, progress=False)
+    return out
+
+
+def test_results_failure_isolation_and_resume(survey, survey_store, tmp_path):
     path, table = survey
     out = tmp_path / "run.zarr"
-    ds = deblend_catalog(path, out=out, client="synchronous", max_steps=150, progress=False)
+    shutil.copytree(survey_store, out)
+    ds = xr.open_zarr(str(out), consolidated=False)
     status = ds["status"].values
     files = ds["file"].values
     assert status.tolist() == [1] * 6 + [2]
@@ -107,12 +121,96 @@ def test_killed_worker_keeps_finished_results(survey, tmp_path):
 def test_cli_survey(survey, tmp_path, capsys):
     path, _ = survey
     out = tmp_path / "cli.zarr"
+    cat = tmp_path / "cat.fits"
+    # a catalog path that cannot be written is refused before any work
+    assert main(["survey", str(path), "--out", str(out), "--catalog", str(tmp_path / "cat.txt")]) == 2
+    assert "--catalog must end in .ecsv or .fits" in capsys.readouterr().err and not out.exists()
     with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
                                   dashboard_address=None) as cluster:
         rc = main(["survey", str(path), "--out", str(out), "--scheduler", cluster.scheduler_address,
-                   "--max-steps", "50"])
+                   "--max-steps", "50", "--catalog", str(cat)])
     text = capsys.readouterr().out
     assert rc == 1  # the broken file fails; the others are done
     assert "6 done, 1 failed" in text and "broken.fits" in text
     ds = xr.open_zarr(str(out), consolidated=False)
     assert ds["valid"].values[:-1].all() and not ds["valid"].values[-1]
+    table = Table.read(cat)
+    assert len(table) == ds.sizes["row"] and "1 without a fit" in text
+    assert table["flags"][-1] & FLAGS["FAILED"] and np.isfinite(table["flux_err_r"][:-1]).all()
+
+
+def test_survey_catalog_rows_flags_and_truth(survey, survey_store):
+    path, table = survey
+    cat = survey_catalog(survey_store)
+    # one row per input row, in input order; the failed blend's row is flagged and NaN
+    assert len(cat) == len(table)
+    assert cat["id"].tolist() == list(range(len(table)))
+    assert cat["file"].tolist() == [str(f) for f in table["file"]]
+    bands = cat.meta["bands"]
+    assert bands == ["g", "r", "i", "z", "y"]
+    failed = (cat["flags"] & FLAGS["FAILED"]) > 0
+    assert failed.tolist() == [False] * (len(table) - 1) + [True]
+    assert cat["kind"][-1] == "none" and set(cat["kind"][:-1]) == {"freeform"}
+    # the store read with xarray agrees (flags 0 are not decoded as missing)
+    ds = xr.open_zarr(str(survey_store), consolidated=False)
+    np.testing.assert_array_equal(ds["flags"].values, cat["flags"])
+    np.testing.assert_array_equal(ds["flux_err"].values[:, 1], cat["flux_err_r"])
+    for name in ("ra", "dec", "x", "y", "r_half", "e1", "flux_r", "flux_err_r", "snr_r"):
+        assert np.isnan(cat[name][-1]), name
+        assert np.all(np.isfinite(cat[name][:-1])), name
+    ok = ~failed
+    # the measured centroid is the true position (0.2" pixels), and x, y is it in cutout pixels
+    sep = np.hypot((cat["ra"][ok] - table["ra"][ok]) * np.cos(np.radians(2.0)),
+                   cat["dec"][ok] - table["dec"][ok]) * 3600
+    assert np.median(sep) < 0.15
+    from scarlet_xr.survey import read_blend
+    from scarlet_xr.xr import observation_wcs
+
+    for i in np.flatnonzero(ok)[:3]:
+        wcs = observation_wcs(read_blend(path.parent / table["file"][i]))
+        x, y = wcs.world_to_pixel_values(cat["ra"][i], cat["dec"][i])
+        np.testing.assert_allclose([cat["x"][i], cat["y"][i]], [x, y], atol=1e-3)
+    # flux errors have the right scale: pulls against the GalSim truth
+    truth = np.asarray(table["true_flux"])[ok]
+    pull = np.stack([(cat[f"flux_{b}"][ok] - truth[:, j]) / cat[f"flux_err_{b}"][ok]
+                     for j, b in enumerate(bands)])
+    assert 0.3 < np.median(np.abs(pull)) < 2.0
+    assert np.mean(np.abs(pull) < 3) > 0.7
+    np.testing.assert_allclose(cat["snr_r"][ok], cat["flux_r"][ok] / cat["flux_err_r"][ok], rtol=1e-6)
+    # sizes: arcsec = 0.2 x pixels; true half-light radii are 0.25-0.7" (before the PSF)
+    np.testing.assert_allclose(cat["r_half"][ok], 0.2 * cat["r_half_pix"][ok], rtol=1e-5)
+    assert np.all((cat["r_half"][ok] > 0.1) & (cat["r_half"][ok] < 1.2))
+    assert np.all(np.abs(cat["e1"][ok]) < 1) and np.all(np.abs(cat["e2"][ok]) < 1)
+    assert np.all((cat["blendedness"][ok] >= 0) & (cat["blendedness"][ok] <= 1))
+    assert cat["ra"].unit == u.deg and cat["r_half"].unit == u.arcsec and cat["x"].unit == u.pix
+    assert all(cat[c].description for c in cat.colnames)
+    # zero points give magnitudes
+    mags = survey_catalog(survey_store, zero_points=27.0)
+    np.testing.assert_allclose(mags["mag_r"][ok], 27.0 - 2.5 * np.log10(cat["flux_r"][ok]))
+    with pytest.raises(ValueError, match="unknown catalog column"):
+        survey_catalog(survey_store, columns=["ra", "nope"])
+
+
+@pytest.mark.parametrize("suffix", [".ecsv", ".fits"])
+def test_survey_catalog_round_trip(survey_store, tmp_path, suffix):
+    cat = survey_catalog(survey_store)
+    back = Table.read(write_catalog(cat, tmp_path / f"cat{suffix}"))
+    assert back.colnames == cat.colnames and len(back) == len(cat)
+    for name in cat.colnames:
+        a, b = cat[name], back[name]
+        # FITS has no unit string for "dimensionless": it reads back as no unit
+        assert (b.unit or u.dimensionless_unscaled) == (a.unit or u.dimensionless_unscaled), name
+        if a.dtype.kind in "fiu":
+            np.testing.assert_array_equal(np.asarray(b), np.asarray(a), err_msg=name)
+        else:
+            assert [str(v) for v in b] == [str(v) for v in a], name
+
+
+def test_old_store_without_measurements_is_refused(survey_store, tmp_path):
+    out = tmp_path / "old.zarr"
+    shutil.copytree(survey_store, out)
+    shutil.rmtree(out / "source_flux_err")
+    with pytest.raises(ValueError, match="no per-source measurements.*source_flux_err"):
+        survey_catalog(out)
+    with pytest.raises(ValueError, match="not a survey store"):
+        survey_catalog(tmp_path)

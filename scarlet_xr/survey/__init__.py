@@ -6,6 +6,7 @@
 from ._bucket import BucketKey as BucketKey
 from ._bucket import bucket_key as bucket_key
 from ._bucket import prepare_blend as prepare_blend
+from ._catalog import survey_catalog as survey_catalog
 from ._fits import read_blend as read_blend
 from ._fits import write_blend_fits as write_blend_fits
 from ._runner import deblend_catalog as deblend_catalog
@@ -20,5 +21,6 @@ __all__ = [
     "read_blend",
     "read_catalog",
     "simulate_blends",
+    "survey_catalog",
     "write_blend_fits",
 ]

@@ -163,8 +163,8 @@ def prepare_blend(ds: xr.Dataset, centers, key: BucketKey):
     out = []
     for k, s in enumerate(sources):
         img, spec = (np.asarray(x) for x in _initial_values(s))
-        out.append(Source(np.asarray(s.center.value), Spectrum(spec), FreeFormMorphology(_pad_image(img, key.box)),
-                          name=f"slot{k}"))
+        morph = FreeFormMorphology(_pad_image(img, key.box))
+        out.append(Source(np.asarray(s.center.value), Spectrum(spec), morph, name=f"slot{k}"))
     mid = np.array([key.stamp // 2, key.stamp // 2], float)
     for k in range(n, key.slots):
         out.append(

@@ -7,6 +7,9 @@ Layout written by :func:`write_blend_fits` and read by :func:`read_blend`:
 - ``WEIGHT``: inverse variance (band, y, x), 0 = masked (or ``VARIANCE``);
 - ``PSF``: PSF per band (band, h, w), odd sizes.
 
+An AB zero point in the ``IMAGE`` header (``MAGZERO``, ``FLUXMAG0``, ...; see
+:func:`scarlet_xr.xr.zero_point_from_header`) becomes ``attrs['zero_point']``.
+
 A file with a single image HDU holding (band, y, x) or (y, x) and a ``PSF``
 extension is accepted as well (weights 1). Files in other layouts are handed
 to :func:`scarlet_xr.open_observation` when that reader is available.
@@ -20,7 +23,7 @@ import numpy as np
 from astropy.io import fits
 from astropy.wcs import WCS
 
-from ..xr import make_observation
+from ..xr import make_observation, zero_point_from_header
 
 __all__ = ["write_blend_fits", "read_blend", "read_blend_header"]
 
@@ -140,4 +143,8 @@ def read_blend(path, name: str = "image"):
         elif "VARIANCE" in hdul:
             kw["variance"] = np.asarray(hdul["VARIANCE"].data, np.float64)
         psf = np.asarray(hdul["PSF"].data, np.float64)
-    return make_observation(data, psf=psf, bands=bands, wcs=wcs, name=name, **kw)
+        zero_point = zero_point_from_header(hdr)
+    ds = make_observation(data, psf=psf, bands=bands, wcs=wcs, name=name, **kw)
+    if zero_point is not None:
+        ds.attrs["zero_point"] = zero_point
+    return ds

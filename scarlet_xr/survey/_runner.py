@@ -15,7 +15,16 @@ import xarray as xr
 from .._version import __version__
 from ._bucket import SLOT_COUNTS, bucket_key
 from ._fits import read_blend_header
-from ._store import DONE, FAILED, PENDING, create_store, open_store, read_status, write_blend, write_rows
+from ._store import (
+    FAILED,
+    PENDING,
+    check_store,
+    create_store,
+    open_store,
+    read_status,
+    write_blend,
+    write_rows,
+)
 from ._task import run_task
 
 __all__ = ["deblend_catalog", "read_catalog"]
@@ -152,12 +161,15 @@ def deblend_catalog(
     Returns
     -------
     xarray.Dataset
-        The store, opened lazily (see :mod:`scarlet_xr.survey._store` for the layout).
+        The store, opened lazily (see :mod:`scarlet_xr.survey._store` for the layout);
+        every fitted source is measured (:func:`scarlet_xr.scene.measure_scene`)
+        and :func:`scarlet_xr.survey.survey_catalog` makes the catalog.
 
     Raises
     ------
     ValueError
-        If the catalog is invalid or ``out`` holds a store of another catalog.
+        If the catalog is invalid, or ``out`` holds a store of another catalog or
+        of a version without measurements.
     """
     if blends_per_task < 1:
         raise ValueError(f"blends_per_task must be >= 1; got {blends_per_task}")
@@ -191,10 +203,11 @@ def deblend_catalog(
                 f"{out} holds results of a different catalog (fingerprint {str(got)[:12]} vs "
                 f"{fp[:12]}); choose another --out or delete it"
             )
+        check_store(group)
     else:
         group = create_store(out, files=[b["file"] for b in blends], bands=bands, slots=slots,
                              n_rows=n_rows, fingerprint=fp,
-                             attrs={"scarlet_xr_version": __version__})
+                             attrs={"scarlet_xr_version": __version__, "source_kind": "freeform"})
         index = np.full(n_rows, -1, np.int64)
         for i, b in enumerate(blends):
             index[b["rows"]] = i

@@ -5,12 +5,20 @@ Layout (Zarr format 2, no consolidated metadata; open with
 
     blend (one per FITS file, catalog order of first appearance; chunk 1):
         file, status (0 pending, 1 done, 2 failed), fit_status, error,
-        num_sources, num_steps, chi2_reduced, fit_time
+        num_sources, num_steps, chi2_reduced, fit_time, measure_time (s)
+        zero_point (blend, band; AB, from the file's header, NaN if unknown)
     blend, slot[, band]  (padded; ``source_valid`` marks real sources):
         source_flux, source_ra, source_dec, source_y, source_x, source_valid,
-        source_row (catalog row, -1 for detected sources)
+        source_row (catalog row, -1 for detected sources), and the measurements
+        of :func:`scarlet_xr.scene.measure_scene` (:data:`MEASURE_VARS`):
+        source_flux_err, source_x_err, source_y_err, source_ra_err,
+        source_dec_err, source_r_half, source_r_half_pix, source_e1,
+        source_e2, source_theta, source_pa, source_blendedness,
+        source_masked_fraction, source_flags
     row (catalog order), band:
-        flux, ra, dec, valid, blend_index
+        flux, ra, dec, x, y, valid, blend_index and every measurement above
+        without its ``source_`` prefix; ``flags`` of a row without a fit
+        (failed, pending or unplaced) has the ``FAILED`` bit
 
 Each blend is written by the worker that fitted it into its own chunks
 (zarr writes every chunk atomically), with ``status`` last: a blend whose
@@ -22,7 +30,12 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["PENDING", "DONE", "FAILED", "create_store", "open_store", "write_blend", "write_rows"]
+from ..xr._measure import FLAGS
+
+__all__ = [
+    "PENDING", "DONE", "FAILED", "MEASURE_VARS", "create_store", "open_store", "check_store", "write_blend",
+    "write_rows",
+]
 
 PENDING, DONE, FAILED = 0, 1, 2
 _ROW_CHUNK = 65536
@@ -36,6 +49,7 @@ _BLEND_VARS = {
     "num_steps": ("i4", None),
     "chi2_reduced": ("f4", np.nan),
     "fit_time": ("f4", np.nan),
+    "measure_time": ("f4", np.nan),
 }
 _SLOT_VARS = {
     "source_ra": ("f8", np.nan),
@@ -45,6 +59,30 @@ _SLOT_VARS = {
     "source_valid": (bool, None),
     "source_row": ("i8", None),
 }
+#: Per-source measurements: ``name: (dtype, fill, per band, units, description)``; stored as
+#: ``source_<name> (blend, slot[, band])`` and ``<name> (row[, band])``.
+MEASURE_VARS = {
+    "flux_err": ("f4", np.nan, True, "", "1-sigma flux error (Fisher, at the fit)"),
+    "x_err": ("f4", np.nan, False, "pix", "1-sigma error of x (Fisher)"),
+    "y_err": ("f4", np.nan, False, "pix", "1-sigma error of y (Fisher)"),
+    "ra_err": ("f4", np.nan, False, "arcsec", "1-sigma error of ra * cos(dec) (Fisher)"),
+    "dec_err": ("f4", np.nan, False, "arcsec", "1-sigma error of dec (Fisher)"),
+    "r_half": ("f4", np.nan, False, "arcsec", "half-light radius of the model before the PSF "
+               "(circular; NaN without WCS)"),
+    "r_half_pix": ("f4", np.nan, False, "pix", "half-light radius of the model before the PSF (circular)"),
+    "e1": ("f4", np.nan, False, "", "(Ixx - Iyy) / (Ixx + Iyy) of the model before the PSF"),
+    "e2": ("f4", np.nan, False, "", "2 Ixy / (Ixx + Iyy) of the model before the PSF"),
+    "theta": ("f4", np.nan, False, "deg", "major-axis angle from +x towards +y (pixel frame)"),
+    "pa": ("f4", np.nan, False, "deg", "position angle of the major axis, east of north"),
+    "blendedness": ("f4", np.nan, False, "", "share of the model flux in the footprint that belongs to "
+                    "other sources"),
+    "masked_fraction": ("f4", np.nan, False, "", "fraction of the footprint's pixels (inside the cutout) "
+                        "that are masked"),
+    # no fill value: xarray would decode flags == fill as missing (unwritten chunks read 0)
+    "flags": ("i8", None, False, "", "bitmask, scarlet_xr.xr.FLAGS"),
+}
+# slot variable -> row variable copied by write_rows (besides flux, ra, dec)
+_ROW_COPY = {"source_x": "x", "source_y": "y", **{f"source_{k}": k for k in MEASURE_VARS}}
 
 
 def create_store(path, *, files, bands, slots: int, n_rows: int, fingerprint: str, attrs=None):
@@ -67,10 +105,23 @@ def create_store(path, *, files, bands, slots: int, n_rows: int, fingerprint: st
     for name, (dt, fill) in _SLOT_VARS.items():
         arr(name, (nb, slots), (1, slots), dt, fill, ["blend", "slot"])
     arr("source_flux", (nb, slots, nband), (1, slots, nband), "f4", np.nan, ["blend", "slot", "band"])
+    arr("zero_point", (nb, nband), (1, nband), "f8", np.nan, ["blend", "band"])
     rc = max(1, min(n_rows, _ROW_CHUNK))
+    for name, (dt, fill, per_band, units, text) in MEASURE_VARS.items():
+        attrs_ = {"units": units, "description": text}
+        if per_band:
+            arr(f"source_{name}", (nb, slots, nband), (1, slots, nband), dt, fill, ["blend", "slot", "band"])
+            arr(name, (n_rows, nband), (rc, nband), dt, fill, ["row", "band"])
+        else:
+            arr(f"source_{name}", (nb, slots), (1, slots), dt, fill, ["blend", "slot"])
+            arr(name, (n_rows,), (rc,), dt, fill, ["row"])
+        g[f"source_{name}"].attrs.update(attrs_)
+        g[name].attrs.update(attrs_)
     arr("flux", (n_rows, nband), (rc, nband), "f4", np.nan, ["row", "band"])
     arr("ra", (n_rows,), (rc,), "f8", np.nan, ["row"])
     arr("dec", (n_rows,), (rc,), "f8", np.nan, ["row"])
+    arr("x", (n_rows,), (rc,), "f4", np.nan, ["row"])
+    arr("y", (n_rows,), (rc,), "f4", np.nan, ["row"])
     arr("valid", (n_rows,), (rc,), bool, None, ["row"])
     arr("blend_index", (n_rows,), (rc,), "i8", None, ["row"])
     g.attrs.update({"catalog_fingerprint": fingerprint, **(attrs or {})})
@@ -82,6 +133,26 @@ def open_store(path, mode: str = "r+"):
     import zarr
 
     return zarr.open_group(str(path), mode=mode, zarr_format=2)
+
+
+def check_store(group) -> None:
+    """Raise if a store lacks variables this version writes (a store of an older version).
+
+    Raises
+    ------
+    ValueError
+        Naming the missing variables and the version that wrote the store.
+    """
+    expected = ["zero_point", "measure_time", "x", "y"]
+    expected += [f"source_{k}" for k in MEASURE_VARS] + list(MEASURE_VARS)
+    have = set(group.array_keys())
+    missing = [k for k in expected if k not in have]
+    if missing:
+        version = group.attrs.get("scarlet_xr_version", "unknown")
+        raise ValueError(
+            f"the survey store (written by scarlet_xr {version}) has no per-source measurements: it lacks "
+            f"{missing}; expected {expected}. Deblend again into a new store (or --overwrite)."
+        )
 
 
 def read_status(group, indices=None) -> np.ndarray:
@@ -103,7 +174,9 @@ def read_status(group, indices=None) -> np.ndarray:
 
 def write_blend(group, i: int, result: dict) -> None:
     """Write one blend's results (region ``blend=i``), status last."""
-    for name in ("fit_status", "error", "num_sources", "num_steps", "chi2_reduced", "fit_time"):
+    for name in _BLEND_VARS:
+        if name in ("file", "status"):
+            continue
         if name in result:
             group[name][i] = result[name]
     slots = group["source_valid"].shape[1]
@@ -127,6 +200,12 @@ def write_blend(group, i: int, result: dict) -> None:
         ("source_row", "rows", -1, np.int64),
     ):
         group[name][i] = padded(result.get(key), fill, dt)
+    measured = result.get("measurements", {})
+    for name, (dt, fill, per_band, _, _) in MEASURE_VARS.items():
+        fill = 0 if fill is None else fill
+        group[f"source_{name}"][i] = padded(measured.get(name), fill, dt, (nband,) if per_band else ())
+    if "zero_point" in result:
+        group["zero_point"][i] = np.asarray(result["zero_point"], np.float64)
     group["source_valid"][i] = padded(np.ones(n, bool), False, bool)
     group["status"][i] = result["status"]
 
@@ -155,3 +234,11 @@ def write_rows(group) -> None:
     group["ra"][:] = ra
     group["dec"][:] = dec
     group["valid"][:] = ok
+    for slot_name, row_name in _ROW_COPY.items():
+        src = group[slot_name]
+        fill = np.nan if src.dtype.kind == "f" else 0
+        out = np.full(group[row_name].shape, fill, dtype=src.dtype)
+        out[r] = np.asarray(src[:])[b, s]
+        if row_name == "flags":
+            out[~ok] |= FLAGS["FAILED"]
+        group[row_name][:] = out

@@ -10,9 +10,10 @@ import numpy as np
 
 from ..infer import fit_batch
 from ..xr import observation_wcs
-from ._bucket import prepare_blend
+from ..xr._measure import FLAGS, MASKED_FRACTION_LIMIT
+from ._bucket import pad_observation, prepare_blend
 from ._fits import read_blend
-from ._store import DONE, FAILED, PENDING, open_store, read_status, write_blend
+from ._store import DONE, FAILED, MEASURE_VARS, PENDING, open_store, read_status, write_blend
 
 __all__ = ["run_task", "detect_centers"]
 
@@ -43,24 +44,75 @@ def detect_centers(ds, max_sources: int, thresh: float = 5.0) -> np.ndarray:
 
 @eqx.filter_jit
 def _blend_summary(model, lik):
-    """Fluxes, morphology images, centres and chi^2 parts of a fitted blend (one compile per bucket)."""
+    """Fluxes and chi^2 parts of a fitted blend (one compile per bucket)."""
     cube = model()
     r = lik.residual(cube)
     chi2 = jnp.sum(lik.weights * r * r)
     n_valid = jnp.sum(lik.weights > 0)
-    images = jnp.stack([src.components[0].morphology(jnp.zeros(2)) for src in model.sources])
-    centers = jnp.stack([src.center.value for src in model.sources])
-    return model.fluxes(), images, centers, chi2, n_valid
+    return model.fluxes(), chi2, n_valid
 
 
-def _centroid(img, c):
-    """Light-weighted centre of a box image anchored at the pixel nearest ``c``."""
-    tot = img.sum()
-    if not tot > 0:
-        return c
-    h, w = img.shape
-    yy, xx = np.mgrid[:h, :w]
-    return np.round(c) + np.array([(img * (yy - h // 2)).sum(), (img * (xx - w // 2)).sum()]) / tot
+def measure_blend(model, hist, frame, ds, key, n: int) -> dict:
+    """Catalog measurements of the first ``n`` (active) sources of a fitted blend.
+
+    Runs :func:`scarlet_xr.scene.measure_scene` on the padded observation (so
+    its renderer compiles once per bucket, not per cutout size), then redoes
+    the two flags that depend on the cutout's real extent: ``EDGE`` (the
+    footprint touches the cutout's border or reaches into the padding) and
+    ``MASKED`` (masked share of the footprint's pixels inside the cutout).
+
+    Parameters
+    ----------
+    model : ActiveSceneModel
+        The fitted model of :func:`~scarlet_xr.survey.prepare_blend`.
+    hist : FitHistory
+    frame : Frame
+        The padded model frame.
+    ds : Dataset
+        The blend's observation, unpadded.
+    key : BucketKey
+    n : int
+        Number of real sources (the first ``n`` slots).
+
+    Returns
+    -------
+    dict
+        ``{name: values}`` for every name of :data:`MEASURE_VARS` plus ``x``,
+        ``y``, ``ra``, ``dec`` (NaN without WCS), ``flux`` and ``zero_point``
+        (NaN per band when unknown).
+    """
+    from ..scene import Scene, measure_scene
+
+    scene = Scene(frame)
+    for src in model.sources[:n]:
+        scene.add(src)
+    scene.history = hist
+    padded = pad_observation(ds, key.stamp, key.psf)
+    m = measure_scene(scene, padded)
+    got = {name: np.asarray(values) for name, (_, values, _) in m.sources.items()}
+    nan = np.full(n, np.nan)
+    out = {name: got.get(name, nan) for name in MEASURE_VARS}
+    if m.sources["r_half"][2].get("units") != "arcsec":
+        out["r_half"] = nan
+    for name in ("x", "y", "ra", "dec", "flux"):
+        out[name] = got.get(name, nan)
+    out["zero_point"] = got.get("zero_point", np.full(len(frame.bands), np.nan))
+    # EDGE and MASKED relative to the real cutout, not the padded stamp
+    fp = np.asarray(next(iter(m.deblended.values()))["footprint"].values, bool)
+    ny, nx = ds.sizes["y"], ds.sizes["x"]
+    inside = fp[:, :ny, :nx]
+    edge = (fp[:, ny:].any(axis=(1, 2)) | fp[:, :, nx:].any(axis=(1, 2))
+            | inside[:, [0, -1], :].any(axis=(1, 2)) | inside[:, :, [0, -1]].any(axis=(1, 2)))
+    masked = (np.asarray(ds["weight"].values) <= 0).mean(axis=0)
+    n_in = inside.sum(axis=(1, 2))
+    n_masked = np.einsum("kij,ij->k", inside.astype(float), masked)
+    frac = np.where(n_in > 0, n_masked / np.maximum(n_in, 1), np.nan)
+    flags = np.asarray(out["flags"], np.int64) & ~np.int64(FLAGS["EDGE"] | FLAGS["MASKED"])
+    flags[edge] |= FLAGS["EDGE"]
+    flags[np.nan_to_num(frac) > MASKED_FRACTION_LIMIT] |= FLAGS["MASKED"]
+    out["flags"] = flags
+    out["masked_fraction"] = frac
+    return out
 
 
 def _error(err: BaseException) -> str:
@@ -113,7 +165,7 @@ def run_task(store: str, items: list, key, options: dict) -> list:
                 centers = np.stack([np.atleast_1d(y), np.atleast_1d(x)], axis=1)
                 rows = np.asarray(it["rows"])
             model, lik, frame = prepare_blend(ds, centers, key)
-            prepared.append((it, model, lik, frame, rows, time.perf_counter() - t0))
+            prepared.append(({**it, "ds": ds}, model, lik, frame, rows, time.perf_counter() - t0))
         except Exception as err:  # bad data: record and go on
             write_blend(group, it["index"], {"status": FAILED, "error": _error(err)})
             report.append((it["index"], FAILED))
@@ -145,20 +197,21 @@ def run_task(store: str, items: list, key, options: dict) -> list:
                     f"fit diverged after {hist.num_steps} steps (loss or gradient not finite)"
                 )
             n = len(rows)
-            flux, images, centers, chi2_sum, n_valid = (np.asarray(x) for x in _blend_summary(model, lik))
-            flux = flux[:n]
-            cen = np.stack([_centroid(images[k], centers[k].astype(float)) for k in range(n)])
-            if frame.wcs is not None:
-                ra, dec = frame.pixel_to_sky(cen[:, 0], cen[:, 1])
-            else:
-                ra = dec = np.full(n, np.nan)
+            flux, chi2_sum, n_valid = (np.asarray(x) for x in _blend_summary(model, lik))
             chi2 = float(chi2_sum / max(int(n_valid), 1))
-            if not np.all(np.isfinite(flux)):
+            if not np.all(np.isfinite(flux[:n])):
                 raise FloatingPointError("fitted fluxes are not finite")
+            t1 = time.perf_counter()
+            try:
+                meas = measure_blend(model, hist, frame, it["ds"], key, n)
+            except Exception as err:
+                raise RuntimeError(f"measurement failed: {_error(err)}") from err
             result = {
                 "status": DONE, "fit_status": hist.status, "error": "", "num_sources": n,
                 "num_steps": hist.num_steps, "chi2_reduced": chi2, "fit_time": t_init + per_blend,
-                "flux": flux, "ra": ra, "dec": dec, "y": cen[:, 0], "x": cen[:, 1], "rows": rows,
+                "measure_time": time.perf_counter() - t1, "flux": meas["flux"], "ra": meas["ra"],
+                "dec": meas["dec"], "y": meas["y"], "x": meas["x"], "rows": rows,
+                "zero_point": meas["zero_point"], "measurements": meas,
             }
             write_blend(group, idx, result)
             report.append((idx, DONE))
