@@ -61,7 +61,7 @@ def test_inspector_follows_band_and_source_selection(tree):
     assert len(data_image()) == 1, "the rendered data panel must show the i band now"
     after = _rendered(root)[0]
     changed = sum(not np.array_equal(a, b, equal_nan=True) for a, b in zip(before, after, strict=True))
-    assert changed == 3  # data, model and residual panels; the RGB views do not depend on the band
+    assert changed == 4  # data, model, residual and deblended panels; the RGB views do not depend on the band
 
     assert shown["selected"] == pytest.approx((src["x"].values[0], src["y"].values[0]))
     insp.source.value = 3
@@ -128,3 +128,17 @@ def test_inspect_rejects_non_results():
 
     with pytest.raises(ValueError, match="not a scarlet_xr results tree"):
         inspect(xr.DataTree())
+
+
+def test_inspector_shows_the_deblended_image_and_catalog_row(tree):
+    insp = inspect(tree)
+    insp.source.value = 1
+    insp.band.value = "i"
+    shown = insp.displayed()
+    deb = tree["deblended"]["hsc"]["image"].values
+    np.testing.assert_allclose(shown["deblended"], deb[1, 2], rtol=1e-6)
+    insp.panel.get_root()
+    html = viz._holo.catalog_row_html(tree, 1)
+    cat = tree.scarlet.catalog()
+    assert f"<td>flux_i</td><td>{cat['flux_i'][1]:.5g}</td>" in html
+    assert "<td>r_half</td>" in html and "<td>pix</td>" in html

@@ -260,7 +260,8 @@ def fit_sources(
     return fitted
 
 
-def refine_centers(frame: Frame, observations, centers, radius: float = REFINE_RADIUS):
+def refine_centers(frame: Frame, observations, centers, radius: float = REFINE_RADIUS,
+                   min_move: float = 1.0):
     """Move given positions onto the nearby peak of the data (catalog positions are not exact).
 
     In the inverse-variance coadd of all observations, smoothed with a
@@ -270,6 +271,9 @@ def refine_centers(frame: Frame, observations, centers, radius: float = REFINE_R
     around it, when that peak is higher than the given pixel by more than the
     smoothed noise and no other given position is nearer to it (a peak
     belongs to its nearest source; co-located sources stay where they are).
+    Moves shorter than ``min_move`` are not made: the fit settles sub-pixel
+    offsets itself, and the peak of a blend's smoothed light is biased
+    towards bright neighbours by about that much.
 
     Parameters
     ----------
@@ -279,6 +283,8 @@ def refine_centers(frame: Frame, observations, centers, radius: float = REFINE_R
         ``(y, x)`` in model-frame pixels.
     radius : float
         Largest move, model-frame pixels.
+    min_move : float
+        Smallest move, model-frame pixels.
 
     Returns
     -------
@@ -320,7 +326,10 @@ def refine_centers(frame: Frame, observations, centers, radius: float = REFINE_R
                 curv = lo - 2 * mid + hi
                 if curv < 0:
                     new[axis] += float(np.clip(0.5 * (lo - hi) / curv, -0.5, 0.5))
-        moved[i] = float(np.hypot(*(new - centers[i])))
+        dist = float(np.hypot(*(new - centers[i])))
+        if dist < min_move:
+            continue  # within a pixel: the fit's own centre (and its prior) settle it
+        moved[i] = dist
         centers[i] = new
     return centers, moved
 

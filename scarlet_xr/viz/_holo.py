@@ -202,6 +202,61 @@ def source_model_view(tree, source: int, *, q: float = 8.0):
     )
 
 
+def deblended_view(tree, name: str | None = None, band=None, source=None):
+    """One source's deblended image (its share of the data) in one band of an observation.
+
+    Parameters
+    ----------
+    tree : xarray.DataTree
+        A results tree with ``/deblended`` (trees from older versions: an
+        empty image titled accordingly).
+    name : str, optional
+        Observation name (default: the first).
+    band : str, optional
+    source : int, optional
+
+    Returns
+    -------
+    holoviews.Image
+    """
+    hv = _hv()
+    check_tree(tree)
+    node = observation_node(tree, name)
+    b = _band(node, band)
+    bname = str(node["band"].values[b])
+    i = _source(tree, 0 if source is None else source)
+    xs, ys = node["x"].values, node["y"].values
+    obs_name = name or next(iter(tree["observations"].children))
+    if "deblended" in tree.children and obs_name in tree["deblended"].children:
+        arr = np.asarray(tree["deblended"][obs_name]["image"].values[i, b], float)
+        title = f"deblended {source_labels(tree)[i]} ({bname})"
+    else:
+        arr = np.zeros((len(ys), len(xs)))
+        title = "no deblended images in this tree"
+    lo, hi = np.nanpercentile(np.asarray(node["data"].values[b], float), [1, 99.7])
+    return hv.Image((xs, ys, arr), kdims=["x", "y"], vdims=["flux"]).opts(
+        backend="bokeh", title=title, cmap="gray", clim=(float(lo), float(hi)), colorbar=True,
+        tools=["hover"], **_SIZE)
+
+
+def catalog_row_html(tree, source) -> str:
+    """The catalog row of one source as an HTML table (column, value, unit)."""
+    from ..xr._catalog import catalog_from_tree
+
+    try:
+        table = catalog_from_tree(tree)
+    except ValueError as err:
+        return f"<p>{err}</p>"
+    i = _source(tree, 0 if source is None else source)
+    rows = []
+    for name in table.colnames:
+        v = table[name][i]
+        text = f"{v:.5g}" if isinstance(v, (float, np.floating)) else str(v)
+        unit = "" if table[name].unit is None else str(table[name].unit)
+        rows.append(f"<tr><td>{name}</td><td>{text}</td><td>{unit}</td></tr>")
+    return ("<table><tr><th>column</th><th>value</th><th>unit</th></tr>" + "".join(rows) + "</table>")
+
+
 def spectrum_plot(tree, source: int, *, prob: float = 0.68):
     """Flux per band of one source, with posterior intervals when ``/posterior`` exists.
 

@@ -69,6 +69,11 @@ class Inspector:
         }
         for which in _holo.PANELS:
             self.views[which] = hv.DynamicMap(pn.bind(panel_fn(which), obs, band, src))
+        self.views["deblended"] = hv.DynamicMap(pn.bind(
+            lambda name, b, s: _holo.deblended_view(tree, name, b if b in self._bands(name) else None, s),
+            obs, band, src))
+        self.catalog_row = pn.pane.HTML(pn.bind(lambda s: _holo.catalog_row_html(tree, s), src),
+                                        max_height=400, styles={"overflow-y": "auto"})
         self.views["loss"] = _holo.loss_plot(tree)
         v = self.views
         controls = [self.band, self.source] if len(names) == 1 else [self.observation, self.band, self.source]
@@ -76,7 +81,7 @@ class Inspector:
             pn.Row(*controls),
             pn.Row(v["rgb"], v["source_model"], v["spectrum"]),
             pn.Row(v["data"], v["model"], v["residual"]),
-            pn.Row(v["loss"]),
+            pn.Row(v["deblended"], self.catalog_row, v["loss"]),
         )
 
     def _bands(self, name) -> list[str]:
@@ -97,7 +102,8 @@ class Inspector:
             ``"data"``, ``"model"``, ``"residual"``: ``(y, x)`` images of the
             selected band; ``"source_model"``: ``(y, x, 3)`` RGB of the selected
             source alone; ``"spectrum"``: its flux per band; ``"selected"``:
-            ``(x, y)`` of the circled source; ``"band"`` and ``"source"``.
+            ``(x, y)`` of the circled source; ``"deblended"``: ``(y, x)`` deblended
+            image of the selected source and band; ``"band"`` and ``"source"``.
         """
         out = {"band": self.band.value, "source": self.source.value}
         for which in ("data", "model", "residual"):
@@ -108,6 +114,7 @@ class Inspector:
         out["spectrum"] = np.asarray(self.views["spectrum"][()].get(0).dimension_values(1))
         sel = self.views["rgb"][()].get(2)
         out["selected"] = (float(sel.dimension_values(0)[0]), float(sel.dimension_values(1)[0]))
+        out["deblended"] = np.asarray(self.views["deblended"][()].dimension_values(2, flat=False))
         return out
 
     def ipywidget(self):
