@@ -5,11 +5,9 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import numpy as np
-
 from ..xr._catalog import catalog_from_tree, write_catalog, write_deblended
-from ._products import check_products, format_catalog, parse_zero_points
 from ._common import check_output, enable_compile_cache, format_summary, write_tree
+from ._products import check_products, format_catalog, parse_zero_points
 from ._sources import read_catalog as read_catalog
 
 

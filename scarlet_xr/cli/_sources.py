@@ -25,6 +25,10 @@ DUPLICATE_PIXELS = 0.5
 """Two catalog rows of the same kind closer than this (model-frame pixels) are refused as duplicates."""
 
 _MAX_ROWS_LISTED = 10
+_BINARY_SUFFIXES = (
+    ".fits", ".fit", ".fts", ".fits.gz", ".fit.gz", ".ecsv", ".hdf5", ".h5", ".parquet", ".vot", ".xml",
+)
+"""Catalog suffixes never re-read as plain text when astropy cannot identify them."""
 
 
 def _mask(col) -> np.ndarray:
@@ -44,15 +48,19 @@ def _read_table(path):
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"no such source catalog: {str(path)!r}")
+    from astropy.io.registry import IORegistryError
+
     try:
-        return Table.read(path)
-    except Exception as first:  # astropy raises many types for unreadable tables
-        try:  # unknown suffix: let astropy's ASCII reader guess (csv, whitespace, ...)
-            return Table.read(path, format="ascii")
-        except Exception:
-            raise ValueError(
-                f"cannot read the source catalog {str(path)!r} (expected ECSV, FITS table or CSV): {first}"
-            ) from first
+        try:
+            return Table.read(path)
+        except IORegistryError:
+            if "".join(path.suffixes).lower() in _BINARY_SUFFIXES:
+                raise
+            return Table.read(path, format="ascii")  # plain text: let astropy guess (csv, whitespace ...)
+    except Exception as err:  # astropy raises many types for unreadable tables
+        raise ValueError(
+            f"cannot read the source catalog {str(path)!r} (expected ECSV, FITS table or CSV): {err}"
+        ) from err
 
 
 def _is_string(col) -> bool:
@@ -136,20 +144,27 @@ def read_sky_positions(table, *, source: str = "the source catalog"):
     """
     from astropy.coordinates import SkyCoord
 
+    sky = [c for c in table.colnames if isinstance(table[c], SkyCoord)]
+    cols = {c.lower(): c for c in table.colnames}
+    has_eq = _find(cols, RA_NAMES) and _find(cols, DEC_NAMES)
+    has_gal = _find(cols, GLON_NAMES) and _find(cols, GLAT_NAMES)
+    if not (sky or has_eq or has_gal):
+        raise ValueError(
+            f"{source} must have columns 'ra' and 'dec' (or galactic 'l' and 'b', or a SkyCoord column); "
+            f"got {table.colnames}"
+        )
     if len(table) == 0:
         raise ValueError(
             f"{source} has no rows; expected at least one source (omit --sources to detect sources)"
         )
-    sky = [c for c in table.colnames if isinstance(table[c], SkyCoord)]
-    cols = {c.lower(): c for c in table.colnames}
     if sky:
         c = table[sky[0]].icrs
         ra, dec = np.asarray(c.ra.deg, float), np.asarray(c.dec.deg, float)
-    elif _find(cols, RA_NAMES) and _find(cols, DEC_NAMES):
+    elif has_eq:
         rname, dname = _find(cols, RA_NAMES), _find(cols, DEC_NAMES)
         ra = _angle_column(table[rname], rname, hours_if_sexagesimal=True)
         dec = _angle_column(table[dname], dname, hours_if_sexagesimal=False)
-    elif _find(cols, GLON_NAMES) and _find(cols, GLAT_NAMES):
+    else:
         lname, bname = _find(cols, GLON_NAMES), _find(cols, GLAT_NAMES)
         lon = _angle_column(table[lname], lname, hours_if_sexagesimal=False)
         lat = _angle_column(table[bname], bname, hours_if_sexagesimal=False)
@@ -158,11 +173,6 @@ def read_sky_positions(table, *, source: str = "the source catalog"):
         c = SkyCoord(lon[ok], lat[ok], unit="deg", frame="galactic").icrs
         ra[ok], dec[ok] = c.ra.deg, c.dec.deg
         logger.info("%s: galactic (%s, %s) converted to ICRS", source, lname, bname)
-    else:
-        raise ValueError(
-            f"{source} must have columns 'ra' and 'dec' (or galactic 'l' and 'b', or a SkyCoord column); "
-            f"got {table.colnames}"
-        )
     bad = ~(np.isfinite(ra) & np.isfinite(dec))
     if bad.any():
         raise ValueError(

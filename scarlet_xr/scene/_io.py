@@ -6,7 +6,14 @@ File format: a NumPy ``.npz`` archive read with ``allow_pickle=False``:
   tree of nodes ``{"class": "scarlet_xr.core._morphology.SersicMorphology",
   "fields": {...}}``; array fields refer to archive entries by name,
 - ``a0``, ``a1``, ...: the arrays (parameters in their raw, unconstrained
-  form, PSF images ...), stored bit for bit.
+  form, PSF images ...), stored bit for bit; since version 2 the JSON records
+  each array's shape and dtype, checked on load.
+
+Loading validates the file against this schema and every source against the
+frame (component shapes ``(band, h, w)`` with the frame's bands and the
+morphology's box): a truncated or hand-edited file raises ``ValueError``
+naming the entry (``__scene__``, ``frame.shape``, ``a3`` in
+``source 2.components[0].morphology ...``), never another exception.
 
 Only Equinox modules defined inside :mod:`scarlet_xr` can be rebuilt (the
 class is looked up by name in that package; no other code is ever imported),
@@ -20,6 +27,9 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import json
+import sys
+import zipfile
+import zlib
 from pathlib import Path
 
 import equinox as eqx
@@ -27,14 +37,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ..core import Source
 from ..wcs import Frame
 from ._scene import Scene
 
 __all__ = ["save_scene", "load_scene"]
 
 FORMAT = "scarlet_xr.scene"
-VERSION = 1
+VERSION = 2
+"""Version written; :data:`READ_VERSIONS` can be read."""
+READ_VERSIONS = (1, 2)
 _PACKAGE = "scarlet_xr."
+_IMPORTABLE = ("scarlet_xr.core.", "scarlet_xr.scene.", "scarlet_xr.wcs.")
+"""Modules a scene file may name that are imported if not loaded yet (others must be loaded)."""
 
 
 class _Writer:
@@ -43,8 +58,8 @@ class _Writer:
 
     def array(self, value, kind: str) -> dict:
         key = f"a{len(self.arrays)}"
-        self.arrays[key] = np.asarray(value)
-        return {"array": key, "kind": kind}
+        arr = self.arrays[key] = np.asarray(value)
+        return {"array": key, "kind": kind, "shape": list(arr.shape), "dtype": arr.dtype.str}
 
     def encode(self, obj, where: str):
         if obj is None or isinstance(obj, (bool, str)):
@@ -80,44 +95,141 @@ class _Writer:
         )
 
 
-def _resolve(path: str):
-    if not path.startswith(_PACKAGE):
-        raise ValueError(f"scene file names a class outside scarlet_xr: {path!r}")
+def _resolve(path, where: str):
+    if not isinstance(path, str) or not path.startswith(_PACKAGE):
+        raise ValueError(f"scene file names a class outside scarlet_xr: {path!r} (at {where})")
     module, _, name = path.rpartition(".")
-    try:
-        cls = getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError) as err:
-        raise ValueError(f"scene file names an unknown class {path!r}") from err
+    mod = sys.modules.get(module)
+    if mod is None and module.startswith(_IMPORTABLE):
+        try:
+            mod = importlib.import_module(module)
+        except ImportError:
+            mod = None
+    cls = getattr(mod, name, None) if mod is not None else None
+    if cls is None:
+        raise ValueError(f"scene file names an unknown class {path!r} (at {where})")
     if not (isinstance(cls, type) and issubclass(cls, eqx.Module)):
-        raise ValueError(f"scene file names {path!r}, which is not an Equinox module")
+        raise ValueError(f"scene file names {path!r}, which is not an Equinox module (at {where})")
     return cls
 
 
-def _decode(node, arrays):
+def _entry(node: dict, arrays, where: str):
+    """The archive array a node refers to, checked against the recorded shape and dtype."""
+    key = node["array"]
+    if not isinstance(key, str) or key not in arrays:
+        raise ValueError(f"scene file entry {key!r} (for {where}) is missing from the archive")
+    arr = arrays[key]
+    if arr.dtype.kind not in "biufc":
+        raise ValueError(
+            f"scene file entry {key!r} (for {where}): expected a numeric array; got dtype {arr.dtype}"
+        )
+    if "shape" in node and list(arr.shape) != list(node["shape"]):
+        raise ValueError(
+            f"scene file entry {key!r} (for {where}): expected shape {tuple(node['shape'])}; got {arr.shape}"
+        )
+    if "dtype" in node and arr.dtype.str != node["dtype"]:
+        raise ValueError(
+            f"scene file entry {key!r} (for {where}): expected dtype {node['dtype']!r}; got {arr.dtype.str!r}"
+        )
+    if node.get("kind") not in ("jax", "numpy"):
+        raise ValueError(f"scene file entry {key!r} (for {where}): unknown array kind {node.get('kind')!r}")
+    return jnp.asarray(arr) if node["kind"] == "jax" else np.array(arr)
+
+
+def _decode(node, arrays, where: str):
     if node is None or isinstance(node, (bool, str, int)):
         return node
+    if not isinstance(node, dict):
+        raise ValueError(f"corrupt scene file: unexpected value {node!r} at {where}")
     if "float" in node:
-        return float(node["float"])
+        try:
+            return float(node["float"])
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"corrupt scene file: {where} is not a number: {node['float']!r}") from err
     if "array" in node:
-        arr = arrays[node["array"]]
-        return jnp.asarray(arr) if node["kind"] == "jax" else np.array(arr)
-    if "tuple" in node:
-        return tuple(_decode(v, arrays) for v in node["tuple"])
-    if "list" in node:
-        return [_decode(v, arrays) for v in node["list"]]
+        return _entry(node, arrays, where)
+    for seq, kind in (("tuple", tuple), ("list", list)):
+        if seq in node:
+            if not isinstance(node[seq], list):
+                raise ValueError(f"corrupt scene file: {where} must be a list; got {node[seq]!r:.80}")
+            return kind(_decode(v, arrays, f"{where}[{i}]") for i, v in enumerate(node[seq]))
     if "class" in node:
-        cls = _resolve(node["class"])
+        cls = _resolve(node["class"], where)
+        fields = node.get("fields")
+        if not isinstance(fields, dict):
+            raise ValueError(f"corrupt scene file: {where} has no field mapping")
         obj = object.__new__(cls)
         names = {f.name for f in dataclasses.fields(cls)}
-        if set(node["fields"]) != names:
+        if set(fields) != names:
             raise ValueError(
-                f"scene file fields {sorted(node['fields'])} do not match {cls.__name__} "
+                f"scene file fields {sorted(fields)} at {where} do not match {cls.__name__} "
                 f"fields {sorted(names)} (saved by another scarlet_xr version?)"
             )
-        for key, value in node["fields"].items():
-            object.__setattr__(obj, key, _decode(value, arrays))
+        for key, value in fields.items():
+            object.__setattr__(obj, key, _decode(value, arrays, f"{where}.{key}"))
         return obj
-    raise ValueError(f"corrupt scene file: unexpected node {node!r}")
+    raise ValueError(f"corrupt scene file: unexpected node {node!r:.120} at {where}")
+
+
+def _check_source(src, frame: Frame, where: str) -> None:
+    """Shapes of a decoded source against the frame (traced with ``jax.eval_shape``, no compute)."""
+    if not isinstance(src, Source):
+        raise ValueError(f"{where}: expected a scarlet_xr Source; got {type(src).__name__}")
+    nb = len(frame.bands)
+    try:
+        center = jax.eval_shape(lambda: src.center.value)
+        if tuple(center.shape) != (2,):
+            raise ValueError(f"{where}.center: expected shape (2,); got {tuple(center.shape)}")
+        if not isinstance(src.components, tuple) or not src.components:
+            raise ValueError(f"{where}.components: expected a non-empty tuple of components")
+        for k, comp in enumerate(src.components):
+            got = jax.eval_shape(lambda c=comp: c(jnp.zeros(2)))
+            box = tuple(getattr(comp.morphology, "shape", ()))
+            want = (nb, *box)
+            if tuple(got.shape) != want:
+                raise ValueError(
+                    f"{where}.components[{k}] renders shape {tuple(got.shape)}; expected {want} "
+                    f"({nb} bands of the frame, the morphology's box {box})"
+                )
+    except ValueError:
+        raise
+    except Exception as err:  # a hand-edited tree can fail anywhere while tracing
+        raise ValueError(f"{where} cannot be evaluated: {type(err).__name__}: {err}") from err
+
+
+def _frame(fd) -> Frame:
+    if not isinstance(fd, dict):
+        raise ValueError(f"scene file entry 'frame': expected a mapping; got {fd!r:.80}")
+    missing = [k for k in ("bands", "shape", "origin", "psf_sigma", "wcs_header") if k not in fd]
+    if missing:
+        raise ValueError(f"scene file entry 'frame' is missing {missing}")
+    bands, shape, origin = fd["bands"], fd["shape"], fd["origin"]
+    if not (isinstance(bands, list) and bands and all(isinstance(b, str) for b in bands)):
+        raise ValueError(f"scene file entry 'frame.bands': expected a list of band names; got {bands!r:.80}")
+    for key, val in (("shape", shape), ("origin", origin)):
+        if not (isinstance(val, list) and len(val) == 2 and all(type(v) is int for v in val)):
+            raise ValueError(f"scene file entry 'frame.{key}': expected two integers; got {val!r:.80}")
+    try:
+        psf_sigma = float(fd["psf_sigma"])
+    except (TypeError, ValueError) as err:
+        raise ValueError(
+            f"scene file entry 'frame.psf_sigma': expected a number; got {fd['psf_sigma']!r}"
+        ) from err
+    if not (np.isfinite(psf_sigma) and psf_sigma > 0):
+        raise ValueError(f"scene file entry 'frame.psf_sigma': expected > 0; got {psf_sigma}")
+    wcs = None
+    if fd["wcs_header"] is not None:
+        from astropy.io import fits
+        from astropy.wcs import WCS
+
+        try:
+            wcs = WCS(fits.Header.fromstring(str(fd["wcs_header"])), relax=True)
+        except Exception as err:  # astropy raises many types for bad headers
+            raise ValueError(f"scene file entry 'frame.wcs_header' is not a valid WCS header: {err}") from err
+    try:
+        return Frame(bands, tuple(shape), wcs=wcs, origin=tuple(origin), psf_sigma=psf_sigma)
+    except ValueError as err:
+        raise ValueError(f"scene file entry 'frame': {err}") from err
 
 
 def save_scene(scene: Scene, path) -> Path:
@@ -190,36 +302,66 @@ def load_scene(path) -> Scene:
 
     Raises
     ------
+    FileNotFoundError
+        If ``path`` does not exist.
     ValueError
-        If the file is not a scarlet_xr scene file or names classes outside
-        scarlet_xr.
+        If the file is not a readable scarlet_xr scene file (garbage,
+        truncated, unknown format or version), names classes outside
+        scarlet_xr, or does not match the schema (a missing or extra entry, an
+        array of the wrong shape or dtype, a source that does not fit the
+        frame). The message names the entry.
     """
     path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no such scene file: {str(path)!r}")
     try:
-        with np.load(path, allow_pickle=False) as f:
+        f = np.load(path, allow_pickle=False)
+        if not isinstance(f, np.lib.npyio.NpzFile):
+            raise ValueError("a single .npy array, not an .npz archive")
+        with f:
             arrays = {k: f[k] for k in f.files}
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as err:
         raise ValueError(f"{path.name!r} is not a readable scene file: {err}") from err
     if "__scene__" not in arrays:
         raise ValueError(f"{path.name!r} is not a scarlet_xr scene file (no '__scene__' entry)")
-    desc = json.loads(str(arrays.pop("__scene__")))
-    if desc.get("format") != FORMAT or desc.get("version") != VERSION:
+    raw = arrays.pop("__scene__")
+    try:
+        if raw.dtype.kind != "U" or raw.ndim != 0:
+            raise ValueError(f"expected a JSON string; got a {raw.dtype} array of shape {raw.shape}")
+        desc = json.loads(str(raw))
+    except ValueError as err:
+        raise ValueError(f"{path.name!r}: scene file entry '__scene__' is corrupt: {err}") from err
+    if not isinstance(desc, dict):
+        raise ValueError(f"{path.name!r}: scene file entry '__scene__' must be a JSON object")
+    if desc.get("format") != FORMAT or desc.get("version") not in READ_VERSIONS:
         raise ValueError(
-            f"{path.name!r}: expected format {FORMAT!r} version {VERSION}; "
+            f"{path.name!r}: expected format {FORMAT!r} version {' or '.join(map(str, READ_VERSIONS))}; "
             f"got {desc.get('format')!r} version {desc.get('version')!r}"
         )
-    fd = desc["frame"]
-    wcs = None
-    if fd["wcs_header"] is not None:
-        from astropy.io import fits
-        from astropy.wcs import WCS
-
-        wcs = WCS(fits.Header.fromstring(fd["wcs_header"]), relax=True)
-    frame = Frame(
-        fd["bands"], tuple(fd["shape"]), wcs=wcs, origin=tuple(fd["origin"]),
-        psf_sigma=float(fd["psf_sigma"]),
-    )
-    scene = Scene(frame)
-    for node in desc["sources"]:
-        scene.add(_decode(node, arrays))
+    try:
+        frame = _frame(desc.get("frame"))
+        sources = desc.get("sources")
+        if not isinstance(sources, list):
+            raise ValueError(f"scene file entry 'sources': expected a list; got {sources!r:.80}")
+        scene = Scene(frame)
+        for i, node in enumerate(sources):
+            src = _decode(node, arrays, f"source {i}")
+            _check_source(src, frame, f"source {i}")
+            scene.add(src)
+    except ValueError as err:
+        raise ValueError(f"{path.name!r}: {err}") from err
+    except (TypeError, KeyError, AttributeError, IndexError) as err:  # anything the checks missed
+        raise ValueError(f"{path.name!r}: corrupt scene file ({type(err).__name__}: {err})") from err
+    if sources:
+        try:
+            got = jax.eval_shape(scene.model())
+        except Exception as err:  # tracing a hand-edited model can fail anywhere
+            raise ValueError(
+                f"{path.name!r}: the scene cannot be rendered: {type(err).__name__}: {err}"
+            ) from err
+        if tuple(got.shape) != frame.cube_shape:
+            raise ValueError(
+                f"{path.name!r}: the scene renders shape {tuple(got.shape)}; expected the frame's "
+                f"{frame.cube_shape}"
+            )
     return scene

@@ -22,6 +22,7 @@ from astropy.wcs import WCS, FITSFixedWarning
 
 from ..wcs import celestial_frame
 from ._observation import BAND, make_observation
+from ._photometry import zero_point_from_header
 
 __all__ = ["open_observation", "estimate_background"]
 
@@ -299,7 +300,9 @@ def open_observation(
     if img_hdu.data is None or img_hdu.data.ndim not in (2, 3):
         shape = None if img_hdu.data is None else img_hdu.data.shape
         raise ValueError(f"the image must be 2-D (y, x) or 3-D (band, y, x); got shape {shape}")
-    data = np.asarray(img_hdu.data, dtype=np.float64)
+    data = np.asarray(img_hdu.data)  # native dtype: make_observation stores float32 (no float64 copy)
+    if data.dtype.kind not in "iuf":
+        raise ValueError(f"the image must hold real numbers; got dtype {data.dtype}")
     if data.ndim == 2:
         data = data[None]
     nb = data.shape[0]
@@ -375,9 +378,9 @@ def open_observation(
         level = np.array([s[0] for s in stats])
         rms = np.array([s[1] for s in stats])
         if subtract_background:
-            data = data - level[:, None, None]
+            data = np.subtract(data, level[:, None, None], dtype=np.float32)
         if estimated:
-            var_arr = np.broadcast_to((rms**2)[:, None, None], data.shape).copy()
+            var_arr = np.broadcast_to((rms**2)[:, None, None], data.shape)  # a view: no full-size copy
     try:
         ds = make_observation(
             data,
@@ -403,6 +406,11 @@ def open_observation(
         ds["background_rms"].attrs["description"] = "sep global background noise per band"
     ds.attrs["background_subtracted"] = int(bool(subtract_background))
     ds.attrs["source_file"] = Path(path).name
+    zp = zero_point_from_header(header)
+    if zp is not None:
+        ds.attrs["zero_point"] = zp  # AB magnitudes in the catalog (MAGZERO/FLUXMAG0/PHOTFLAM)
+    if header.get("BUNIT"):
+        ds.attrs["units"] = str(header["BUNIT"]).strip()
     ds.attrs.update(extra)
     if ds.attrs["n_nonfinite_masked"]:
         logger.warning(

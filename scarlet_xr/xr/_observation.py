@@ -107,7 +107,9 @@ def make_observation(
     Non-finite data pixels are masked (weight 0) and counted in
     ``attrs["n_nonfinite_masked"]``; a warning is logged.
     """
-    data = np.asarray(data, dtype=np.float64)
+    data = np.asarray(data)
+    if data.dtype.kind not in "biuf":
+        raise ValueError(f"data must be a real-valued numeric array; got dtype {data.dtype}")
     if data.ndim == 2:
         data = data[None]
     if data.ndim != 3:
@@ -115,42 +117,55 @@ def make_observation(
     nb = data.shape[0]
     if weights is not None and variance is not None:
         raise ValueError("give weights or variance, not both")
+    # the stored planes are float32: build them directly (one copy each, no float64 temporaries)
+    data = np.array(data, dtype=np.float32)
+    if mask is not None:
+        mask = np.asarray(mask)
+        if mask.ndim == 2:
+            mask = mask[None]
+        if mask.ndim != 3 or mask.shape[1:] != data.shape[1:] or mask.shape[0] not in (1, nb):
+            raise ValueError(f"mask must match data shape {data.shape}; got {mask.shape}")
+        mask = np.broadcast_to(mask.astype(bool, copy=False), data.shape)
     if variance is not None:
-        variance = np.asarray(variance, dtype=np.float64)
+        variance = np.asarray(variance)
         if variance.ndim == 2:
             variance = variance[None]
         if variance.shape != data.shape:
             raise ValueError(f"variance must match data shape {data.shape}; got {variance.shape}")
-        bad = ~(variance > 0)
+        positive = variance > 0
+        bad = ~positive
         if mask is not None:
-            bad = bad & ~np.broadcast_to(np.asarray(mask, bool), data.shape)
+            bad &= ~mask
         if np.any(bad & np.isfinite(data)):
             raise ValueError(
                 f"variance must be > 0 on unmasked pixels; got {int(np.sum(bad))} pixels "
                 f"with variance <= 0 or non-finite (mask them with mask=)"
             )
-        with np.errstate(divide="ignore", invalid="ignore"):
-            weights = np.where(variance > 0, 1.0 / variance, 0.0)
+        del bad
+        weights = np.zeros(data.shape, np.float32)
+        with np.errstate(divide="ignore", over="ignore"):
+            np.divide(1.0, variance, out=weights, where=positive, casting="unsafe")
     elif weights is not None:
-        weights = np.asarray(weights, dtype=np.float64)
+        weights = np.asarray(weights)
         if weights.ndim == 2:
             weights = weights[None]
         if weights.shape != data.shape:
             raise ValueError(f"weights must match data shape {data.shape}; got {weights.shape}")
-        if np.any(weights[np.isfinite(weights)] < 0):
-            raise ValueError(f"weights must be >= 0; got minimum {np.nanmin(weights):.4g}")
-        weights = np.where(np.isfinite(weights), weights, 0.0)
+        weights = np.array(weights, dtype=np.float32)
+        weights[~np.isfinite(weights)] = 0.0
+        if np.any(weights < 0):
+            raise ValueError(f"weights must be >= 0; got minimum {np.min(weights):.4g}")
     else:
-        weights = np.ones_like(data)
+        weights = np.ones(data.shape, np.float32)
     if mask is not None:
-        mask = np.broadcast_to(np.asarray(mask, bool), data.shape)
-        weights = np.where(mask, 0.0, weights)
+        weights[mask] = 0.0
     nonfinite = ~np.isfinite(data)
-    n_bad = int(np.sum(nonfinite & (weights > 0)))
+    n_bad = int(np.count_nonzero(nonfinite & (weights > 0)))
     if n_bad:
         logger.warning("masking %d non-finite data pixels (weight set to 0)", n_bad)
-    weights = np.where(nonfinite, 0.0, weights)
-    data = np.where(nonfinite, 0.0, data)
+    weights[nonfinite] = 0.0
+    data[nonfinite] = 0.0
+    del nonfinite
     if not np.any(weights > 0):
         raise ValueError("all pixels are masked (every weight is 0); nothing to fit")
     psf = np.asarray(psf, dtype=np.float64)
@@ -182,8 +197,8 @@ def make_observation(
         attrs["wcs_header"] = header = wcs_to_header_string(wcs)
     ds = xr.Dataset(
         {
-            "data": ((BAND, Y, X), data.astype(np.float32)),
-            "weight": ((BAND, Y, X), weights.astype(np.float32)),
+            "data": ((BAND, Y, X), data),
+            "weight": ((BAND, Y, X), weights),
             "psf": ((BAND, "psf_y", "psf_x"), psf),
         },
         coords={BAND: bands, Y: np.arange(y0, y0 + ny), X: np.arange(x0, x0 + nx)},
