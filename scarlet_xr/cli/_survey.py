@@ -1,4 +1,4 @@
-"""``scarlet-xr survey CATALOG --out STORE.zarr``: deblend a catalog of blends."""
+"""``scarlet-xr survey CATALOG|FIELD.fits --out STORE.zarr``: deblend a catalog of blends or a whole field."""
 
 from __future__ import annotations
 
@@ -9,7 +9,10 @@ from pathlib import Path
 def add_parser(sub) -> None:
     """Register the ``survey`` sub-command."""
     p = sub.add_parser("survey", help="deblend every blend of a catalog into one Zarr store (resumable)")
-    p.add_argument("catalog", help="ECSV/FITS/CSV table with columns file[, ra, dec]")
+    p.add_argument("catalog", nargs="+", metavar="INPUT",
+                   help="ECSV/FITS/CSV table with columns file[, ra, dec]; or a whole field: a FITS image "
+                        "(band, y, x) with PSF and optional VARIANCE/WEIGHT/MASK HDUs, or several "
+                        "files of the same pixel grid (e.g. one per band)")
     p.add_argument("--out", required=True, help="output Zarr store (re-running resumes it)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace whatever is at --out (also a survey store, which is otherwise resumed)")
@@ -25,7 +28,49 @@ def add_parser(sub) -> None:
     p.add_argument("--zero-point", default=None, metavar="ZP",
                    help="AB zero point for the catalog's magnitudes: one number, or band=zp,band=zp,... "
                         "(default: MAGZERO/FLUXMAG0/PHOTFLAM keywords of the blend files)")
+    p.add_argument("--detect-threshold", type=float, default=4.0,
+                   help="field mode: detection threshold in noise units of the coadd (default 4)")
+    p.add_argument("--margin", type=int, default=8,
+                   help="field mode: pixels around footprints joining neighbours into one blend (default 8)")
+    p.add_argument("--workdir", default=None,
+                   help="field mode: where the blend cutouts go (default STORE.zarr.blends)")
     p.set_defaults(func=run)
+
+
+def _input_kind(paths) -> str:
+    """``"field"`` if every input is a FITS image, ``"table"`` for one catalog; else a clear error."""
+    from astropy.io import fits
+
+    kinds = []
+    for path in paths:
+        p = Path(path)
+        if p.suffix.lower() in (".ecsv", ".csv", ".txt", ".dat"):
+            kinds.append("table")
+            continue
+        if not p.exists():
+            raise ValueError(f"input {path!r} does not exist")
+        try:
+            with fits.open(p, memmap=True) as hdul:
+                images = [h.name or str(i) for i, h in enumerate(hdul)
+                          if h.is_image and h.header.get("NAXIS", 0) in (2, 3) and h.name != "PSF"]
+                tables = [h.name or str(i) for i, h in enumerate(hdul)
+                          if isinstance(h, (fits.BinTableHDU, fits.TableHDU))]
+        except OSError as err:
+            raise ValueError(f"input {path!r} is neither a FITS file nor an ECSV/CSV table: {err}") from err
+        if images and tables:
+            raise ValueError(
+                f"input {path!r} is ambiguous: it holds image HDU(s) {images} (a field) and table HDU(s) "
+                f"{tables} (a catalog of blends); expected one or the other"
+            )
+        if not images and not tables:
+            raise ValueError(f"input {path!r} holds neither an image nor a table HDU")
+        kinds.append("field" if images else "table")
+    if set(kinds) == {"field"}:
+        return "field"
+    if kinds == ["table"]:
+        return "table"
+    raise ValueError(f"expected one catalog table or one or more field images; got {len(paths)} inputs of "
+                     f"kinds {kinds}")
 
 
 def _check_catalog_out(args) -> None:
@@ -35,8 +80,10 @@ def _check_catalog_out(args) -> None:
     from ._products import check_products
 
     check_products(SimpleNamespace(catalog=args.catalog_out, zero_point=args.zero_point))
-    if args.catalog_out is not None and Path(args.catalog_out).resolve() == Path(args.catalog).resolve():
-        raise ValueError(f"--catalog {args.catalog_out!r} is the input catalog; choose another path")
+    inputs = args.catalog if isinstance(args.catalog, list) else [args.catalog]
+    if args.catalog_out is not None and any(Path(args.catalog_out).resolve() == Path(i).resolve()
+                                            for i in inputs):
+        raise ValueError(f"--catalog {args.catalog_out!r} is an input; choose another path")
 
 
 def run(args) -> int:
@@ -46,7 +93,11 @@ def run(args) -> int:
     from ._common import SURVEY, check_output, enable_compile_cache
     from ._products import parse_zero_points
 
-    check_output(args.out, overwrite=args.overwrite, expect=SURVEY, inputs=[args.catalog])
+    field = _input_kind(args.catalog) == "field"
+    if not field:
+        args.catalog = args.catalog[0]
+    check_output(args.out, overwrite=args.overwrite, expect=SURVEY,
+                 inputs=args.catalog if field else [args.catalog])
     _check_catalog_out(args)
     enable_compile_cache()
     import os
@@ -59,13 +110,21 @@ def run(args) -> int:
         from distributed import Client
 
         client = Client(args.scheduler)
+    runner = {"client": client, "n_workers": args.workers, "blends_per_task": args.blends_per_task,
+              "max_steps": args.max_steps, "retry_failed": args.retry_failed, "progress": True,
+              "compile_cache": None if cache.lower() in ("", "0", "off", "none") else cache}
     try:
-        ds = deblend_catalog(
-            args.catalog, out=args.out, client=client, n_workers=args.workers,
-            blends_per_task=args.blends_per_task, max_steps=args.max_steps,
-            retry_failed=args.retry_failed, progress=True,
-            compile_cache=None if cache.lower() in ("", "0", "off", "none") else cache,
-        )
+        if field:
+            import xarray as xr
+
+            from ..survey import deblend_field
+
+            table = deblend_field(args.catalog, out=args.out, catalog=args.catalog_out, workdir=args.workdir,
+                                  threshold=args.detect_threshold, margin=args.margin,
+                                  zero_points=parse_zero_points(args.zero_point), **runner)
+            ds = xr.open_zarr(str(args.out), consolidated=False)
+        else:
+            ds = deblend_catalog(args.catalog, out=args.out, **runner)
     finally:
         if client is not None:
             client.close()
@@ -82,7 +141,11 @@ def run(args) -> int:
             if status[i] == 2:
                 print(f"  failed: {files[i]}: {errors[i]}")
     print(f"wrote {args.out}")
-    if args.catalog_out:
+    if args.catalog_out and field:
+        n_edge = int(((table["flags"] & FLAGS["EDGE"]) > 0).sum())
+        print(f"wrote {args.catalog_out}: {len(table)} detected sources in {status.size} blends "
+              f"({n_edge} flagged EDGE)")
+    elif args.catalog_out:
         from ..survey import survey_catalog
         from ..xr import write_catalog
 

@@ -28,7 +28,9 @@ from ..xr import make_observation, zero_point_from_header
 __all__ = ["write_blend_fits", "read_blend", "read_blend_header"]
 
 
-def write_blend_fits(path, data, *, weights, psf, bands, wcs: WCS | None = None, overwrite=True) -> Path:
+def write_blend_fits(
+    path, data, *, weights, psf, bands, wcs: WCS | None = None, overwrite=True, header=None
+) -> Path:
     """Write a blend cutout in the survey FITS layout (see module docstring).
 
     Parameters
@@ -40,6 +42,8 @@ def write_blend_fits(path, data, *, weights, psf, bands, wcs: WCS | None = None,
     wcs : astropy.wcs.WCS, optional
         Celestial WCS of the cutout's pixel (0, 0).
     overwrite : bool
+    header : mapping, optional
+        More ``IMAGE`` header cards (e.g. ``{"MAGZERO": 27.0}``).
 
     Returns
     -------
@@ -52,6 +56,8 @@ def write_blend_fits(path, data, *, weights, psf, bands, wcs: WCS | None = None,
         raise ValueError(f"expected {data.shape[0]} band names; got {len(bands)}")
     hdr = wcs.celestial.to_header(relax=True) if wcs is not None else fits.Header()
     hdr["BANDS"] = ",".join(str(b) for b in bands)
+    for k, v in (header or {}).items():
+        hdr[k] = v
     hdus = [
         fits.PrimaryHDU(),
         fits.ImageHDU(data, header=hdr, name="IMAGE"),
