@@ -612,11 +612,23 @@ def test_catalog_non_angle_unit(tmp_path, hsc_frame, sky):
         read_catalog(path, hsc_frame)
 
 
-def test_catalog_duplicate_rows_are_refused(tmp_path, hsc_frame, sky):
+def test_catalog_duplicate_rows_of_one_kind_are_refused(tmp_path, hsc_frame, sky):
+    ra, dec = sky.ra.deg, sky.dec.deg
+    path = _cat(tmp_path, ra=[ra[0], ra[1], ra[0] + 1e-7], dec=[dec[0], dec[1], dec[0]],
+                kind=["sersic", "sersic", "sersic"])
+    with pytest.raises(ValueError, match=r"1 pair\(s\) of rows of the same kind are at the same position .* "
+                                         r"rows 0 and 2"):
+        read_catalog(path, hsc_frame)
+
+
+def test_catalog_colocated_rows_without_kinds_are_kept_with_a_warning(tmp_path, hsc_frame, sky, caplog):
+    """A star on a galaxy (simulated survey scenes have them): both fitted, the user told."""
     ra, dec = sky.ra.deg, sky.dec.deg
     path = _cat(tmp_path, ra=[ra[0], ra[1], ra[0] + 1e-7], dec=[dec[0], dec[1], dec[0]])
-    with pytest.raises(ValueError, match=r"1 pair\(s\) of rows are at the same position .* rows 0 and 2"):
-        read_catalog(path, hsc_frame)
+    with caplog.at_level(logging.WARNING):
+        centers, kinds = read_catalog(path, hsc_frame)
+    assert len(centers) == 3 and kinds is None
+    assert "rows 0 and 2 are 0.00 pixel apart; both are kept" in caplog.text
 
 
 def test_catalog_colocated_rows_of_different_kinds_are_a_composite(tmp_path, hsc_frame, sky, caplog):

@@ -22,7 +22,7 @@ DEC_NAMES = ("dec", "de_icrs", "dec_icrs", "dej2000", "decj2000", "dec_j2000", "
 GLON_NAMES, GLAT_NAMES = ("l", "glon"), ("b", "glat")
 """Column names (any case) read as galactic longitude and latitude (converted to ICRS)."""
 DUPLICATE_PIXELS = 0.5
-"""Two catalog rows of the same kind closer than this (model-frame pixels) are refused as duplicates."""
+"""Two catalog rows of the same given kind closer than this (model-frame pixels) are refused as duplicates."""
 
 _MAX_ROWS_LISTED = 10
 _BINARY_SUFFIXES = (
@@ -267,22 +267,32 @@ def read_catalog(path, frame):
 
 
 def _check_duplicates(centers, kinds, ra, dec, name) -> None:
-    """Refuse two rows of the same kind at one position; log co-located rows of different kinds."""
+    """Refuse two rows of the same given kind at one position; log other co-located rows.
+
+    Without a ``kind`` column co-located rows are kept (a star on a galaxy is
+    a real blend the default path models with two sources) and a warning
+    names them.
+    """
     if len(centers) < 2:
         return
     from scipy.spatial import cKDTree
 
     pairs = sorted(cKDTree(centers).query_pairs(DUPLICATE_PIXELS))
-    same = [(i, j) for i, j in pairs if kinds is None or kinds[i].lower() == kinds[j].lower()]
+    same = [(i, j) for i, j in pairs if kinds is not None and kinds[i].lower() == kinds[j].lower()]
     if same:
         i, j = same[0]
         sep = float(np.hypot(*(centers[i] - centers[j])))
         raise ValueError(
-            f"{name}: {len(same)} pair(s) of rows are at the same position (closer than {DUPLICATE_PIXELS} "
-            f"pixel), e.g. rows {i} and {j} at ra={ra[i]:.6f}, dec={dec[i]:.6f} ({sep:.3f} pixel apart); "
-            "expected one row per source (remove duplicates; co-located sources need different kinds, "
-            "e.g. 'point' and 'sersic')"
+            f"{name}: {len(same)} pair(s) of rows of the same kind are at the same position (closer than "
+            f"{DUPLICATE_PIXELS} pixel), e.g. rows {i} and {j} at ra={ra[i]:.6f}, dec={dec[i]:.6f} "
+            f"({sep:.3f} pixel apart); expected one row per source (remove duplicates; co-located sources "
+            "need different kinds, e.g. 'point' and 'sersic')"
         )
     for i, j in pairs:
-        logger.info("%s: rows %d and %d share a position with kinds %r and %r (composite source)",
-                    name, i, j, kinds[i], kinds[j])
+        if kinds is None:
+            logger.warning("%s: rows %d and %d are %.2f pixel apart; both are kept and fitted as separate "
+                           "sources (a star on a galaxy?); remove one if they are duplicates", name, i, j,
+                           float(np.hypot(*(centers[i] - centers[j]))))
+        else:
+            logger.info("%s: rows %d and %d share a position with kinds %r and %r (composite source)",
+                        name, i, j, kinds[i], kinds[j])

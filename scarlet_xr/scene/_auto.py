@@ -411,9 +411,12 @@ def _free_form_misfits(model, liks, frame, auto_idx, choices, given):
             continue
         src = sources[k]
         morph = src.components[0].morphology
-        # pixels anchored on the given position's pixel (the peak a detection found),
-        # started from the fitted profile seen from there
-        anchor = np.round(given[k])
+        # pixels anchored on the given position's pixel (the peak a detection found) or, when
+        # the fitted profile moved more than a pixel from it (a catalog position off the
+        # peak) and stays inside the frame, on the profile's centre; started from the profile
+        fitted = np.asarray(src.center.value, float)
+        inside = np.all((fitted >= 0) & (fitted <= np.asarray(frame.shape) - 1))
+        anchor = np.round(fitted if inside and np.hypot(*(fitted - given[k])) > 1.0 else given[k])
         offset = jnp.asarray(np.asarray(src.center.value, float) - anchor, src.center.raw.dtype)
         img = np.asarray(morphology_image(morph, offset), float)
         peak = float(img.max())

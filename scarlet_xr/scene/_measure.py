@@ -57,6 +57,11 @@ class Measurements:
 
 
 @eqx.filter_jit
+def _render_sources(model):
+    return model.render_sources()
+
+
+@eqx.filter_jit
 def _render_chunk(renderer, cubes):
     return jax.vmap(renderer)(cubes)
 
@@ -70,7 +75,7 @@ def _render_all(renderer, cubes: np.ndarray) -> np.ndarray:
         if part.shape[0] < _CHUNK:
             pad = np.zeros((_CHUNK - part.shape[0],) + part.shape[1:], part.dtype)
             part = np.concatenate([part, pad])
-        r = np.asarray(_render_chunk(renderer, jnp.asarray(part)), np.float64)
+        r = np.asarray(_render_chunk(renderer, jnp.asarray(part)), np.float32)
         out.append(r[: min(_CHUNK, n - i)])
     return np.concatenate(out)
 
@@ -88,7 +93,7 @@ def _shape_templates(per_source, centroid):
         cy, cx = centroid[k] if np.all(np.isfinite(centroid[k])) else (h / 2, w / 2)
         dil = -(2 * per_source[k] + (yy - cy) * gy[k] + (xx - cx) * gx[k])
         out.extend([-gy[k], -gx[k], dil])
-    return np.stack(out)
+    return np.stack(out).astype(np.float32)
 
 
 def _unit_shapes(per_source, model_flux):
@@ -98,7 +103,7 @@ def _unit_shapes(per_source, model_flux):
     norm = np.where(tot > 0, tot, np.nan)
     unit = white / norm[:, None, None]
     unit = np.nan_to_num(unit)
-    return np.broadcast_to(unit[:, None], per_source.shape).copy()
+    return np.broadcast_to(unit[:, None], per_source.shape).astype(np.float32)
 
 
 def _fisher_blocks(obs_list, ns, nb):
@@ -111,10 +116,12 @@ def _fisher_blocks(obs_list, ns, nb):
         s = shape.reshape(3 * ns, len(band_index), npix)
         wf = w.reshape(len(band_index), npix)
         for j, b in enumerate(band_index):
-            uw = u[:, j] * wf[j]
-            ff[b] += uw @ u[:, j].T
-            fs[b] += uw @ s[:, j].T
-            ss += (s[:, j] * wf[j]) @ s[:, j].T
+            uj = u[:, j].astype(np.float64)
+            sj = s[:, j].astype(np.float64)
+            uw = uj * wf[j]
+            ff[b] += uw @ uj.T
+            fs[b] += uw @ sj.T
+            ss += (sj * wf[j]) @ sj.T
     return {"ff": ff, "fs": fs, "ss": ss}
 
 
@@ -128,7 +135,7 @@ def _noise_of_sum(weight) -> float:
     return float(np.sqrt(np.sum(var))) if var else 0.0
 
 
-def measure_scene(scene, observations, *, zero_points=None) -> Measurements:
+def measure_scene(scene, observations, *, zero_points=None, per_source=None, model_flux=None) -> Measurements:
     """Measure every source of a fitted scene on its observations.
 
     Parameters
@@ -144,6 +151,9 @@ def measure_scene(scene, observations, *, zero_points=None) -> Measurements:
         bands, one per frame band, or ``{band: zp}``. Default: the
         observations' ``attrs['zero_point']`` (read from FITS headers), else
         no magnitudes.
+    per_source, model_flux : arrays, optional
+        The scene's per-source model cube ``(source, band, y, x)`` and model
+        fluxes ``(source, band)`` when already computed (saves a render).
 
     Returns
     -------
@@ -153,8 +163,10 @@ def measure_scene(scene, observations, *, zero_points=None) -> Measurements:
     frame = scene.frame
     model = scene.model()
     ns, nb = len(scene.sources), len(frame.bands)
-    per_source = np.asarray(model.render_sources(), np.float64)  # (source, band, y, x), model PSF
-    model_flux = np.asarray(model.fluxes(), np.float64)
+    if per_source is None:
+        per_source = _render_sources(model)
+    per_source = np.asarray(per_source, np.float64)  # (source, band, y, x), model PSF
+    model_flux = np.asarray(model.fluxes() if model_flux is None else model_flux, np.float64)
     flux = model_flux if scene.measured_flux is None else np.asarray(scene.measured_flux, float)
     kinds = [s.kind for s in scene.sources]
     extended = np.array([k != "point" for k in kinds])
@@ -182,7 +194,7 @@ def measure_scene(scene, observations, *, zero_points=None) -> Measurements:
     blendedness = None
     for name, ds in obs.items():
         renderer = likelihood_for(ds, frame).renderer
-        rendered = _render_all(renderer, np.concatenate([per_source, unit, shape_t]))
+        rendered = _render_all(renderer, np.concatenate([per_source.astype(np.float32), unit, shape_t]))
         m_k, u_k, s_k = rendered[:ns], rendered[ns : 2 * ns], rendered[2 * ns :]
         w = np.asarray(ds["weight"].values, np.float64)
         data = np.asarray(ds["data"].values, np.float64)

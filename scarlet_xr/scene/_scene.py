@@ -232,7 +232,8 @@ class Scene:
         if measure:
             from ._measure import measure_scene
 
-            meas = measure_scene(self, obs, zero_points=zero_points)
+            meas = measure_scene(self, obs, zero_points=zero_points, per_source=per_source,
+                                 model_flux=fluxes)
             for name, (dims, values, var_attrs) in meas.sources.items():
                 src[name] = xr.Variable(dims, values, var_attrs)
             deblended = meas.deblended

@@ -230,7 +230,10 @@ class ScarletDataTreeAccessor:
             progress: bool = False) -> xr.DataTree:
         """Fit again from the stored observations and source positions and kinds.
 
-        Sources are re-initialised at ``/sources`` ``y``, ``x`` with their kinds.
+        Sources are re-initialised at their centre parameters (``/sources``
+        ``anchor_y``, ``anchor_x``; ``y``, ``x`` in trees without them) with
+        their kinds (kinds the default path chose, per ``kind_reason``, are
+        chosen again).
 
         Returns
         -------
@@ -240,13 +243,18 @@ class ScarletDataTreeAccessor:
         from ..scene import fit_observations
 
         src = self._obj["sources"].to_dataset()
-        centers = np.stack([src["y"].values, src["x"].values], axis=1)
+        # the centre parameters of the fit (older trees: the reported positions)
+        ky, kx = ("anchor_y", "anchor_x") if "anchor_y" in src else ("y", "x")
+        centers = np.stack([src[ky].values, src[kx].values], axis=1)
         # a fitted centre may sit a fraction of a pixel beyond the last pixel
         ny, nx = self._obj["model"].sizes["y"], self._obj["model"].sizes["x"]
         y0, x0 = float(self._obj["model"]["y"].values[0]), float(self._obj["model"]["x"].values[0])
         centers = np.clip(centers, [y0, x0], [y0 + ny - 1, x0 + nx - 1])
         # morphology kind labels -> initialisation kinds ("freeform" -> "free")
         kinds = [{"freeform": "free"}.get(str(k), str(k)) for k in src["kind"].values]
+        if "kind_reason" in src:  # kinds the default path chose are chosen again
+            kinds = [k if str(r).startswith("given") else "auto"
+                     for k, r in zip(kinds, src["kind_reason"].values, strict=True)]
         return fit_observations(
             list(self.observations().values()), centers, kinds=kinds, max_steps=max_steps,
             e_rel=e_rel, optimizer=optimizer, progress=progress,

@@ -3,7 +3,9 @@
 Columns (public contract; extend, never rename): one row per source with
 ``id``, ``name``, ``ra``, ``dec`` (deg, ICRS, model centroid), ``ra_err``,
 ``dec_err`` (arcsec), ``x``, ``y`` (model-frame pixels), ``x_err``, ``y_err``,
-``flux_<band>``, ``flux_err_<band>``, ``snr_<band>``, ``mag_<band>`` and
+``flux_<band>``, ``flux_err_<band>``, ``snr_<band>`` (``flux_post_<band>``,
+``flux_err_post_<band>``: posterior median and standard deviation when the
+tree holds a ``/posterior``), ``mag_<band>`` and
 ``mag_err_<band>`` plus ``color_<b1>_<b2>`` and ``color_err_<b1>_<b2>`` for
 neighbouring bands when a zero point is known, ``r_half`` (arcsec, or pixels
 without WCS), ``e1``, ``e2``, ``theta`` (deg), ``pa`` (deg, with WCS),
@@ -125,6 +127,7 @@ def catalog_from_tree(tree, *, columns=None):
         if "snr" in src:
             table[f"snr_{b}"] = Column(src["snr"].values[:, j], unit=u.dimensionless_unscaled,
                                        description=f"flux / flux_err in {b}")
+    _add_posterior(table, tree, bands, ns, flux_unit)
     if "mag" in src:
         for j, b in enumerate(bands):
             table[f"mag_{b}"] = Column(src["mag"].values[:, j], unit=u.mag, description=f"AB magnitude in {b}")
@@ -155,6 +158,26 @@ def catalog_from_tree(tree, *, columns=None):
             raise ValueError(f"unknown catalog column(s) {unknown}; available: {table.colnames}")
         table = table[columns]
     return table
+
+
+def _add_posterior(table, tree, bands, ns, flux_unit):
+    """``flux_post_<band>``, ``flux_err_post_<band>``: posterior median and std when sampled."""
+    from astropy.table import Column
+
+    if "posterior" not in tree.children or "flux" not in tree["posterior"].to_dataset():
+        return
+    post = tree["posterior"].to_dataset()["flux"]
+    idx = np.asarray(post["source"].values) if "source" in post.coords else np.arange(post.sizes["source"])
+    post = post.sel(band=bands) if "band" in post.coords else post
+    vals = np.asarray(post.transpose("chain", "draw", "source", "band").values, float)
+    med = np.full((ns, len(bands)), np.nan)
+    std = np.full((ns, len(bands)), np.nan)
+    med[idx] = np.median(vals, axis=(0, 1))
+    std[idx] = np.std(vals, axis=(0, 1), ddof=1)
+    for j, b in enumerate(bands):
+        table[f"flux_post_{b}"] = Column(med[:, j], unit=flux_unit, description=f"posterior median flux in {b}")
+        table[f"flux_err_post_{b}"] = Column(std[:, j], unit=flux_unit,
+                                             description=f"posterior standard deviation of the flux in {b}")
 
 
 def write_catalog(table, path, *, overwrite: bool = True) -> Path:

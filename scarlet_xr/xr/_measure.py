@@ -72,8 +72,20 @@ def flag_descriptions() -> dict[str, str]:
     return {k: f"{v}: {text[k]}" for k, v in FLAGS.items()}
 
 
+def _support(img):
+    """Bounding slices of the positive pixels of a 2-D image (None when there are none)."""
+    rows = np.flatnonzero(img.max(axis=1) > 0)
+    cols = np.flatnonzero(img.max(axis=0) > 0)
+    if rows.size == 0:
+        return None
+    return slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1)
+
+
 def image_moments(images):
     """Centroid and unweighted second moments of non-negative images.
+
+    Each image is cropped to its positive pixels first (memory follows the
+    source, not the frame).
 
     Parameters
     ----------
@@ -87,25 +99,31 @@ def image_moments(images):
     second : (n, 3)
         ``(Iyy, Ixx, Ixy)`` about the centroid, in pixel^2.
     """
-    img = np.clip(np.asarray(images, float), 0, None)
-    n, h, w = img.shape
-    yy, xx = np.mgrid[:h, :w]
-    tot = img.sum(axis=(1, 2))
-    safe = np.where(tot > 0, tot, np.nan)
-    cy = np.einsum("nij,ij->n", img, yy) / safe
-    cx = np.einsum("nij,ij->n", img, xx) / safe
-    dy = yy[None] - cy[:, None, None]
-    dx = xx[None] - cx[:, None, None]
-    iyy = np.einsum("nij,nij->n", img, dy * dy) / safe
-    ixx = np.einsum("nij,nij->n", img, dx * dx) / safe
-    ixy = np.einsum("nij,nij->n", img, dx * dy) / safe
-    return tot, np.stack([cy, cx], axis=1), np.stack([iyy, ixx, ixy], axis=1)
+    n = len(images)
+    tot = np.zeros(n)
+    cen = np.full((n, 2), np.nan)
+    sec = np.full((n, 3), np.nan)
+    for k in range(n):
+        img = np.clip(np.asarray(images[k], float), 0, None)
+        box = _support(img)
+        if box is None:
+            continue
+        sub = img[box]
+        yy, xx = np.mgrid[box[0], box[1]]
+        t = sub.sum()
+        cy, cx = (sub * yy).sum() / t, (sub * xx).sum() / t
+        dy, dx = yy - cy, xx - cx
+        tot[k] = t
+        cen[k] = cy, cx
+        sec[k] = (sub * dy * dy).sum() / t, (sub * dx * dx).sum() / t, (sub * dx * dy).sum() / t
+    return tot, cen, sec
 
 
 def half_light_radius(images, centroid):
     """Radius of the circle about ``centroid`` holding half of each image's flux (pixels).
 
-    Pixels are split 5 x 5 so the growth curve is smooth at sub-pixel radii.
+    Pixels are split 5 x 5 so the growth curve is smooth at sub-pixel radii;
+    each image is cropped to its positive pixels first.
 
     Parameters
     ----------
@@ -116,20 +134,21 @@ def half_light_radius(images, centroid):
     -------
     numpy.ndarray (n,)
     """
-    img = np.clip(np.asarray(images, float), 0, None)
-    n, h, w = img.shape
     sub = 5
     off = (np.arange(sub) + 0.5) / sub - 0.5
-    out = np.full(n, np.nan)
-    yy, xx = np.mgrid[:h, :w]
-    for k in range(n):
-        if not np.all(np.isfinite(centroid[k])) or img[k].sum() <= 0:
+    out = np.full(len(images), np.nan)
+    for k in range(len(images)):
+        img = np.clip(np.asarray(images[k], float), 0, None)
+        box = _support(img)
+        if box is None or not np.all(np.isfinite(centroid[k])):
             continue
-        shape = (h, w, sub, sub)
+        crop = img[box]
+        yy, xx = np.mgrid[box[0], box[1]]
+        shape = crop.shape + (sub, sub)
         ry = np.broadcast_to(yy[..., None, None] + off[:, None] - centroid[k, 0], shape).reshape(-1)
         rx = np.broadcast_to(xx[..., None, None] + off[None, :] - centroid[k, 1], shape).reshape(-1)
         r = np.hypot(ry, rx)
-        f = np.repeat(img[k].reshape(-1), sub * sub) / (sub * sub)
+        f = np.repeat(crop.reshape(-1), sub * sub) / (sub * sub)
         order = np.argsort(r)
         cum = np.cumsum(f[order])
         i = int(np.searchsorted(cum, 0.5 * cum[-1]))
@@ -161,6 +180,8 @@ def shape_from_moments(second, psf_second=None):
         m[small, 0] = m[small, 1] = 5e-4
         m[small, 2] = 0.0
         # keep the matrix positive definite
+        m[:, 0] = np.maximum(m[:, 0], 5e-4)
+        m[:, 1] = np.maximum(m[:, 1], 5e-4)
         det = m[:, 0] * m[:, 1] - m[:, 2] ** 2
         bad = det <= 0
         m[bad, 2] = np.sign(m[bad, 2]) * 0.999 * np.sqrt(m[bad, 0] * m[bad, 1])
