@@ -246,7 +246,7 @@ class _Field:
             f.close()
 
 
-_FILL_PIXELS = 3
+_FILL_PIXELS = 8
 
 
 def _fill_masked(det, err, invalid, n: int):
@@ -296,6 +296,7 @@ def _detect(field: _Field, *, threshold, minarea, window, deblend_nthresh, deble
     np.sqrt(err, out=err)
     np.divide(1.0, err, out=err, where=~invalid)
     err[invalid] = 1.0
+    no_data = invalid.copy()
     invalid = _fill_masked(det, err, invalid, _FILL_PIXELS)
     # sep's "matched" filter with a noise map and a mask fails to deblend next to masked pixels
     # (a bad column merged five separated galaxies into one object): plain convolution
@@ -304,7 +305,7 @@ def _detect(field: _Field, *, threshold, minarea, window, deblend_nthresh, deble
     objs, seg = sep.extract(det, float(threshold), err=err, mask=invalid, minarea=int(minarea),
                             deblend_nthresh=int(deblend_nthresh), deblend_cont=float(deblend_cont),
                             filter_type="conv", segmentation_map=True)
-    return objs, np.asarray(seg, np.int32)
+    return objs, np.asarray(seg, np.int32), no_data
 
 
 def _group(objs, seg, *, margin, max_size, max_sources):
@@ -376,14 +377,37 @@ def _group(objs, seg, *, margin, max_size, max_sources):
     return blends
 
 
-def _blend_table(objs, blends, field: _Field):
+def _unmasked_centres(x, y, no_data, radius: int = 16):
+    """Move centres that sit on a pixel masked in every band to the nearest pixel with data.
+
+    The fit cannot start a source there (e.g. a saturated star's masked core).
+    Returns the new ``x``, ``y`` and the distance moved (0 for most).
+    """
+    ny, nx = no_data.shape
+    x, y = np.array(x, float), np.array(y, float)
+    moved = np.zeros(len(x))
+    iy, ix = np.clip(np.rint(y).astype(int), 0, ny - 1), np.clip(np.rint(x).astype(int), 0, nx - 1)
+    for k in np.flatnonzero(no_data[iy, ix]):
+        y0, x0 = max(iy[k] - radius, 0), max(ix[k] - radius, 0)
+        ok = ~no_data[y0 : iy[k] + radius + 1, x0 : ix[k] + radius + 1]
+        if not ok.any():
+            continue
+        yy, xx = np.nonzero(ok)
+        j = np.argmin(np.hypot(yy + y0 - y[k], xx + x0 - x[k]))
+        moved[k] = np.hypot(yy[j] + y0 - y[k], xx[j] + x0 - x[k])
+        y[k], x[k] = yy[j] + y0, xx[j] + x0
+    return x, y, moved
+
+
+def _blend_table(objs, blends, field: _Field, no_data):
     """The generated catalog: one row per detection, grouped by blend (``file``, ``ra``, ``dec``, ...)."""
     from astropy.table import Table
 
     rows = np.concatenate([m for m, _ in blends])
     bid = np.concatenate([np.full(len(m), b) for b, (m, _) in enumerate(blends)])
     boxes = np.asarray([bx for _, bx in blends], np.int64)[bid]
-    ra, dec = field.wcs.pixel_to_world_values(objs["x"][rows], objs["y"][rows])
+    x, y, moved = _unmasked_centres(objs["x"][rows], objs["y"][rows], no_data)
+    ra, dec = field.wcs.pixel_to_world_values(x, y)
     lo_y, hi_y = objs["ymin"][rows], objs["ymax"][rows]
     lo_x, hi_x = objs["xmin"][rows], objs["xmax"][rows]
     at_border = (lo_y <= 0) | (lo_x <= 0) | (hi_y >= field.ny - 1) | (hi_x >= field.nx - 1)
@@ -395,6 +419,7 @@ def _blend_table(objs, blends, field: _Field):
     t["detection"] = rows
     t["x_det"], t["y_det"] = np.asarray(objs["x"][rows], float), np.asarray(objs["y"][rows], float)
     t["det_flux"] = np.asarray(objs["flux"][rows], float)
+    t["centre_moved"] = moved
     t["blend_y0"], t["blend_y1"], t["blend_x0"], t["blend_x1"] = boxes.T
     t["blend_size"] = np.bincount(bid)[bid]
     t["edge"] = at_border | cut
@@ -446,13 +471,14 @@ def _prepare(field: _Field, work: Path, params: dict, fingerprint: str):
         raise ValueError(f"the work directory {str(work)!r} exists and is not a scarlet_xr field work "
                          f"directory (no {_WORK_MARK}); expected it empty or absent")
     (work / "cutouts").mkdir(parents=True, exist_ok=True)
-    objs, seg = _detect(field, threshold=params["threshold"], minarea=params["minarea"],
+    objs, seg, no_data = _detect(field, threshold=params["threshold"], minarea=params["minarea"],
                         window=params["window"], deblend_nthresh=32, deblend_cont=0.005)
     if len(objs) == 0:
         raise ValueError(f"no source detected above {params['threshold']} sigma in the field")
     blends = _group(objs, seg, margin=params["margin"], max_size=params["max_blend_size"],
                     max_sources=params["max_blend_sources"])
-    table = _blend_table(objs, blends, field)
+    table = _blend_table(objs, blends, field, no_data)
+    del no_data
     table.meta = {"field_fingerprint": fingerprint, "bands": field.bands, "shape": [field.ny, field.nx],
                   "scarlet_xr_version": __version__, **{k: v for k, v in params.items()}}
     np.save(work / (_SEGMAP + ".tmp.npy"), seg)
@@ -517,7 +543,9 @@ def deblend_field(
     planes into ``<workdir>/cutouts/``, pixels of detections of other blends
     masked, and listed in ``<workdir>/blends.ecsv`` (one row per detection:
     ``file``, ``ra``, ``dec``, ``blend``, ``x_det``, ``y_det``, the box,
-    ``edge``); (4) :func:`deblend_catalog` fits them all (isolated sources
+    ``edge``, ``centre_moved``: a detection centred on a pixel masked in every
+    band, e.g. a saturated core, starts its fit at the nearest pixel with
+    data); (4) :func:`deblend_catalog` fits them all (isolated sources
     in small buckets, batched) into the store ``out``; (5) one catalog.
 
     A killed run resumes where it stopped when called again with the same
