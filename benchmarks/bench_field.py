@@ -60,7 +60,8 @@ def _match(x, y, tx, ty, radius=1.5):
 def _run_ours(field, out, catalog, cache, workers):
     """The CLI in a fresh process; returns (wall s, returncode, log tail, samples).
 
-    Samples: ``(t s, sum of RSS MB, largest RSS MB, sum of PSS MB or NaN)``.
+    Samples: ``(t s, sum of RSS MB, largest RSS MB, sum of PSS MB or NaN)``; timeline
+    (every 10 s): ``(t s, sum of RSS MB, blends finished)``.
     """
     import psutil
 
@@ -72,7 +73,7 @@ def _run_ours(field, out, catalog, cache, workers):
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             preexec_fn=(lambda: os.sched_setaffinity(0, cores)) if cores else None)
-    samples, log = [], []
+    samples, log, timeline = [], [], []
     reader = threading.Thread(target=lambda: log.extend(proc.stdout), daemon=True)
     reader.start()
     ps = psutil.Process(proc.pid)
@@ -84,12 +85,24 @@ def _run_ours(field, out, catalog, cache, workers):
             # PSS (shared pages split between processes) every 2 s: reading smaps is slow
             pss = sum(p.memory_full_info().pss for p in procs) if k % 4 == 0 else np.nan
             samples.append((time.perf_counter() - t0, sum(rss) / 2**20, max(rss) / 2**20, pss / 2**20))
+            if k % 20 == 0:
+                timeline.append((round(samples[-1][0]), round(samples[-1][1]), _blends_done(out)))
         except psutil.Error:
             pass
         k += 1
         time.sleep(0.5)
     reader.join(timeout=10)
-    return time.perf_counter() - t0, proc.returncode, "".join(log[-15:]), samples
+    return time.perf_counter() - t0, proc.returncode, "".join(log[-15:]), samples, timeline
+
+
+def _blends_done(store) -> int:
+    """Blends finished so far (0 before the store exists)."""
+    try:
+        import zarr
+
+        return int((zarr.open_group(str(store), mode="r")["status"][:] > 0).sum())
+    except Exception:  # noqa: BLE001 - not created yet, or being written
+        return 0
 
 
 def main(size: int = 2048, n_sources: int = 1000, n_peer: int = 20, max_steps: int = 300,
@@ -105,7 +118,7 @@ def main(size: int = 2048, n_sources: int = 1000, n_peer: int = 20, max_steps: i
     truth = simulate_field(tmp / "field.fits", shape=(size, size), n_sources=n_sources, seed=2027,
                            bad_columns=(size // 5, size // 2 + 3, 4 * size // 5), saturated_star=True)
     t_sim = time.perf_counter() - t0
-    wall, rc, log, samples = _run_ours(tmp / "field.fits", tmp / "field.zarr", tmp / "field.ecsv",
+    wall, rc, log, samples, timeline = _run_ours(tmp / "field.fits", tmp / "field.zarr", tmp / "field.ecsv",
                                        tmp / "jax_cache", workers)
     if rc not in (0, 1):
         raise RuntimeError(f"scarlet-xr survey failed (exit code {rc}):\n{log}")
@@ -145,6 +158,7 @@ def main(size: int = 2048, n_sources: int = 1000, n_peer: int = 20, max_steps: i
         "ours_wall_s": round(wall, 1),
         "ours_peak_rss_mb": round(float(rss.max()), 0),
         "ours_peak_rss_mb_by_quarter": [round(q, 0) for q in quarter],
+        "rss_timeline_s_mb_blends_done": timeline,
         "peak_pss_mb": round(float(np.nanmax([sm[3] for sm in samples], initial=0)), 0),
         "peak_rss_one_process_mb": round(float(max((sm[2] for sm in samples), default=0)), 0),
         "ours_blends_per_s": round(n_blends / wall, 3),
@@ -196,7 +210,7 @@ def _peer(tmp, blends, flux, tflux, truth, n_peer, max_steps, c, t) -> dict:
         "peer": "scarlet2 0.5.1, one blend at a time in this process",
         "peer_blends_fitted": int(len(ids)),
         "peer_failed": failed,
-        "peer_wall_s": round(t_peer, 1),
+        "peer_subset_wall_s": round(t_peer, 1),
         "peer_blends_per_s": round(len(ids) / t_peer, 3) if t_peer else None,
         "peer_median_rel_flux_error_subset": float(np.nanmedian(err_peer)) if err_peer else None,
         "ours_median_rel_flux_error_subset": float(np.nanmedian(err_ours)) if err_ours else None,
