@@ -36,46 +36,59 @@ from .xr import frame_from_observations as frame_from_observations
 from .xr import make_observation as make_observation
 from .xr import open_observation as open_observation
 from .xr import observation_wcs as observation_wcs
-
-__all__ = [
-    "__version__",
-    "AbstractMorphology",
-    "AbstractSpectrum",
-    "AutoMorphology",
-    "Component",
-    "FitDivergedError",
-    "FitHistory",
-    "Frame",
-    "FreeFormMorphology",
-    "GaussianMorphology",
-    "Identity",
-    "Interval",
-    "LogPositive",
-    "NormalPrior",
-    "Parameter",
-    "PointSourceMorphology",
-    "Positive",
-    "Scene",
-    "SersicMorphology",
-    "Simplex",
-    "Source",
-    "Spectrum",
-    "detect_sources",
-    "fit_observations",
-    "fit_sources",
-    "frame_from_observations",
-    "initialize_sources",
-    "load_scene",
-    "make_observation",
-    "open_observation",
-    "observation_wcs",
-    "save_scene",
-]
 from .survey import deblend_catalog as deblend_catalog
+from . import accessor as accessor  # registers the .scarlet accessors
 from .core import AbstractPrior as AbstractPrior
 from .core import ScorePrior as ScorePrior
 from .scene import attach_posterior as attach_posterior
 from .scene import sample_scene as sample_scene
 from .scene import summarize as summarize_posterior
+from .scene import measure_scene as measure_scene
+from .survey import deblend_field as deblend_field
+from .survey import survey_catalog as survey_catalog
+from .xr import catalog_from_tree as catalog_from_tree
 
-__all__ += ["attach_posterior", "sample_scene", "summarize_posterior"]
+__all__ = [
+    "__version__",
+    "AbstractMorphology",
+    "AbstractPrior",
+    "AbstractSpectrum",
+    "attach_posterior",
+    "AutoMorphology",
+    "catalog_from_tree",
+    "Component",
+    "deblend_catalog",
+    "deblend_field",
+    "detect_sources",
+    "fit_observations",
+    "fit_sources",
+    "FitDivergedError",
+    "FitHistory",
+    "Frame",
+    "frame_from_observations",
+    "FreeFormMorphology",
+    "GaussianMorphology",
+    "Identity",
+    "initialize_sources",
+    "Interval",
+    "load_scene",
+    "LogPositive",
+    "make_observation",
+    "measure_scene",
+    "NormalPrior",
+    "observation_wcs",
+    "open_observation",
+    "Parameter",
+    "PointSourceMorphology",
+    "Positive",
+    "sample_scene",
+    "save_scene",
+    "Scene",
+    "ScorePrior",
+    "SersicMorphology",
+    "Simplex",
+    "Source",
+    "Spectrum",
+    "summarize_posterior",
+    "survey_catalog",
+]

@@ -16,3 +16,22 @@ from ._batch import unstack_trees as unstack_trees
 from ._sample import PosteriorSamples as PosteriorSamples
 from ._sample import log_density as log_density
 from ._sample import sample as sample
+
+__all__ = [
+    "FitDivergedError",
+    "FitHistory",
+    "PosteriorSamples",
+    "default_optimizer",
+    "fit",
+    "fit_batch",
+    "free_filter",
+    "log_density",
+    "log_prior",
+    "loss_function",
+    "partition_free",
+    "sample",
+    "settling_optimizer",
+    "stack_trees",
+    "step_tree",
+    "unstack_trees",
+]

@@ -9,3 +9,12 @@ from ._learned import LearnedMorphologyPrior as LearnedMorphologyPrior
 from ._learned import learned_prior as learned_prior
 from ._learned import load_network as load_network
 from ._learned import with_morphology_prior as with_morphology_prior
+
+__all__ = [
+    "DEFAULT_WEIGHTS",
+    "LearnedMorphologyPrior",
+    "ScoreNet",
+    "learned_prior",
+    "load_network",
+    "with_morphology_prior",
+]

@@ -14,3 +14,20 @@ from ._sample import attach_posterior as attach_posterior
 from ._sample import sample_scene as sample_scene
 from ._sample import summarize as summarize
 from ._scene import Scene as Scene
+
+__all__ = [
+    "BOX_SIZES",
+    "Measurements",
+    "Scene",
+    "attach_posterior",
+    "detect_sources",
+    "detection_image",
+    "fit_observations",
+    "fit_sources",
+    "initialize_sources",
+    "load_scene",
+    "measure_scene",
+    "sample_scene",
+    "save_scene",
+    "summarize",
+]

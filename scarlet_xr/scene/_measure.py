@@ -19,7 +19,7 @@ import numpy as np
 import xarray as xr
 
 from ..xr import likelihood_for, normalize_observations
-from ..xr._measure import (
+from ..xr import (
     FLAGS,
     MASKED_FRACTION_LIMIT,
     deblend_images,
@@ -27,9 +27,9 @@ from ..xr._measure import (
     footprints,
     half_light_radius,
     image_moments,
+    resolve_zero_points,
     shape_from_moments,
 )
-from ..xr._photometry import resolve_zero_points
 
 __all__ = ["Measurements", "measure_scene"]
 

@@ -6,9 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..xr._catalog import _SCALAR
-from ..xr._measure import FLAGS, flag_descriptions
-from ..xr._photometry import resolve_zero_points
+from ..xr import CATALOG_COLUMNS as _SCALAR
+from ..xr import FLAGS, flag_descriptions, resolve_zero_points
 from ._store import MEASURE_VARS, check_store, open_store
 
 __all__ = ["survey_catalog"]

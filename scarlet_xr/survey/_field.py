@@ -43,7 +43,7 @@ class _FieldFile:
         from astropy.io import fits
         from astropy.wcs import WCS, FITSFixedWarning
 
-        from ..xr._io import MASK_HDUS, STDDEV_HDUS, VARIANCE_HDUS, WEIGHT_HDUS
+        from ..xr import MASK_HDUS, STDDEV_HDUS, VARIANCE_HDUS, WEIGHT_HDUS
 
         self.path = Path(path)
         if not self.path.exists():

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..xr._measure import FLAGS
+from ..xr import FLAGS
 
 __all__ = [
     "PENDING", "DONE", "FAILED", "MEASURE_VARS", "create_store", "open_store", "check_store", "write_blend",

@@ -10,7 +10,7 @@ import numpy as np
 
 from ..infer import fit_batch
 from ..xr import observation_wcs
-from ..xr._measure import FLAGS, MASKED_FRACTION_LIMIT
+from ..xr import FLAGS, MASKED_FRACTION_LIMIT
 from ._bucket import pad_observation, prepare_blend
 from ._fits import read_blend
 from ._store import DONE, FAILED, MEASURE_VARS, PENDING, open_store, read_status, write_blend
@@ -21,7 +21,7 @@ __all__ = ["run_task", "detect_centers"]
 def detect_centers(ds, max_sources: int, thresh: float = 5.0) -> np.ndarray:
     """Detect sources on the weighted coadd; return ``(n, 2)`` (y, x), brightest first."""
     try:
-        from ..scene._detect import detect_sources
+        from ..scene import detect_sources
     except ImportError:  # pragma: no cover - detection module not present
         detect_sources = None
     if detect_sources is not None:

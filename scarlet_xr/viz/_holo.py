@@ -241,7 +241,7 @@ def deblended_view(tree, name: str | None = None, band=None, source=None):
 
 def catalog_row_html(tree, source) -> str:
     """The catalog row of one source as an HTML table (column, value, unit)."""
-    from ..xr._catalog import catalog_from_tree
+    from ..xr import catalog_from_tree
 
     try:
         table = catalog_from_tree(tree)

@@ -6,8 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..viz._html import save_inspector_html
-from ..viz._tree import check_tree, observation_names, source_labels
+from ..viz import check_tree, observation_names, save_inspector_html, source_labels
 
 __all__ = ["Inspector", "inspect", "export_html"]
 
@@ -38,7 +37,7 @@ class Inspector:
         import holoviews as hv
         import panel as pn
 
-        from ..viz import _holo
+        from .. import viz as _holo  # the plots, by their public names
 
         check_tree(tree)
         self.tree = tree

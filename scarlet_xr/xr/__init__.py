@@ -13,17 +13,67 @@ from ._bridge import grid_offset as grid_offset
 from ._bridge import normalize_observations as normalize_observations
 from ._results import build_result_tree as build_result_tree
 from ._measure import FLAGS as FLAGS
+from ._measure import MASKED_FRACTION_LIMIT as MASKED_FRACTION_LIMIT
+from ._measure import deblend_images as deblend_images
+from ._measure import fisher_covariance as fisher_covariance
 from ._measure import flag_descriptions as flag_descriptions
+from ._measure import footprints as footprints
+from ._measure import half_light_radius as half_light_radius
+from ._measure import image_moments as image_moments
+from ._measure import shape_from_moments as shape_from_moments
+from ._photometry import resolve_zero_points as resolve_zero_points
 from ._photometry import zero_point_from_header as zero_point_from_header
+from ._catalog import CATALOG_COLUMNS as CATALOG_COLUMNS
 from ._catalog import catalog_from_tree as catalog_from_tree
 from ._catalog import write_catalog as write_catalog
 from ._catalog import write_deblended as write_deblended
 from ._results import reduced_chi2 as reduced_chi2
 from ._io import estimate_background as estimate_background
 from ._io import open_observation as open_observation
+from ._io import MASK_HDUS as MASK_HDUS
+from ._io import STDDEV_HDUS as STDDEV_HDUS
+from ._io import VARIANCE_HDUS as VARIANCE_HDUS
+from ._io import WEIGHT_HDUS as WEIGHT_HDUS
 from ._observation import shift_wcs as shift_wcs
-from ._accessor import ScarletDataArrayAccessor as ScarletDataArrayAccessor
-from ._accessor import ScarletDatasetAccessor as ScarletDatasetAccessor
-from ._accessor import ScarletDataTreeAccessor as ScarletDataTreeAccessor
 from ._resample import observation_coords as observation_coords
 from ._resample import resampling_likelihood as resampling_likelihood
+
+__all__ = [
+    "BAND",
+    "CATALOG_COLUMNS",
+    "FLAGS",
+    "MASKED_FRACTION_LIMIT",
+    "MASK_HDUS",
+    "STDDEV_HDUS",
+    "VARIANCE_HDUS",
+    "WEIGHT_HDUS",
+    "X",
+    "Y",
+    "build_result_tree",
+    "catalog_from_tree",
+    "check_observation",
+    "deblend_images",
+    "estimate_background",
+    "fisher_covariance",
+    "flag_descriptions",
+    "footprints",
+    "frame_from_observations",
+    "grid_offset",
+    "half_light_radius",
+    "image_moments",
+    "likelihood_for",
+    "make_observation",
+    "normalize_observations",
+    "observation_coords",
+    "observation_wcs",
+    "open_observation",
+    "reduced_chi2",
+    "resampling_likelihood",
+    "resolve_zero_points",
+    "shape_from_moments",
+    "shift_wcs",
+    "wcs_to_header_string",
+    "write_catalog",
+    "write_deblended",
+    "zero_point_from_header",
+]

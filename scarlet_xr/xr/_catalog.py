@@ -22,12 +22,14 @@ import numpy as np
 from ._measure import FLAGS, flag_descriptions
 from ._observation import observation_wcs
 
-__all__ = ["catalog_from_tree", "write_catalog", "write_deblended", "REQUIRED_SOURCE_VARS"]
+__all__ = ["catalog_from_tree", "write_catalog", "write_deblended", "REQUIRED_SOURCE_VARS", "CATALOG_COLUMNS"]
+
+#: Per-source scalar columns: ``{name: (unit or None for the variable's own, description)}``.
 
 #: Variables of ``/sources`` that a catalog needs (written since scarlet_xr 0.4).
 REQUIRED_SOURCE_VARS = ("flux", "flux_err", "x", "y", "r_half", "e1", "e2", "flags", "kind")
 
-_SCALAR = {
+CATALOG_COLUMNS = {
     # name: (unit, description); unit None = from the variable's attrs
     "ra": ("deg", "ICRS right ascension of the model's light-weighted centroid"),
     "dec": ("deg", "ICRS declination of the model's light-weighted centroid"),
@@ -112,7 +114,7 @@ def catalog_from_tree(tree, *, columns=None):
     table = Table()
     table["id"] = Column(np.arange(ns), description="source index in the results tree")
     table["name"] = Column(np.asarray(src["name"].values).astype(str), description="source name")
-    for name, (unit, text) in _SCALAR.items():
+    for name, (unit, text) in CATALOG_COLUMNS.items():
         if name not in src:
             continue
         if unit is None:

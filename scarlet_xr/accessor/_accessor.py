@@ -12,7 +12,8 @@ import numpy as np
 import xarray as xr
 from astropy.wcs import WCS
 
-from ._observation import X, Y, check_observation, observation_wcs
+from ..scene import fit_observations
+from ..xr import X, Y, catalog_from_tree, check_observation, observation_wcs
 
 __all__ = ["ScarletDataArrayAccessor", "ScarletDatasetAccessor", "ScarletDataTreeAccessor"]
 
@@ -171,7 +172,6 @@ class ScarletDatasetAccessor:
         xarray.DataTree
             Results (layout in :mod:`scarlet_xr.xr._results`).
         """
-        from ..scene import fit_observations  # higher layer, imported lazily
 
         return fit_observations(
             self._obj, centers, kinds=kinds, max_steps=max_steps, e_rel=e_rel,
@@ -240,7 +240,6 @@ class ScarletDataTreeAccessor:
         xarray.DataTree
         """
         self._check()
-        from ..scene import fit_observations
 
         src = self._obj["sources"].to_dataset()
         # the centre parameters of the fit (older trees: the reported positions)
@@ -275,8 +274,6 @@ class ScarletDataTreeAccessor:
         -------
         astropy.table.Table
         """
-        from ._catalog import catalog_from_tree
-
         return catalog_from_tree(self._obj, columns=columns)
 
     def deblended(self, observation: str | None = None) -> xr.Dataset:
@@ -311,6 +308,6 @@ class ScarletDataTreeAccessor:
         scarlet_xr.widgets.Inspector
         """
         self._check()
-        from ..widgets import inspect  # top layer; holoviews/panel load only here
+        from ..widgets import inspect  # lower layer, lazily: holoviews/panel load only here
 
         return inspect(self._obj, observation=observation)
