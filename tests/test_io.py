@@ -157,11 +157,12 @@ def test_single_band_with_hdus_for_variance_mask_psf_and_header_band(tmp_path, d
     # weights from a separate file, bands given by the user, HDU index for the variance
     fits.PrimaryHDU(1 / var).writeto(tmp_path / "weight.fits")
     obs2 = open_observation(path, weight=tmp_path / "weight.fits", bands=["HSC-Z"], name="z")
-    # the file's MASK HDU is still read by default (and said so)
-    assert obs2.attrs["planes"] == "mask=MASK"
+    # the file's MASK HDU is still read by default (and said so), next to the given weight file
+    assert obs2.attrs["planes"] == "weight=weight.fits,mask=MASK"
     np.testing.assert_allclose(obs2["weight"].values[0], np.where(mask == 0, 25.0, 0.0), rtol=1e-6)
     assert list(obs2["band"].values) == ["HSC-Z"] and obs2.attrs["name"] == "z"
     obs3 = open_observation(path, variance=1, psf=3)
+    assert obs3.attrs["planes"] == "variance=#1,mask=MASK"
     np.testing.assert_array_equal(obs3["weight"].values, obs2["weight"].values)
 
 
@@ -256,3 +257,193 @@ def test_variance_and_mask_planes_read_by_name_by_default(tmp_path, data_dir):
     ]).writeto(tmp_path / "badvar.fits")
     with pytest.raises(ValueError, match="variance"):
         open_observation(tmp_path / "badvar.fits")
+
+
+# -- noise and mask planes: overrides, bit masks, checks (issue 15) ----------------------------------
+
+LSST_BITS = {"BAD": 0, "SAT": 1, "INTRP": 2, "CR": 3, "EDGE": 4, "DETECTED": 5, "NO_DATA": 8}
+
+
+def _planes_file(path, data_dir, *, mask=None, mask_bits_header=True, extra=()):
+    """The HSC g,r bands with a VARIANCE (0.04), an alternative VAR2 (0.01) and optional MASK HDU."""
+    src = fits.open(data_dir / "Cut_HSC.fits")
+    img = src[0].data[:2].astype(np.float32)
+    hdr = WCS(src[0].header, naxis=2).to_header()
+    hdr["BANDS"] = "g,r"
+    hdus = [fits.PrimaryHDU(img, header=hdr),
+            fits.ImageHDU(np.full(img.shape, 0.04, np.float32), name="VARIANCE"),
+            fits.ImageHDU(np.full(img.shape, 0.01, np.float32), name="VAR2"),
+            fits.ImageHDU(fits.getdata(data_dir / "PSF_HSC.fits")[:2], name="PSF")]
+    if mask is not None:
+        mh = fits.Header()
+        if mask_bits_header:
+            for k, v in LSST_BITS.items():
+                mh[f"HIERARCH MP_{k}"] = v
+        hdus.append(fits.ImageHDU(mask, header=mh, name="MASK"))
+    fits.HDUList(hdus + list(extra)).writeto(path)
+    return img
+
+
+def _cli_load(argv):
+    from scarlet_xr.cli import build_parser
+    from scarlet_xr.cli._fit import _load
+
+    return _load(build_parser().parse_args(["fit", *map(str, argv), "--out", "unused.nc"]))
+
+
+def test_cli_variance_weight_mask_flags_override_detection_by_name(tmp_path, data_dir):
+    mask = np.zeros((50, 50), np.int32)
+    mask[:, 30] = 1 << LSST_BITS["BAD"]
+    path = tmp_path / "p.fits"
+    _planes_file(path, data_dir, mask=mask)
+    (obs,) = _cli_load([path])  # default: VARIANCE and MASK found by name
+    assert obs.attrs["planes"] == "variance=VARIANCE,mask=MASK"
+    np.testing.assert_allclose(obs["weight"].values, np.where(mask == 0, 25.0, 0.0)[None].repeat(2, 0),
+                               rtol=1e-6)
+    # --variance names another HDU of the file, --mask a separate file (all good pixels)
+    fits.PrimaryHDU(np.zeros((50, 50), np.uint8)).writeto(tmp_path / "nomask.fits")
+    (obs,) = _cli_load([path, "--variance", "VAR2", "--mask", tmp_path / "nomask.fits"])
+    assert obs.attrs["planes"] == "variance=VAR2,mask=nomask.fits"
+    np.testing.assert_allclose(obs["weight"].values, 100.0, rtol=1e-6)
+    # --weight from a file, two FILEs with one value each ('auto' keeps the default)
+    fits.PrimaryHDU(np.full((2, 50, 50), 4.0, np.float32)).writeto(tmp_path / "w.fits")
+    obs = _cli_load([path, path, "--weight", tmp_path / "w.fits", "auto", "--bands", "g,r", "--bands", "a,b"])
+    assert obs[0].attrs["planes"] == "weight=w.fits,mask=MASK"
+    np.testing.assert_allclose(obs[0]["weight"].values[:, :, 0], 4.0, rtol=1e-6)
+    assert obs[1].attrs["planes"] == "variance=VARIANCE,mask=MASK"
+    with pytest.raises(ValueError, match="give --variance once per FILE: expected 2; got 1"):
+        _cli_load([path, path, "--variance", "VAR2"])
+    with pytest.raises(ValueError, match="give --variance or --weight for 'p.fits', not both"):
+        _cli_load([path, "--variance", "VAR2", "--weight", tmp_path / "w.fits"])
+    with pytest.raises(FileNotFoundError, match=r"the variance 'VARX' is neither an HDU of 'p.fits' \(it has "
+                                                r"\['PRIMARY', 'VARIANCE', 'VAR2', 'PSF', 'MASK'\]\)"):
+        _cli_load([path, "--variance", "VARX"])
+
+
+def test_mask_bits_select_bits_by_name_or_number(tmp_path, data_dir, caplog):
+    mask = np.zeros((50, 50), np.int32)
+    mask[:, 30] = 1 << LSST_BITS["BAD"]                 # a bad column
+    mask[40:45, 5:10] |= 1 << LSST_BITS["SAT"]          # a saturated patch
+    mask[20:30, 20:30] |= 1 << LSST_BITS["DETECTED"]    # a source footprint: never a reason to reject
+    mask[0, :] |= 1 << LSST_BITS["NO_DATA"]
+    path = tmp_path / "bits.fits"
+    _planes_file(path, data_dir, mask=mask)
+    # default: any non-zero value rejects, and a warning says the header names bit planes
+    with caplog.at_level("WARNING"):
+        obs = open_observation(path)
+    assert "names bit planes ['BAD', 'SAT', 'INTRP', 'CR', 'EDGE', 'DETECTED', 'NO_DATA']" in caplog.text
+    np.testing.assert_array_equal(obs["weight"].values[0] == 0, mask != 0)
+    assert "mask_bits" not in obs.attrs
+    want = (mask & 0b100000011) != 0                    # BAD, SAT, NO_DATA
+    for bits in ("BAD,SAT,NO_DATA", "bad, sat ,no_data", ["BAD", 1, "8"], "0,1,8"):
+        obs = open_observation(path, mask_bits=bits)
+        np.testing.assert_array_equal(obs["weight"].values[1] == 0, want)
+        np.testing.assert_allclose(obs["weight"].values[1][~want], 25.0, rtol=1e-6)
+    assert open_observation(path, mask_bits="BAD,SAT,NO_DATA").attrs["mask_bits"] == "BAD=0,SAT=1,NO_DATA=8"
+    # the CLI flag does the same
+    (obs,) = _cli_load([path, "--mask-bits", "BAD"])
+    np.testing.assert_array_equal(obs["weight"].values[0] == 0, (mask & 1) != 0)
+    # unknown names list the known ones; numbers out of range; a float mask; no mask at all
+    with pytest.raises(ValueError, match=r"mask bit 'SATURATED' is not named in the header of the mask plane "
+                                         r"\(HDU 'MASK'\); expected one of \['BAD', 'CR', 'DETECTED', "
+                                         r"'EDGE', 'INTRP', 'NO_DATA', 'SAT'\]"):
+        open_observation(path, mask_bits="BAD,SATURATED")
+    with pytest.raises(ValueError, match=r"mask bit 32 = 32 does not exist in the 32-bit mask plane "
+                                         r"\(HDU 'MASK'\); expected 0..31"):
+        open_observation(path, mask_bits=32)
+    fits.PrimaryHDU(mask.astype(np.float32)).writeto(tmp_path / "fmask.fits")
+    with pytest.raises(ValueError, match="mask_bits needs an integer bitmask; the mask plane "
+                                         r"\(file 'fmask.fits'\) has dtype"):
+        open_observation(path, mask=tmp_path / "fmask.fits", mask_bits="0")
+    with pytest.raises(ValueError, match="mask bit 'BAD': the mask plane \\(array\\) names no bit planes"):
+        open_observation(path, mask=mask, mask_bits="BAD")
+    nomask = tmp_path / "nomask.fits"
+    _planes_file(nomask, data_dir)
+    with pytest.raises(ValueError, match="mask_bits='BAD' given but there is no mask plane"):
+        open_observation(nomask, mask_bits="BAD")
+
+
+def test_mask_bit_31_of_a_signed_mask(tmp_path, data_dir):
+    """The top bit of a signed integer mask (a negative value) is selected like any other."""
+    mask = np.zeros((50, 50), np.int32)
+    mask[3, 4] = np.int32(-(2**31))  # bit 31 only
+    mask[5, 6] = 2                   # bit 1
+    path = tmp_path / "top.fits"
+    _planes_file(path, data_dir, mask=mask, mask_bits_header=False)
+    w = open_observation(path, mask_bits=31)["weight"].values[0]
+    assert w[3, 4] == 0 and w[5, 6] > 0 and np.sum(w == 0) == 1
+
+
+def test_bad_planes_are_refused_naming_the_plane(tmp_path, data_dir):
+    path = tmp_path / "p.fits"
+    img = _planes_file(path, data_dir)
+    with pytest.raises(ValueError, match=r"variance must match data shape \(2, 50, 50\); got \(2, 50, 49\) "
+                                         r"\(variance plane: array\)"):
+        open_observation(path, variance=np.ones((2, 50, 49)))
+    with pytest.raises(ValueError, match=r"weights must match data shape \(2, 50, 50\); got \(50, 50\) "
+                                         r"\(weight plane: file 'w.fits'\)"):
+        fits.PrimaryHDU(np.ones((50, 50))).writeto(tmp_path / "w.fits")
+        open_observation(path, weight=tmp_path / "w.fits")
+    with pytest.raises(ValueError, match=r"mask must match data shape \(2, 50, 50\); got \(3, 50, 50\) "
+                                         r"\(mask plane: array\)"):
+        open_observation(path, mask=np.zeros((3, 50, 50)))
+    w = np.full(img.shape, 25.0)
+    w[1, 7, 9] = -2.0
+    with pytest.raises(ValueError, match=r"weights must be >= 0; got 1 pixels < 0, minimum -2, e.g. -2 at "
+                                         r"\(band, y, x\) = \(1, 7, 9\) \(weight plane: array\)"):
+        open_observation(path, weight=w)
+    var = np.full(img.shape, 0.04)
+    var[0, 3, 4] = 0.0
+    var[1, 8, 8] = np.nan
+    with pytest.raises(ValueError, match=r"variance must be > 0 on unmasked pixels; got 2 pixels with "
+                                         r"variance <= 0 or non-finite, e.g. 0 at \(band, y, x\) = "
+                                         r"\(0, 3, 4\) \(variance plane: array\); mask them"):
+        open_observation(path, variance=var)
+    # masked, those pixels are fine: weight 0 there, 25 elsewhere
+    mask = np.zeros(img.shape, np.uint8)
+    mask[0, 3, 4] = mask[1, 8, 8] = 1
+    obs = open_observation(path, variance=var, mask=mask)
+    np.testing.assert_allclose(obs["weight"].values, np.where(mask == 0, 25.0, 0.0), rtol=1e-6)
+    # a standard-deviation plane (ERR) with a zero is refused as such
+    err = np.full(img.shape, 0.2, np.float32)
+    err[0, 0, 0] = 0
+    hdul = fits.open(path)
+    fits.HDUList([hdul[0], fits.ImageHDU(err, name="ERR"), hdul["PSF"]]).writeto(tmp_path / "e.fits")
+    with pytest.raises(ValueError, match=r"stddev must be > 0 on unmasked pixels; got 1 pixels .* "
+                                         r"\(stddev plane: HDU 'ERR'\)"):
+        open_observation(tmp_path / "e.fits")
+
+
+def test_int16_image_with_bscale_bzero_reads_scaled_values(tmp_path, data_dir):
+    src = fits.open(data_dir / "Cut_HSC.fits")
+    raw = src[0].data.astype(np.float64)
+    bscale, bzero = 0.002, 10.0
+    stored = np.round((raw - bzero) / bscale).astype(np.int16)
+    assert np.abs((raw - bzero) / bscale).max() < 32767  # the cutout fits in int16 at this scale
+    hdu = fits.PrimaryHDU(stored, header=src[0].header.copy())
+    hdu.header["BSCALE"], hdu.header["BZERO"] = bscale, bzero
+    hdu.writeto(tmp_path / "i16.fits")
+    assert fits.getheader(tmp_path / "i16.fits")["BITPIX"] == 16
+    obs = open_observation(tmp_path / "i16.fits", psf=data_dir / "PSF_HSC.fits")
+    want = (bzero + bscale * stored.astype(np.float64)).astype(np.float32)
+    np.testing.assert_allclose(obs["data"].values, want, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(obs["data"].values, raw, atol=bscale / 2 + 1e-5)
+
+
+def test_one_single_band_file_per_band_are_separate_observations(tmp_path, data_dir):
+    """``scarlet-xr fit g.fits r.fits --bands g --bands r``: one 2-D observation per file."""
+    src = fits.open(data_dir / "Cut_HSC.fits")
+    hdr = WCS(src[0].header, naxis=2).to_header()
+    psf = fits.getdata(data_dir / "PSF_HSC.fits")
+    files = []
+    for k, b in ((0, "g"), (1, "r")):
+        files.append(tmp_path / f"{b}.fits")
+        fits.HDUList([fits.PrimaryHDU(src[0].data[k], header=hdr),
+                      fits.ImageHDU(np.full((50, 50), 0.04, np.float32), name="VARIANCE"),
+                      fits.ImageHDU(psf[k], name="PSF")]).writeto(files[-1])
+    obs = _cli_load([*files, "--bands", "g", "--bands", "r"])
+    assert [o.attrs["name"] for o in obs] == ["g", "r"]
+    assert [list(o["band"].values) for o in obs] == [["g"], ["r"]]
+    np.testing.assert_array_equal(obs[1]["data"].values[0], src[0].data[1].astype(np.float32))
+    frame = sx.frame_from_observations(obs)
+    assert frame.bands == ("g", "r") and frame.shape[-2:] == (50, 50)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from ..xr._catalog import catalog_from_tree, write_catalog, write_deblended
+from ..xr import catalog_from_tree, write_catalog, write_deblended
 from ._common import check_output, enable_compile_cache, format_summary, write_tree
 from ._products import check_products, format_catalog, parse_zero_points
 from ._sources import read_catalog as read_catalog
@@ -26,6 +26,21 @@ def add_parser(sub) -> None:
     p.add_argument(
         "--psf", nargs="+", action="extend", default=None, metavar="PSF",
         help="PSF FITS file per FILE, in the same order (default: a 'PSF' HDU in each FILE)",
+    )
+    for opt, what in (("--variance", "variance"), ("--weight", "inverse variance (weight)"),
+                      ("--mask", "bad-pixel mask (non-zero = bad, or see --mask-bits)")):
+        p.add_argument(
+            opt, nargs="+", action="extend", default=None, metavar=opt[2:].upper(),
+            help=f"{what} plane per FILE, in the same order: an HDU name of that FILE or a FITS file; "
+                 "'auto' keeps the default for that FILE (default: found by HDU name, "
+                 "e.g. VARIANCE, WEIGHT, MASK)",
+        )
+    p.add_argument(
+        "--mask-bits", action="append", default=None, metavar="B1,B2,...",
+        help="reject only mask pixels with these bits set: bit numbers or names from the mask "
+             "header (MP_<NAME> keywords, as in LSST/HSC files), e.g. BAD,SAT,NO_DATA; once for "
+             "all FILEs or once per FILE ('auto': the default for that FILE: any non-zero mask value "
+             "rejects the pixel)",
     )
     p.add_argument(
         "--bands", action="append", default=None, metavar="B1,B2,...",
@@ -71,16 +86,35 @@ def _load(args):
     from ..xr import open_observation
 
     n = len(args.files)
-    for opt, vals in (("--psf", args.psf), ("--bands", args.bands)):
+    for opt, vals in (("--psf", args.psf), ("--bands", args.bands), ("--variance", args.variance),
+                      ("--weight", args.weight), ("--mask", args.mask)):
         if vals is not None and len(vals) != n:
             raise ValueError(f"give {opt} once per FILE: expected {n}; got {len(vals)}")
+    if args.mask_bits is not None and len(args.mask_bits) not in (1, n):
+        raise ValueError(
+            f"give --mask-bits once (for all FILEs) or once per FILE: expected 1 or {n}; "
+            f"got {len(args.mask_bits)}"
+        )
+
+    def plane(vals, i):
+        return None if vals is None or vals[i].lower() == "auto" else vals[i]
+
     obs = []
     for i, f in enumerate(args.files):
         bands = None if args.bands is None else [b.strip() for b in args.bands[i].split(",")]
+        bits = None
+        if args.mask_bits is not None:
+            bits = plane(args.mask_bits, 0 if len(args.mask_bits) == 1 else i)
+        if plane(args.variance, i) is not None and plane(args.weight, i) is not None:
+            raise ValueError(f"give --variance or --weight for {Path(f).name!r}, not both")
         obs.append(
             open_observation(
                 f,
                 psf=None if args.psf is None else args.psf[i],
+                variance=plane(args.variance, i),
+                weight=plane(args.weight, i),
+                mask=plane(args.mask, i),
+                mask_bits=bits,
                 bands=bands,
                 recenter_psf=args.recenter_psf,
                 subtract_background=args.subtract_background,

@@ -67,32 +67,191 @@ def _select(hdul, which, path):
 
 
 def _read_aux(source, hdul, path, what):
-    """Read an auxiliary array (variance, weight, mask, PSF).
+    """Read an auxiliary array (variance, weight, mask, PSF); see :func:`_read_plane`."""
+    return _read_plane(source, hdul, path, what)[0]
+
+
+def _read_plane(source, hdul, path, what):
+    """Read an auxiliary plane: ``(array, header, label)``.
 
     ``source`` is an array, an HDU index / EXTNAME in the image file, or the
-    path of another FITS file (its first image HDU is used).
+    path of another FITS file (its first image HDU is used). ``header`` is the
+    header of the HDU read (None for arrays) and ``label`` says where the plane
+    came from, for messages (``"HDU 'MASK'"``, ``"file 'm.fits'"``, ``"array"``).
     """
     if source is None:
-        return None
+        return None, None, None
     if isinstance(source, (np.ndarray, list, tuple)):
-        return np.asarray(source)
+        return np.asarray(source), None, "array"
+    names = [h.name for h in hdul]
     if isinstance(source, (int, np.integer)):
         hdu = _select(hdul, int(source), path)
-    elif isinstance(source, str) and source.upper() in [h.name for h in hdul]:
+        label = f"HDU {int(source)}" + (f" ({hdu.name!r})" if hdu.name else "")
+    elif isinstance(source, str) and source.upper() in names:
         hdu = _select(hdul, source, path)
+        label = f"HDU {hdu.name!r}"
     elif isinstance(source, (str, os.PathLike)):
+        if not Path(source).exists():
+            raise FileNotFoundError(
+                f"the {what} {str(source)!r} is neither an HDU of {Path(path).name!r} (it has {names}) "
+                "nor an existing FITS file"
+            )
         other = _open_fits(source)
         idx = _image_hdus(other)
         if not idx:
             raise ValueError(f"{what} file {Path(source).name!r} has no 2-D or 3-D image HDU")
         hdu = other[idx[0]]
+        label = f"file {Path(source).name!r}"
     else:
         raise TypeError(
             f"{what} must be an array, an HDU index or name, or a file path; got {type(source).__name__}"
         )
     if hdu.data is None:
         raise ValueError(f"the {what} HDU {hdu.name!r} has no data")
-    return np.asarray(hdu.data)
+    return np.asarray(hdu.data), hdu.header, label
+
+
+def _plane_name(source) -> str | None:
+    """How a plane given as ``source`` is recorded in ``attrs["planes"]`` (None for arrays)."""
+    if source is None or isinstance(source, (np.ndarray, list, tuple)):
+        return None
+    if isinstance(source, (int, np.integer)):
+        return f"#{int(source)}"
+    if isinstance(source, os.PathLike) or (isinstance(source, str) and Path(source).exists()):
+        return Path(source).name
+    return str(source).upper()
+
+
+def _mask_plane_names(header) -> dict[str, int]:
+    """Named bit planes of an integer mask, as LSST/HSC files record them.
+
+    Parameters
+    ----------
+    header : astropy.io.fits.Header or None
+        Header of the mask HDU.
+
+    Returns
+    -------
+    dict
+        Bit index (0 = least significant) by plane name (upper case), from
+        the keywords ``MP_<NAME> = <bit>`` (e.g. ``MP_BAD = 0``,
+        ``MP_SAT = 1``, ``HIERARCH MP_NO_DATA = 8``); empty when there are none.
+    """
+    out = {}
+    if header is None:
+        return out
+    for key in header:
+        if key.upper().startswith("MP_") and len(key) > 3:
+            value = header[key]
+            if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+                out[key[3:].upper()] = int(value)
+    return out
+
+
+def _resolve_mask_bits(mask_bits, header, label, nbits) -> dict[str, int]:
+    """``mask_bits`` (names and/or bit numbers) as ``{label: bit}``."""
+    if isinstance(mask_bits, (int, np.integer)):
+        items = [int(mask_bits)]
+    elif isinstance(mask_bits, str):
+        items = [b.strip() for b in mask_bits.split(",") if b.strip()]
+    else:
+        items = [b.strip() if isinstance(b, str) else b for b in mask_bits]
+    if not items:
+        raise ValueError(f"mask_bits must name at least one bit; got {mask_bits!r}")
+    known = _mask_plane_names(header)
+    out = {}
+    for item in items:
+        if isinstance(item, str) and not item.lstrip("+-").isdigit():
+            if not known:
+                raise ValueError(
+                    f"mask bit {item!r}: the mask plane ({label}) names no bit planes (no MP_<NAME> "
+                    f"keywords in its header); give bit numbers instead, e.g. 0,1,8"
+                )
+            if item.upper() not in known:
+                raise ValueError(
+                    f"mask bit {item!r} is not named in the header of the mask plane ({label}); "
+                    f"expected one of {sorted(known)} or a bit number"
+                )
+            name, bit = item.upper(), known[item.upper()]
+        elif isinstance(item, (str, int, np.integer)) and not isinstance(item, bool):
+            bit = int(item)
+            name = str(bit)
+        else:
+            raise TypeError(f"mask_bits must hold bit names or numbers; got {item!r}")
+        if not 0 <= bit < nbits:
+            raise ValueError(
+                f"mask bit {name} = {bit} does not exist in the {nbits}-bit mask plane ({label}); "
+                f"expected 0..{nbits - 1}"
+            )
+        out[name] = bit
+    return out
+
+
+def _mask_to_bool(m_arr, header, label, mask_bits, shape, fname):
+    """Boolean bad-pixel mask of ``shape`` from a mask plane; ``(mask, bits)``."""
+    m_arr = np.asarray(m_arr)
+    got = m_arr.shape
+    if m_arr.ndim == 2:
+        m_arr = m_arr[None]
+    if m_arr.ndim != 3 or m_arr.shape[1:] != shape[1:] or m_arr.shape[0] not in (1, shape[0]):
+        raise ValueError(f"mask must match data shape {shape}; got {got} (mask plane: {label})")
+    bits = None
+    if mask_bits is None:
+        bad = m_arr != 0
+        named = _mask_plane_names(header)
+        if named and np.any(bad):
+            logger.warning(
+                "%s: the mask plane (%s) names bit planes %s; every non-zero value rejects a pixel "
+                "(%d pixels, %.1f%%). Pass mask_bits= (--mask-bits), e.g. BAD,SAT,NO_DATA, to reject "
+                "only some", fname, label, sorted(named, key=named.get), int(np.count_nonzero(bad)),
+                100 * np.mean(bad),
+            )
+    else:
+        if m_arr.dtype.kind not in "iu":
+            raise ValueError(
+                f"mask_bits needs an integer bitmask; the mask plane ({label}) has dtype {m_arr.dtype}"
+            )
+        bits = _resolve_mask_bits(mask_bits, header, label, 8 * m_arr.dtype.itemsize)
+        udt = np.dtype(f"u{m_arr.dtype.itemsize}")
+        select = np.array(sum(1 << b for b in set(bits.values())), dtype=udt)
+        bad = (m_arr.astype(udt, copy=False) & select) != 0  # signed values wrap: bits are kept
+        logger.info("%s: mask bits %s of the mask plane (%s) reject %d pixels", fname,
+                    ",".join(f"{k}={v}" if k != str(v) else k for k, v in bits.items()), label,
+                    int(np.count_nonzero(bad)))
+    return np.broadcast_to(bad, shape), bits
+
+
+def _check_noise_plane(arr, kind, label, data, mask):
+    """Refuse a variance / standard deviation / weight plane of the wrong shape or with bad values."""
+    arr = np.asarray(arr)
+    got = arr.shape
+    if arr.ndim == 2:
+        arr = arr[None]
+    what = "weights" if kind == "weight" else kind
+    if arr.shape != data.shape:
+        raise ValueError(f"{what} must match data shape {data.shape}; got {got} ({kind} plane: {label})")
+    if arr.dtype.kind not in "biuf":
+        raise ValueError(f"the {kind} plane ({label}) must hold real numbers; got dtype {arr.dtype}")
+    if kind == "weight":
+        neg = arr < 0  # NaN compares False: non-finite weights become 0 in make_observation
+        if np.any(neg):
+            where = tuple(int(i[0]) for i in np.nonzero(neg))
+            raise ValueError(
+                f"weights must be >= 0; got {int(np.count_nonzero(neg))} pixels < 0, minimum "
+                f"{np.nanmin(arr):.4g}, e.g. {arr[where]:.4g} at (band, y, x) = {where} "
+                f"({kind} plane: {label})"
+            )
+        return
+    bad = ~(arr > 0) & np.isfinite(data)
+    if mask is not None:
+        bad &= ~mask
+    if np.any(bad):
+        where = tuple(int(i[0]) for i in np.nonzero(bad))
+        raise ValueError(
+            f"{kind} must be > 0 on unmasked pixels; got {int(np.count_nonzero(bad))} pixels with "
+            f"{kind} <= 0 or non-finite, e.g. {arr[where]:.4g} at (band, y, x) = {where} "
+            f"({kind} plane: {label}); mask them with mask= (--mask)"
+        )
 
 
 def _header_bands(header, nb: int) -> list[str] | None:
@@ -214,6 +373,7 @@ def open_observation(
     variance=None,
     weight=None,
     mask=None,
+    mask_bits=None,
     bands=None,
     name: str | None = None,
     allow_missing_wcs: bool = False,
@@ -236,19 +396,36 @@ def open_observation(
     hdu : int or str, optional
         The image HDU; default the first HDU holding a 2-D or 3-D image.
     variance, weight : array, int, str or path-like, optional
-        Variance or inverse variance, as for ``psf`` (give at most one).
-        Default: an HDU named as in :data:`VARIANCE_HDUS` or, failing that,
+        Variance or inverse variance (give at most one): an array, an HDU
+        (index or EXTNAME) of this file, or the path of another FITS file (its
+        first image HDU). Either overrides the detection by name. Default: an
+        HDU named as in :data:`VARIANCE_HDUS` or, failing that,
         :data:`WEIGHT_HDUS` or, failing that, a noise standard deviation HDU
-        (:data:`STDDEV_HDUS`, squared) (recorded in ``attrs["planes"]``).
+        (:data:`STDDEV_HDUS`, squared). The planes used (found or given, except
+        arrays) are logged and recorded in ``attrs["planes"]``, e.g.
+        ``"variance=VARIANCE,mask=MASK"`` or ``"weight=w.fits"``.
         Other image HDUs that are not used are never ignored silently: they
         are logged (warning) and listed in ``attrs["ignored_hdus"]``. When none is
         given nor found, the noise is estimated from the background of each
         band with ``sep`` (a constant variance per band) and
         ``attrs["noise_estimated"] = 1``; the measured levels are kept in the
         variables ``background`` and ``background_rms`` (band).
+        A plane must have the image's shape (a 2-D plane for a 2-D image);
+        the variance (or standard deviation) must be > 0 and finite on every
+        unmasked pixel with finite data, the weight >= 0 everywhere.
     mask : array, int, str or path-like, optional
-        Bad-pixel mask, as for ``psf``; non-zero marks a bad pixel (weight 0).
-        Default: an HDU named as in :data:`MASK_HDUS`, if present.
+        Bad-pixel mask, given as ``variance`` (one plane for all bands or one
+        per band); a masked pixel gets weight 0 and may carry any variance.
+        Default: an HDU named as in :data:`MASK_HDUS`, if present. Without
+        ``mask_bits`` every non-zero value marks a bad pixel (a warning says
+        so when the header names bit planes, see below).
+    mask_bits : str, int or sequence of str and int, optional
+        For an integer bitmask: reject only the pixels with one of these bits
+        set, e.g. ``"BAD,SAT,NO_DATA"``, ``["BAD", 8]`` or ``5``. Bits are
+        numbers (0 = least significant) or names, looked up in the mask
+        HDU's header as LSST/HSC files record them (keywords
+        ``MP_<NAME> = <bit>``, e.g. ``MP_BAD = 0``, ``HIERARCH MP_NO_DATA = 8``).
+        Recorded in ``attrs["mask_bits"]`` (e.g. ``"BAD=0,SAT=1"``).
     bands : sequence of str, optional
         Band names; default from the header, else ``"<name>0", "<name>1", ...``
         (prefixed so that bands of different files never merge by accident).
@@ -279,15 +456,21 @@ def open_observation(
         If ``path`` (or an auxiliary file) does not exist.
     ValueError
         Corrupt or unreadable FITS, no image HDU, a missing or non-celestial
-        WCS, and everything :func:`~scarlet_xr.make_observation` rejects
-        (shape mismatches, variance <= 0, PSF of even size, off-centre or
-        with a band count different from the image, an all-masked image).
+        WCS, a plane of the wrong shape, a variance <= 0 on an unmasked pixel,
+        a weight < 0 (each message names the plane and where it came from),
+        ``mask_bits`` without a mask plane, on a non-integer mask, naming a bit
+        the header does not know (the message lists the known names) or out
+        of range, and everything :func:`~scarlet_xr.make_observation` rejects
+        (PSF of even size, off-centre or with a band count different from the
+        image, an all-masked image).
 
     Notes
     -----
     The PSF is normalised to unit sum per band (a cut-out PSF usually misses a
     little flux in its wings); non-finite pixels are masked, counted in
-    ``attrs["n_nonfinite_masked"]`` and reported in a log warning.
+    ``attrs["n_nonfinite_masked"]`` and reported in a log warning. Integer
+    images with ``BSCALE``/``BZERO`` are read as their scaled values
+    (``BZERO + BSCALE * stored``), as astropy returns them.
     """
     hdul = _open_fits(path)
     if hdu is None:
@@ -335,13 +518,11 @@ def open_observation(
         weight = None if variance is not None else next((n for n in WEIGHT_HDUS if n in hdu_names), None)
         if variance is None and weight is None:
             stddev = next((n for n in STDDEV_HDUS if n in hdu_names), None)
-        for what, hname in (("variance", variance), ("weight", weight), ("stddev", stddev)):
-            if hname is not None:
-                planes[what] = hname
     if mask is None:
         mask = next((n for n in MASK_HDUS if n in hdu_names), None)
-        if mask is not None:
-            planes["mask"] = mask
+    for what, src in (("variance", variance), ("weight", weight), ("stddev", stddev), ("mask", mask)):
+        if _plane_name(src) is not None:
+            planes[what] = _plane_name(src)
     if planes:
         logger.info("%s: using planes %s", Path(path).name,
                     ", ".join(f"{k}={v!r}" for k, v in planes.items()))
@@ -353,21 +534,30 @@ def open_observation(
             "pass them explicitly with psf=, variance=, weight= or mask=)", Path(path).name, ignored,
         )
         extra["ignored_hdus"] = ",".join(ignored)
+    m_arr, m_hdr, m_label = _read_plane(mask, hdul, path, "mask")
+    if m_arr is not None:
+        m_arr, bits = _mask_to_bool(m_arr, m_hdr, m_label, mask_bits, data.shape, Path(path).name)
+        if bits is not None:
+            extra["mask_bits"] = ",".join(f"{k}={v}" if k != str(v) else k for k, v in bits.items())
+    elif mask_bits is not None:
+        raise ValueError(
+            f"mask_bits={mask_bits!r} given but there is no mask plane: {Path(path).name!r} has no HDU "
+            f"named {' or '.join(MASK_HDUS)} and no mask= (--mask) was given"
+        )
     if stddev is not None:
-        sd = np.asarray(_read_aux(stddev, hdul, path, "stddev"), np.float64)
+        sd, _, sd_label = _read_plane(stddev, hdul, path, "stddev")
+        _check_noise_plane(sd, "stddev", sd_label, data, m_arr)
+        sd = np.asarray(sd, np.float64)
         logger.info("%s: noise standard deviation read from HDU %r (variance = value**2)",
                     Path(path).name, stddev)
         variance = np.where(sd > 0, sd**2, np.where(np.isfinite(sd), 0.0, np.nan))
-    var_arr = _read_aux(variance, hdul, path, "variance")
-    w_arr = _read_aux(weight, hdul, path, "weight")
-    m_arr = _read_aux(mask, hdul, path, "mask")
-    if m_arr is not None:
-        m_arr = np.asarray(m_arr)
-        if m_arr.ndim == 2:
-            m_arr = m_arr[None]
-        if m_arr.shape[1:] != data.shape[1:] or m_arr.shape[0] not in (1, nb):
-            raise ValueError(f"mask must match the image shape {data.shape}; got {m_arr.shape}")
-        m_arr = np.broadcast_to(m_arr != 0, data.shape)
+        del sd
+    var_arr, _, var_label = _read_plane(variance, hdul, path, "variance")
+    if var_arr is not None and stddev is None:
+        _check_noise_plane(var_arr, "variance", var_label, data, m_arr)
+    w_arr, _, w_label = _read_plane(weight, hdul, path, "weight")
+    if w_arr is not None:
+        _check_noise_plane(w_arr, "weight", w_label, data, m_arr)
     estimated = var_arr is None and w_arr is None
     level = rms = None
     if estimated or subtract_background:
