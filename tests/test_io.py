@@ -447,3 +447,42 @@ def test_one_single_band_file_per_band_are_separate_observations(tmp_path, data_
     np.testing.assert_array_equal(obs[1]["data"].values[0], src[0].data[1].astype(np.float32))
     frame = sx.frame_from_observations(obs)
     assert frame.bands == ("g", "r") and frame.shape[-2:] == (50, 50)
+
+
+def test_masked_bad_column_does_not_bias_the_fit(tmp_path, data_dir, hsc_fits_obs):
+    """A bad column (+30 sigma) through the blend: masked with its BAD bit, the fluxes are those of
+    the clean image; left in (``mask_bits`` selecting another bit) it biases them."""
+    from scarlet_xr.scene import detect_sources, fit_sources
+
+    src = fits.open(data_dir / "Cut_HSC.fits")
+    img = src[0].data.astype(np.float32)
+    rms = hsc_fits_obs["background_rms"].values
+    var = np.broadcast_to((rms**2)[:, None, None], img.shape).astype(np.float32)
+    hdr = src[0].header.copy()
+    hdr["BANDS"] = "g,r,i,z,y"
+    mask = np.zeros((50, 50), np.int32)
+    mask[:, 25] = 1 << LSST_BITS["BAD"]
+    mhdr = fits.Header()
+    mhdr["MP_BAD"], mhdr["MP_SAT"] = LSST_BITS["BAD"], LSST_BITS["SAT"]
+    bad = img.copy()
+    bad[:, :, 25] += 30 * rms[:, None]
+    for name, im in (("clean", img), ("bad", bad)):
+        fits.HDUList([fits.PrimaryHDU(im, header=hdr), fits.ImageHDU(var, name="VARIANCE"),
+                      fits.ImageHDU(fits.getdata(data_dir / "PSF_HSC.fits"), name="PSF"),
+                      fits.ImageHDU(mask, header=mhdr, name="MASK")]).writeto(tmp_path / f"{name}.fits")
+    clean = open_observation(tmp_path / "clean.fits", mask_bits="SAT")  # no SAT pixel: nothing masked
+    assert np.all(clean["weight"].values > 0)
+    frame = sx.frame_from_observations(clean)
+    centers = detect_sources(clean, frame)
+    assert len(centers) >= 4 and np.min(np.abs(centers[:, 1] - 25)) < 3  # the column crosses a source
+    flux = {}
+    for key, fname, bits in (("clean", "clean", "SAT"), ("masked", "bad", "BAD"), ("unmasked", "bad", "SAT")):
+        obs = open_observation(tmp_path / f"{fname}.fits", mask_bits=bits)
+        assert np.all((obs["weight"].values[:, :, 25] == 0) == (key == "masked"))
+        fitted = fit_sources(frame, obs, centers, kinds="sersic", max_steps=300)
+        flux[key] = fitted.to_datatree(obs)["sources"]["flux"].sum("band").values
+    err_masked = np.abs(flux["masked"] / flux["clean"] - 1)
+    err_unmasked = np.abs(flux["unmasked"] / flux["clean"] - 1)
+    assert np.all(err_masked < 0.05), err_masked        # measured <= 0.034
+    assert np.max(err_unmasked) > 0.2, err_unmasked     # measured 0.02 .. 2.8
+    assert np.max(err_unmasked) > 5 * np.max(err_masked)
