@@ -50,7 +50,7 @@ from ..infer import FitHistory, default_optimizer, settling_optimizer
 from ..infer import fit as _fit
 from ..wcs import Frame
 from ..xr import likelihood_for, normalize_observations
-from ._init import BOX_SIZES, KINDS, _canonical, _np_shift, _template_plane, initialize_sources
+from ._init import BOX_SIZES, KINDS, _canonical, _np_shift, _stamp, initialize_sources
 from ._linear import set_spectra, solve_linear
 from ._scene import Scene
 
@@ -93,27 +93,26 @@ CENTER_LIMIT = 1.5
 """Centres of ``auto`` sources stay within this many model pixels of the given position."""
 
 
-def _point_images(frame: Frame, centers) -> np.ndarray:
-    """Point-source templates (model PSF at each sub-pixel centre) on the frame, ``(n, y, x)``."""
+def _point_stamps(frame: Frame, centers) -> list:
+    """Point-source templates (model PSF at each sub-pixel centre) as stamps on the frame."""
     out = []
     for c in centers:
         iy, ix = round(float(c[0])), round(float(c[1]))
         img = _np_shift(np.asarray(frame.psf, float), (float(c[0]) - iy, float(c[1]) - ix))
-        out.append(_template_plane(frame.shape, c, img))
-    return np.stack(out)
+        out.append(_stamp(frame.shape, c, img))
+    return out
 
 
 def _delta_chi2_point(model, liks, frame, auto_idx, comp_of_source):
     """χ²(source k as a point) - χ²(as fitted) per source in ``auto_idx``, spectra re-solved."""
-    from ._linear import _component_images, _normal_equations, _solve_band
+    from ._linear import _component_stamps, _normal_equations, _solve_band
 
-    images = _component_images(model, frame.psf)
+    stamps = _component_stamps(model, frame.psf)
     centers = np.stack([np.asarray(s.center.value, float) for s in model.sources])
-    pts = _point_images(frame, centers[auto_idx])
-    allimg = np.concatenate([images, pts])
+    pts = _point_stamps(frame, centers[auto_idx])
     nb = model.shape[0]
-    a, rhs, dd = _normal_equations(allimg, liks, nb)
-    nc = images.shape[0]
+    a, rhs, dd = _normal_equations(stamps + pts, liks, model.shape)
+    nc = len(stamps)
 
     def chi2(sel):
         tot = 0.0
@@ -302,18 +301,23 @@ def refine_centers(frame: Frame, observations, centers, radius: float = REFINE_R
     noise = sigma / (2 * math.sqrt(math.pi))  # white noise through a unit-sigma Gaussian
     peaks = (sm == maximum_filter(sm, size=3)) & valid
     hh, ww = sm.shape
-    yy, xx = np.mgrid[:hh, :ww]
+    reach = int(math.ceil(radius)) + 1
     moved = {}
     for i, (cy, cx) in enumerate(centers):
         iy, ix = int(round(cy)), int(round(cx))
         if not (0 <= iy < hh and 0 <= ix < ww) or peaks[iy, ix]:
             continue
-        near = peaks & (np.hypot(yy - cy, xx - cx) <= radius)
+        # the window around the position (row-major order as on the frame: same first maximum)
+        wy0, wx0 = max(iy - reach, 0), max(ix - reach, 0)
+        win = (slice(wy0, min(iy + reach + 1, hh)), slice(wx0, min(ix + reach + 1, ww)))
+        yy, xx = np.mgrid[win]
+        near = peaks[win] & (np.hypot(yy - cy, xx - cx) <= radius)
         if not near.any():
             continue
         cand = np.flatnonzero(near.ravel())
-        best = cand[np.argmax(sm.ravel()[cand])]
-        py, px = divmod(int(best), ww)
+        best = cand[np.argmax(sm[win].ravel()[cand])]
+        py, px = divmod(int(best), near.shape[1])
+        py, px = py + wy0, px + wx0
         if sm[py, px] - sm[iy, ix] < noise:
             continue
         dist_all = np.hypot(centers[:, 0] - py, centers[:, 1] - px)
@@ -360,28 +364,55 @@ def _footprint_chi2(model, liks, frame, idx):
     """Reduced chi^2 of the whole model on each source's footprint and its S/N.
 
     The footprint of source ``k`` is where its own rendered model exceeds the
-    noise (1 sigma) in an observation band.
+    noise (1 sigma) in an observation band. Components are rendered on their
+    own boxes (:func:`._init._render_stamps`); only the model and the residual
+    of each observation band are full images.
     """
-    from ._init import _render_np
-    from ._linear import _component_images
+    from ._init import _render_stamps
+    from ._linear import _component_stamps
 
-    images = _component_images(model, frame.psf)
+    stamps = _component_stamps(model, frame.psf)
     spectra = np.stack([np.asarray(c.spectrum(), float) for s_ in model.sources for c in s_.components])
     comp0 = np.cumsum([0] + [len(s_.components) for s_ in model.sources])
-    cubes = images[:, None] * spectra[:, :, None, None]
-    per_source = np.stack([cubes[comp0[i] : comp0[i + 1]].sum(0) for i in range(len(model.sources))])
     num = {k: 0.0 for k in idx}
     cnt = {k: 0 for k in idx}
     snr2 = {k: 0.0 for k in idx}
     for lik in liks:
-        rendered = np.asarray(_render_np(lik.renderer, per_source), float)
-        w = np.asarray(lik.weights, float)
-        resid2 = w * (np.asarray(lik.data, float) - rendered.sum(0)) ** 2
-        for k in idx:
-            foot = (rendered[k] * np.sqrt(w) > 1.0) & (w > 0)
-            num[k] += float(resid2[foot].sum())
-            cnt[k] += int(foot.sum())
-            snr2[k] += float(np.sum(w * rendered[k] ** 2))
+        patches = _render_stamps(lik.renderer, stamps, model.shape)
+        band_index = getattr(lik.renderer, "band_index", tuple(range(lik.data.shape[0])))
+        data, weights = np.asarray(lik.data), np.asarray(lik.weights)
+        for j, b in enumerate(band_index):
+            w = np.asarray(weights[j], float)
+            # each source's rendered model in this band on the union of its components' boxes
+            per_source = []
+            for i in range(len(model.sources)):
+                parts = [(p, spectra[c, b]) for c in range(comp0[i], comp0[i + 1])
+                         if (p := patches[c]) is not None]
+                if not parts:
+                    per_source.append(None)
+                    continue
+                y0 = min(p[0] for p, _ in parts)
+                x0 = min(p[1] for p, _ in parts)
+                y1 = max(p[0] + p[2].shape[1] for p, _ in parts)
+                x1 = max(p[1] + p[2].shape[2] for p, _ in parts)
+                img = np.zeros((y1 - y0, x1 - x0))
+                for (py, px, vals), amp in parts:
+                    img[py - y0 : py - y0 + vals.shape[1], px - x0 : px - x0 + vals.shape[2]] += amp * vals[j]
+                per_source.append((y0, x0, img))
+            resid = np.array(data[j], float)
+            for p in per_source:
+                if p is not None:
+                    resid[p[0] : p[0] + p[2].shape[0], p[1] : p[1] + p[2].shape[1]] -= p[2]
+            for k in idx:
+                if per_source[k] is None:
+                    continue
+                y0, x0, img = per_source[k]
+                sl = (slice(y0, y0 + img.shape[0]), slice(x0, x0 + img.shape[1]))
+                wk = w[sl]
+                foot = (img * np.sqrt(wk) > 1.0) & (wk > 0)
+                num[k] += float(np.sum((wk * resid[sl] ** 2)[foot]))
+                cnt[k] += int(foot.sum())
+                snr2[k] += float(np.sum(wk * img**2))
     return {k: (num[k] / max(cnt[k], 1), cnt[k], math.sqrt(snr2[k])) for k in idx}
 
 

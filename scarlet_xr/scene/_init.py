@@ -19,6 +19,7 @@ from ..core import (
     morphology_image,
     psf_core_width,
 )
+from ..core._fft import fast_size
 from ..wcs import Frame
 from ..xr import BAND, grid_offset, likelihood_for, normalize_observations, observation_wcs
 
@@ -117,10 +118,23 @@ def _reproject_to_frame(ds, frame, images):
     return out
 
 
-def _owned(shape, centers, i):
-    yy, xx = np.mgrid[: shape[0], : shape[1]]
-    d = [(yy - c[0]) ** 2 + (xx - c[1]) ** 2 for c in centers]
-    return np.argmin(np.stack(d), axis=0) == i if len(centers) > 1 else np.ones(shape, bool)
+def _owned(centers, i, ys, xs):
+    """Pixels of the window ``ys, xs`` (slices) nearer to centre ``i`` than to any other.
+
+    Ties go to the centre listed first (as ``argmin``); only the window is
+    computed, so memory does not grow with the frame or the number of sources.
+    """
+    yy, xx = np.mgrid[ys, xs]
+    if len(centers) == 1:
+        return np.ones(yy.shape, bool)
+    best = np.full(yy.shape, np.inf)
+    arg = np.zeros(yy.shape, int)
+    for k, c in enumerate(centers):
+        d = (yy - c[0]) ** 2 + (xx - c[1]) ** 2
+        closer = d < best
+        best = np.where(closer, d, best)
+        arg[closer] = k
+    return arg == i
 
 
 def _box_radius(det, sigma, owned, valid, iy, ix, rmax):
@@ -228,16 +242,21 @@ def initialize_sources(
             morphs.append(PointSourceMorphology(frame.psf))
             images.append(_np_shift(morphs[-1].psf, (cy - iy, cx - ix)))
             continue
-        owned = _owned(frame.shape, centers, i)
         rmax = max_box // 2
-        r = _box_radius(det, sigma, owned, valid, iy, ix, rmax)
+        # everything below looks at most rmax pixels from the centre: work on that window
+        wy0, wx0 = max(iy - rmax, 0), max(ix - rmax, 0)
+        win = (slice(wy0, min(iy + rmax + 1, hh)), slice(wx0, min(ix + rmax + 1, ww)))
+        owned = _owned(centers, i, *win)
+        det_w, valid_w = det[win], valid[win]
+        r = _box_radius(det_w, sigma, owned, valid_w, iy - wy0, ix - wx0, rmax)
         size = min(_canonical(max(min_box, 2 * int(math.ceil(1.2 * r)) + 1)), max_box)
         if kind in ("free", "monotonic", "symmetric"):
             h = size // 2
             cut = np.zeros((size, size))
             y0, y1 = max(iy - h, 0), min(iy + h + 1, hh)
             x0, x1 = max(ix - h, 0), min(ix + h + 1, ww)
-            keep = valid[y0:y1, x0:x1] if kind != "free" else owned[y0:y1, x0:x1] & valid[y0:y1, x0:x1]
+            sw = (slice(y0 - wy0, y1 - wy0), slice(x0 - wx0, x1 - wx0))
+            keep = valid_w[sw] if kind != "free" else owned[sw] & valid_w[sw]
             sub = np.where(keep, det[y0:y1, x0:x1], 0.0)
             cut[y0 - iy + h : y1 - iy + h, x0 - ix + h : x1 - ix + h] = sub
             cut = np.clip(cut, 0, None) / peak
@@ -253,9 +272,9 @@ def initialize_sources(
                 images.append(np.asarray(morphs[-1](np.zeros(2))))
         else:
             # size from second moments of the owned pixels
-            yy, xx = np.mgrid[:hh, :ww]
-            m = owned & valid & (np.hypot(yy - iy, xx - ix) <= r)
-            wts = np.clip(det, 0, None) * m
+            yy, xx = np.mgrid[win]
+            m = owned & valid_w & (np.hypot(yy - iy, xx - ix) <= r)
+            wts = np.clip(det_w, 0, None) * m
             s2 = float(np.sum(wts * ((yy - cy) ** 2 + (xx - cx) ** 2)) / max(wts.sum(), 1e-30) / 2)
             # the detection image is seen through the observations' PSFs: remove their width
             s = max(math.sqrt(max(s2 - psf_s2, 0.25)), 0.7)
@@ -308,24 +327,178 @@ def _np_convolve(image, kernel):
     return out[kh // 2 : kh // 2 + h, kw // 2 : kw // 2 + w]
 
 
-def _template_plane(shape, center, image):
-    """``image`` placed on a zero plane of ``shape`` centred on the pixel nearest ``center``."""
+def _stamp(shape, center, image):
+    """``image`` centred on the pixel nearest ``center``, clipped to a frame of ``shape``.
+
+    Returns
+    -------
+    tuple (y0, x0, array) or None
+        Frame position of the stamp's first pixel and the image clipped to the
+        frame (float64); None when nothing of it lies on the frame.
+    """
     hh, ww = shape
+    image = np.asarray(image, float)
     h, w = image.shape
     iy, ix = int(round(center[0])), int(round(center[1]))
-    plane = np.zeros((hh, ww))
     y0, x0 = iy - h // 2, ix - w // 2
     ys0, xs0 = max(y0, 0), max(x0, 0)
     ys1, xs1 = min(y0 + h, hh), min(x0 + w, ww)
-    if ys1 > ys0 and xs1 > xs0:
-        plane[ys0:ys1, xs0:xs1] = image[ys0 - y0 : ys1 - y0, xs0 - x0 : xs1 - x0]
-    return plane
+    if ys1 <= ys0 or xs1 <= xs0:
+        return None
+    return ys0, xs0, image[ys0 - y0 : ys1 - y0, xs0 - x0 : xs1 - x0]
 
 
-def _template(frame, center, image):
-    """Unit-spectrum cube (band, y, x) of one morphology image placed on the frame."""
-    plane = _template_plane(frame.shape, center, image)
-    return np.broadcast_to(plane, (len(frame.bands),) + plane.shape)
+KERNEL_TOL = 1e-7
+"""Local renders cut a difference kernel where all its pixels beyond are below this fraction of its peak."""
+
+
+def _local_kernels(renderer: ConvolutionRenderer, tol: float = KERNEL_TOL) -> np.ndarray:
+    """Pixel-space difference kernels ``(obs band, 2R + 1, 2R + 1)`` of a convolution renderer.
+
+    The renderer's Fourier-space kernel is brought back to pixels one band at
+    a time and cut to the smallest square (half-width ``R``, shared by all
+    bands) outside which no pixel exceeds ``tol`` times the band's peak
+    (beyond: the float32 round-off floor of the kernel). Convolving a small
+    template with these kernels reproduces the renderer's full-frame
+    convolution to that tolerance, at the cost of the template's box.
+    """
+    kf = np.asarray(renderer.kernel_fft)
+    ly, lx = renderer.fft_shape
+    cy, cx = ly // 2, lx // 2
+    rcap = min(cy, cx, ly - 1 - cy, lx - 1 - cx)
+    dy = np.abs(np.arange(ly) - cy)
+    dx = np.abs(np.arange(lx) - cx)
+    cut, radius = [], 0
+    for j in range(kf.shape[0]):
+        k = np.fft.fftshift(np.fft.irfft2(kf[j].astype(complex), s=(ly, lx)))
+        a = np.abs(k)
+        # largest |k| at Chebyshev distance d from the centre, then at d or beyond
+        ring = np.zeros(max(cy, cx, ly - 1 - cy, lx - 1 - cx) + 1)
+        np.maximum.at(ring, dy, a.max(axis=1))
+        np.maximum.at(ring, dx, a.max(axis=0))
+        beyond = np.maximum.accumulate(ring[::-1])[::-1]
+        big = np.flatnonzero(beyond > tol * a.max())
+        r = min(int(big[-1]) if big.size else 0, rcap)
+        radius = max(radius, r)
+        cut.append(k[cy - r : cy + r + 1, cx - r : cx + r + 1])
+    out = np.zeros((len(cut), 2 * radius + 1, 2 * radius + 1))
+    for j, k in enumerate(cut):
+        r = k.shape[0] // 2
+        out[j, radius - r : radius + r + 1, radius - r : radius + r + 1] = k
+    return out
+
+
+def _render_stamps(renderer, stamps, shape):
+    """Render unit-spectrum templates one by one into an observation, each only where it lands.
+
+    Parameters
+    ----------
+    renderer : AbstractRenderer
+    stamps : sequence of (y0, x0, array) or None
+        Templates from :func:`_stamp` (the same image in every model band).
+    shape : (band, y, x)
+        The model frame's cube shape.
+
+    Returns
+    -------
+    list of (y0, x0, numpy.ndarray (obs band, h, w)) or None
+        Each template in the observation's pixels: the box it covers there
+        (origin in observation pixels) and its values. A
+        :class:`~scarlet_xr.core.ConvolutionRenderer` convolves each template
+        with its pixel-space kernels (:func:`_local_kernels`) on the
+        template's box plus the kernel's reach, so memory and time scale with
+        the boxes, not the frame; other renderers (resampling) render one
+        full-frame template at a time.
+    """
+    out = []
+    if isinstance(renderer, ConvolutionRenderer):
+        kern = _local_kernels(renderer)
+        rad = kern.shape[-1] // 2
+        oy0, oy1, ox0, ox1 = renderer.crop
+        kffts = {}
+        for st in stamps:
+            if st is None:
+                out.append(None)
+                continue
+            y0, x0, img = st
+            h, w = img.shape
+            fy, fx = h + 2 * rad, w + 2 * rad  # full linear convolution
+            ys0, ys1 = max(y0 - rad, oy0), min(y0 - rad + fy, oy1)
+            xs0, xs1 = max(x0 - rad, ox0), min(x0 - rad + fx, ox1)
+            if ys1 <= ys0 or xs1 <= xs0:
+                out.append(None)
+                continue
+            s = (fast_size(fy), fast_size(fx))
+            if s not in kffts:
+                kffts[s] = np.fft.rfft2(kern, s=s)
+            conv = np.fft.irfft2(np.fft.rfft2(img, s=s) * kffts[s], s=s)
+            vals = conv[:, ys0 - (y0 - rad) : ys1 - (y0 - rad), xs0 - (x0 - rad) : xs1 - (x0 - rad)]
+            out.append((ys0 - oy0, xs0 - ox0, vals))
+        return out
+    nb, hh, ww = shape
+    for st in stamps:
+        if st is None:
+            out.append(None)
+            continue
+        y0, x0, img = st
+        plane = np.zeros((hh, ww))
+        plane[y0 : y0 + img.shape[0], x0 : x0 + img.shape[1]] = img
+        vals = np.asarray(_render_np(renderer, np.broadcast_to(plane, (nb, hh, ww))), float)
+        del plane
+        out.append((0, 0, vals))
+    return out
+
+
+def _gram(patches, data, weights, band_index, num_bands):
+    """Weighted normal equations of rendered templates against one observation.
+
+    Parameters
+    ----------
+    patches : list of (y0, x0, array (obs band, h, w)) or None
+        From :func:`_render_stamps`.
+    data, weights : array (obs band, y, x)
+    band_index : sequence of int
+        Model band of each observation band.
+    num_bands : int
+
+    Returns
+    -------
+    a : numpy.ndarray (band, n, n)
+        ``sum w r_i r_j``, only over the overlap of the two templates' boxes.
+    rhs : numpy.ndarray (band, n)
+        ``sum w r_i d``.
+    dd : numpy.ndarray (band,)
+        ``sum w d^2``.
+    """
+    n = len(patches)
+    a = np.zeros((num_bands, n, n))
+    rhs = np.zeros((num_bands, n))
+    dd = np.zeros(num_bands)
+    live = [i for i, p in enumerate(patches) if p is not None]
+    boxes = {i: (p[0], p[0] + p[2].shape[1], p[1], p[1] + p[2].shape[2]) for i, p in enumerate(patches)
+             if p is not None}
+    data = np.asarray(data)
+    weights = np.asarray(weights)
+    for j, b in enumerate(band_index):
+        w = np.asarray(weights[j], float)
+        wd = w * np.asarray(data[j], float)
+        dd[b] += float(np.sum(wd * np.asarray(data[j], float)))
+        for ii, i in enumerate(live):
+            y0, y1, x0, x1 = boxes[i]
+            ri = patches[i][2][j]
+            rhs[b, i] += float(np.sum(ri * wd[y0:y1, x0:x1]))
+            wr = w[y0:y1, x0:x1] * ri
+            a[b, i, i] += float(np.sum(wr * ri))
+            for k in live[ii + 1 :]:
+                v0, v1, u0, u1 = boxes[k]
+                oy0, oy1, ox0, ox1 = max(y0, v0), min(y1, v1), max(x0, u0), min(x1, u1)
+                if oy1 <= oy0 or ox1 <= ox0:
+                    continue
+                rk = patches[k][2][j, oy0 - v0 : oy1 - v0, ox0 - u0 : ox1 - u0]
+                v = float(np.sum(wr[oy0 - y0 : oy1 - y0, ox0 - x0 : ox1 - x0] * rk))
+                a[b, i, k] += v
+                a[b, k, i] += v
+    return a, rhs, dd
 
 
 def _render_np(renderer, cube):
@@ -351,23 +524,43 @@ def _nnls(a, y, maxiter):
     return nnls(a, y, maxiter=maxiter)
 
 
+def _nnls_gram(a, rhs, maxiter):
+    """Non-negative least squares given only the normal equations ``a = A^T A``, ``rhs = A^T y``.
+
+    ``A^T A = V s V^T`` gives ``|| A x - y ||^2 = || s^(1/2) V^T x - s^(-1/2) V^T rhs ||^2 + const``
+    (``rhs`` lies in the range of ``A^T``), so :func:`scipy.optimize.nnls` on that
+    ``n x n`` system finds the same solution as on the ``pixels x n`` one.
+    """
+    s, v = np.linalg.eigh(a)
+    keep = s > 1e-13 * max(float(s.max(initial=0.0)), 0.0)
+    if not keep.any():
+        return np.zeros(len(rhs))
+    root = np.sqrt(s[keep])
+    mat = root[:, None] * v[:, keep].T
+    target = (v[:, keep].T @ rhs) / root
+    sol, _ = _nnls(mat, target, maxiter=maxiter)
+    return sol
+
+
 def _solve_spectra(frame, obs, centers, images):
-    """Joint non-negative least squares for all spectra, per observation band."""
+    """Joint non-negative least squares for all spectra, per observation band.
+
+    Each template is rendered only on its own box (see :func:`_render_stamps`)
+    and the problem is solved from its normal equations, so memory does not
+    grow with the number of sources times the frame.
+    """
     nb = len(frame.bands)
     n = len(images)
-    templates = np.stack([_template(frame, c, im) for c, im in zip(centers, images, strict=True)])
+    stamps = [_stamp(frame.shape, c, im) for c, im in zip(centers, images, strict=True)]
     spectra = np.zeros((n, nb))
     counts = np.zeros(nb)
     for ds in obs.values():
         lik = likelihood_for(ds, frame)
-        rendered = _render_np(lik.renderer, templates)
-        d = np.asarray(lik.data, float)
-        sw = np.sqrt(np.asarray(lik.weights, float))
-        for j, b in enumerate(frame.band_index([str(s) for s in ds[BAND].values])):
-            a = np.stack([(r[j] * sw[j]).ravel() for r in rendered], axis=1)
-            y = (d[j] * sw[j]).ravel()
-            sol, _ = _nnls(a, y, maxiter=50 * n)
-            spectra[:, b] += sol
+        patches = _render_stamps(lik.renderer, stamps, frame.cube_shape)
+        bands = frame.band_index([str(s) for s in ds[BAND].values])
+        a, rhs, _ = _gram(patches, lik.data, lik.weights, bands, nb)
+        for b in bands:
+            spectra[:, b] += _nnls_gram(a[b], rhs[b], maxiter=50 * n)
             counts[b] += 1
     spectra /= np.maximum(counts, 1)
     floor = 1e-3 * np.maximum(spectra.max(axis=0, keepdims=True), 1e-12)

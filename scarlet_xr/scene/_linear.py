@@ -1,7 +1,7 @@
 """Linear flux solve: with the morphologies fixed, the spectra are linear parameters.
 
-Every component's morphology image on the frame (after the model PSF) is
-rendered into every observation once; per frame band the weighted normal
+Every component's morphology image (after the model PSF) is rendered into
+every observation once, on its own box only; per frame band the weighted normal
 equations of all observations are summed and solved for the amplitudes
 (non-negative least squares). This is the exact conditional maximum-likelihood
 flux given the shapes, free of optimizer noise, and its inverse normal matrix
@@ -15,17 +15,18 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..core import SceneModel, Spectrum, morphology_image
-from ._init import _np_convolve, _render_np, _template_plane
+from ._init import _gram, _np_convolve, _render_stamps, _stamp
 
 __all__ = ["LinearSolution", "solve_linear", "set_spectra"]
 
 
-def _component_images(model: SceneModel, psf) -> np.ndarray:
-    """Each component's morphology on the frame ``(component, y, x)`` (numpy).
+def _component_stamps(model: SceneModel, psf) -> list:
+    """Each component's morphology as a stamp on the frame (see :func:`._init._stamp`).
 
     Intrinsic profiles are convolved with the model PSF: the model cube is
     ``sum_c spectrum_c[:, None, None] * image_c[None]``, so these images are
-    the templates of a linear flux solve.
+    the templates of a linear flux solve. Each stays in its own box (clipped
+    to the frame); none is placed on a full frame.
     """
     _, hh, ww = model.shape
     psf = None if model.psf_fft is None or psf is None else np.asarray(psf, float)
@@ -38,8 +39,8 @@ def _component_images(model: SceneModel, psf) -> np.ndarray:
             img = np.asarray(morphology_image(comp.morphology, off), float)
             if comp.morphology.intrinsic and psf is not None:
                 img = _np_convolve(img, psf)
-            out.append(np.asarray(_template_plane((hh, ww), center, img)))
-    return np.stack(out)
+            out.append(_stamp((hh, ww), center, img))
+    return out
 
 
 class LinearSolution(eqx.Module):
@@ -64,25 +65,24 @@ class LinearSolution(eqx.Module):
     chi2: np.ndarray
 
 
-def _normal_equations(images, likelihoods, num_bands):
-    """Normal matrices ``(band, c, c)``, right-hand sides ``(band, c)`` and ``sum w d^2``."""
-    nc = images.shape[0]
+def _normal_equations(stamps, likelihoods, shape):
+    """Normal matrices ``(band, c, c)``, right-hand sides ``(band, c)`` and ``sum w d^2``.
+
+    Each template is rendered only on its box (plus the kernel's reach); an
+    entry between two templates sums over the overlap of their boxes.
+    """
+    nc = len(stamps)
+    num_bands = shape[0]
     a = np.zeros((num_bands, nc, nc))
     rhs = np.zeros((num_bands, nc))
     dd = np.zeros(num_bands)
-    cube = np.broadcast_to(images[:, None], (nc, num_bands) + images.shape[1:])
     for lik in likelihoods:
-        rendered = np.asarray(_render_np(lik.renderer, cube), float)  # (c, obs band, y, x)
-        data = np.asarray(lik.data, float)
-        w = np.asarray(lik.weights, float)
-        band_index = getattr(lik.renderer, "band_index", tuple(range(data.shape[0])))
-        for j, b in enumerate(band_index):
-            r = rendered[:, j].reshape(nc, -1)
-            wj = w[j].ravel()
-            dj = data[j].ravel()
-            a[b] += (r * wj) @ r.T
-            rhs[b] += r @ (wj * dj)
-            dd[b] += float(np.sum(wj * dj * dj))
+        patches = _render_stamps(lik.renderer, stamps, shape)
+        band_index = getattr(lik.renderer, "band_index", tuple(range(lik.data.shape[0])))
+        la, lr, ld = _gram(patches, lik.data, lik.weights, band_index, num_bands)
+        a += la
+        rhs += lr
+        dd += ld
     return a, rhs, dd
 
 
@@ -138,11 +138,11 @@ def solve_linear(model: SceneModel, likelihoods, psf=None) -> LinearSolution:
     -------
     LinearSolution
     """
-    images = _component_images(model, psf)
+    stamps = _component_stamps(model, psf)
     sums = np.asarray(_box_sums(model), float)
-    nc = images.shape[0]
+    nc = len(stamps)
     num_bands = model.shape[0]
-    a, rhs, dd = _normal_equations(images, likelihoods, num_bands)
+    a, rhs, dd = _normal_equations(stamps, likelihoods, model.shape)
     amp = np.zeros((nc, num_bands))
     fvar = np.full((nc, num_bands), np.inf)
     chi2 = np.zeros(num_bands)
