@@ -12,6 +12,7 @@ from ._constraints import Simplex as Simplex
 from ._context import active_collector as active_collector
 from ._context import collecting as collecting
 from ._fft import convolve_fft as convolve_fft
+from ._fft import fast_size as fast_size
 from ._fft import fourier_shift as fourier_shift
 from ._likelihood import GaussianLikelihood as GaussianLikelihood
 from ._model import SceneModel as SceneModel
@@ -79,6 +80,7 @@ __all__ = [
     "check_psf",
     "collecting",
     "convolve_fft",
+    "fast_size",
     "difference_kernel_fft",
     "filter_jit",
     "fourier_shift",

@@ -16,10 +16,10 @@ from ..core import (
     SersicMorphology,
     Source,
     Spectrum,
+    fast_size,
     morphology_image,
     psf_core_width,
 )
-from ..core._fft import fast_size
 from ..wcs import Frame
 from ..xr import BAND, grid_offset, likelihood_for, normalize_observations, observation_wcs
 
