@@ -1,9 +1,9 @@
 """Measurements of a fitted scene: catalog quantities and deblended images.
 
 :func:`measure_scene` renders each source alone (and the derivatives of its
-model with respect to position and size) into every observation and hands
-the arrays to the numpy functions of :mod:`scarlet_xr.xr._measure`; the
-conventions (moments, PSF treatment, what the uncertainties are conditional
+model with respect to position and size) into every observation, each on its
+own box plus the PSF's reach, and hands the arrays to the numpy functions of
+:mod:`scarlet_xr.xr._measure`; the conventions (moments, PSF treatment, what the uncertainties are conditional
 on) are documented there.
 """
 
@@ -13,20 +13,18 @@ import logging
 from dataclasses import dataclass, field
 
 import equinox as eqx
-import jax
-import jax.numpy as jnp
 import numpy as np
 import xarray as xr
 
-from ..xr import likelihood_for, normalize_observations
 from ..xr import (
     FLAGS,
     MASKED_FRACTION_LIMIT,
-    deblend_images,
     fisher_covariance,
     footprints,
     half_light_radius,
     image_moments,
+    likelihood_for,
+    normalize_observations,
     resolve_zero_points,
     shape_from_moments,
 )
@@ -35,7 +33,6 @@ __all__ = ["Measurements", "measure_scene"]
 
 log = logging.getLogger(__name__)
 
-_CHUNK = 8  # cubes rendered per compiled call (padded: one compile per observation grid)
 
 
 @dataclass
@@ -61,68 +58,175 @@ def _render_sources(model):
     return model.render_sources()
 
 
-@eqx.filter_jit
-def _render_chunk(renderer, cubes):
-    return jax.vmap(renderer)(cubes)
+def _support_box(image, margin: int = 2):
+    """``(y0, y1, x0, x1)`` of the non-zero pixels of a 2-D image plus ``margin``; None if empty."""
+    rows = np.flatnonzero(np.abs(image).max(axis=1) > 0)
+    cols = np.flatnonzero(np.abs(image).max(axis=0) > 0)
+    if rows.size == 0:
+        return None
+    h, w = image.shape
+    return (max(rows[0] - margin, 0), min(rows[-1] + 1 + margin, h),
+            max(cols[0] - margin, 0), min(cols[-1] + 1 + margin, w))
 
 
-def _render_all(renderer, cubes: np.ndarray) -> np.ndarray:
-    """Render ``cubes (n, band, y, x)`` through ``renderer`` in fixed-size chunks."""
-    n = cubes.shape[0]
-    out = []
-    for i in range(0, n, _CHUNK):
-        part = cubes[i : i + _CHUNK]
-        if part.shape[0] < _CHUNK:
-            pad = np.zeros((_CHUNK - part.shape[0],) + part.shape[1:], part.dtype)
-            part = np.concatenate([part, pad])
-        r = np.asarray(_render_chunk(renderer, jnp.asarray(part)), np.float32)
-        out.append(r[: min(_CHUNK, n - i)])
-    return np.concatenate(out)
+def _source_stamps(per_source, model_flux, centroid):
+    """Per source: its box, its model per band, and its unit white shape with derivatives.
 
-
-def _shape_templates(per_source, centroid):
-    """Derivatives of each source model: shift in y, shift in x, flux-conserving dilation.
-
-    Returns ``(3 * source, band, y, x)`` ordered ``(dy_0, dx_0, ds_0, dy_1, ...)``.
+    Returns a list (one per source) of None or ``dict(box, bands, unit, dy, dx, ds)``:
+    ``bands`` the model per frame band, ``unit`` the band-summed model at unit flux,
+    ``dy``, ``dx`` its derivatives for a shift of the source (``-d/dy``, ``-d/dx``) and
+    ``ds`` for a flux-conserving dilation about the centroid, all on the box.
     """
-    gy, gx = np.gradient(per_source, axis=(2, 3))
-    h, w = per_source.shape[-2:]
-    yy, xx = np.mgrid[:h, :w]
     out = []
-    for k in range(per_source.shape[0]):
-        cy, cx = centroid[k] if np.all(np.isfinite(centroid[k])) else (h / 2, w / 2)
-        dil = -(2 * per_source[k] + (yy - cy) * gy[k] + (xx - cx) * gx[k])
-        out.extend([-gy[k], -gx[k], dil])
-    return np.stack(out).astype(np.float32)
-
-
-def _unit_shapes(per_source, model_flux):
-    """Each source's band-summed shape at unit flux, in every band ``(source, band, y, x)``."""
-    white = per_source.sum(axis=1)
     tot = np.asarray(model_flux, float).sum(axis=1)
-    norm = np.where(tot > 0, tot, np.nan)
-    unit = white / norm[:, None, None]
-    unit = np.nan_to_num(unit)
-    return np.broadcast_to(unit[:, None], per_source.shape).astype(np.float32)
+    for k in range(per_source.shape[0]):
+        white = np.asarray(per_source[k], np.float64).sum(axis=0)
+        box = _support_box(white)
+        if box is None or not tot[k] > 0:
+            out.append(None)
+            continue
+        y0, y1, x0, x1 = box
+        unit = white[y0:y1, x0:x1] / tot[k]
+        gy, gx = np.gradient(unit)
+        yy, xx = np.mgrid[y0:y1, x0:x1]
+        cy, cx = centroid[k] if np.all(np.isfinite(centroid[k])) else ((y0 + y1) / 2, (x0 + x1) / 2)
+        out.append({
+            "box": box,
+            "bands": np.asarray(per_source[k][:, y0:y1, x0:x1], np.float64),
+            "unit": unit,
+            "dy": -gy,
+            "dx": -gx,
+            "ds": -(2 * unit + (yy - cy) * gy + (xx - cx) * gx),
+        })
+    return out
+
+
+def _observed(renderer, stamps, cube_shape, band_index, model_flux):
+    """Render the stamps into one observation.
+
+    Returns
+    -------
+    models : list of None or (y0, x0, array (obs band, h, w))
+        Each source's model in the observation.
+    templates : list of None or (y0, x0, array)
+        Fisher templates, ordered ``unit_0 .. unit_{n-1}, dy_0, dx_0, ds_0, dy_1, ...``: the
+        unit shapes (one flux per band) and the shape derivatives scaled by the source's flux
+        in each observation band.
+    """
+    from ._init import _render_stamps
+
+    ns, nb = len(stamps), cube_shape[0]
+    flat, where = [], []
+    for k, st in enumerate(stamps):
+        if st is None:
+            continue
+        y0, _, x0, _ = st["box"]
+        for b in range(nb):
+            flat.append((y0, x0, st["bands"][b]))
+            where.append(("band", k, b))
+        for key in ("unit", "dy", "dx", "ds"):
+            flat.append((y0, x0, st[key]))
+            where.append((key, k, None))
+    rendered = _render_stamps(renderer, flat, cube_shape)
+    models = [None] * ns
+    templates = [None] * (4 * ns)
+    bi = np.asarray(band_index)
+    order = {"dy": 0, "dx": 1, "ds": 2}
+    for (key, k, b), patch in zip(where, rendered, strict=True):
+        if patch is None:
+            continue
+        py, px, vals = patch
+        if key == "band":
+            if models[k] is None:
+                models[k] = (py, px, np.zeros_like(vals))
+            sel = bi == b
+            models[k][2][sel] = vals[sel]
+        elif key == "unit":
+            templates[k] = (py, px, vals)
+        else:
+            scale = np.asarray(model_flux[k], float)[bi][:, None, None]
+            templates[ns + 3 * k + order[key]] = (py, px, vals * scale)
+    return models, templates
 
 
 def _fisher_blocks(obs_list, ns, nb):
+    """Fisher blocks (see :func:`~scarlet_xr.xr.fisher_covariance`) summed over observations."""
+    from ._init import _gram
+
     ff = np.zeros((nb, ns, ns))
     fs = np.zeros((nb, ns, 3 * ns))
     ss = np.zeros((3 * ns, 3 * ns))
-    for unit, shape, w, band_index in obs_list:
-        npix = w.shape[-1] * w.shape[-2]
-        u = unit.reshape(ns, len(band_index), npix)
-        s = shape.reshape(3 * ns, len(band_index), npix)
-        wf = w.reshape(len(band_index), npix)
-        for j, b in enumerate(band_index):
-            uj = u[:, j].astype(np.float64)
-            sj = s[:, j].astype(np.float64)
-            uw = uj * wf[j]
-            ff[b] += uw @ uj.T
-            fs[b] += uw @ sj.T
-            ss += (sj * wf[j]) @ sj.T
+    for templates, data, w, band_index in obs_list:
+        a, _, _ = _gram(templates, data, w, band_index, nb)
+        ff += a[:, :ns, :ns]
+        fs += a[:, :ns, ns:]
+        ss += a[:, ns:, ns:].sum(axis=0)
     return {"ff": ff, "fs": fs, "ss": ss}
+
+
+def _deblend_observation(ds, data, w, models):
+    """Deblended images, footprints, segmentation and per-source statistics of one observation."""
+    ns = len(models)
+    nbo, ho, wo = data.shape
+    clipped = [None if m is None else (m[0], m[1], np.clip(m[2], 0, None)) for m in models]
+    total = np.zeros((nbo, ho, wo))
+    for m in clipped:
+        if m is not None:
+            y0, x0, v = m
+            total[:, y0 : y0 + v.shape[1], x0 : x0 + v.shape[2]] += v
+    total_sum = total.sum(axis=0)
+    noise = _noise_of_sum(w)
+    masked = (w <= 0).mean(axis=0)  # fraction of bands masked per pixel
+    images = np.zeros((ns, nbo, ho, wo), np.float32)
+    fp = np.zeros((ns, ho, wo), bool)
+    best = np.full((ho, wo), -np.inf)
+    seg = np.full((ho, wo), -1, np.int32)
+    stats = {"masked_px": np.zeros(ns), "foot_px": np.zeros(ns), "edge": np.zeros(ns, bool),
+             "blendedness": np.full(ns, np.nan)}
+    for k, m in enumerate(clipped):
+        if m is None:
+            continue
+        y0, x0, v = m
+        sl = (slice(y0, y0 + v.shape[1]), slice(x0, x0 + v.shape[2]))
+        f = footprints(v[None], noise)[0]
+        fp[k][sl] = f
+        summed = v.sum(axis=0)
+        tot = total[(slice(None),) + sl]
+        images[k][(slice(None),) + sl] = np.divide(v, tot, out=np.zeros_like(v), where=tot > 0) * data[
+            (slice(None),) + sl]
+        stats["masked_px"][k] = float(np.sum(f * masked[sl]))
+        stats["foot_px"][k] = float(f.sum())
+        stats["edge"][k] = bool(f.any() and (
+            (y0 == 0 and f[0].any()) or (x0 == 0 and f[:, 0].any())
+            or (y0 + f.shape[0] == ho and f[-1].any()) or (x0 + f.shape[1] == wo and f[:, -1].any())))
+        own = float(np.sum(f * summed))
+        all_in = float(np.sum(f * total_sum[sl]))
+        if all_in > 0:
+            stats["blendedness"][k] = 1 - own / all_in
+        cand = np.where(f, summed, -np.inf)
+        better = cand > best[sl]
+        best[sl] = np.where(better, cand, best[sl])
+        seg[sl] = np.where(better, k, seg[sl])
+    coords = {"source": np.arange(ns), "band": ds["band"].values, "y": ds["y"].values, "x": ds["x"].values}
+    node = xr.Dataset(
+        {
+            "image": (("source", "band", "y", "x"), images, {
+                "description": "data * model_k / sum_j model_j (sums to the data where the model "
+                               "is positive)"}),
+            "footprint": (("source", "y", "x"), fp, {
+                "description": "pixels where the source's band-summed model exceeds min(0.5 sigma "
+                               "of the band-summed noise, 5% of its peak)"}),
+            "segmentation": (("y", "x"), seg, {
+                "description": "index of the source with the largest model among those whose "
+                               "footprint covers the pixel; -1 for none"}),
+            "blendedness": ("source", stats["blendedness"], {
+                "description": "share of the model flux in the source's footprint that belongs to "
+                               "other sources"}),
+        },
+        coords=coords,
+        attrs={k: v for k, v in ds.attrs.items() if k in ("name", "wcs_header")},
+    )
+    return node, stats
 
 
 def _noise_of_sum(weight) -> float:
@@ -165,7 +269,7 @@ def measure_scene(scene, observations, *, zero_points=None, per_source=None, mod
     ns, nb = len(scene.sources), len(frame.bands)
     if per_source is None:
         per_source = _render_sources(model)
-    per_source = np.asarray(per_source, np.float64)  # (source, band, y, x), model PSF
+    per_source = np.asarray(per_source)  # (source, band, y, x), model PSF; no float64 copy
     model_flux = np.asarray(model.fluxes() if model_flux is None else model_flux, np.float64)
     flux = model_flux if scene.measured_flux is None else np.asarray(scene.measured_flux, float)
     kinds = [s.kind for s in scene.sources]
@@ -185,8 +289,9 @@ def measure_scene(scene, observations, *, zero_points=None, per_source=None, mod
         e1[k] = e2[k] = theta[k] = r_half[k] = 0.0
 
     # -- per observation: models, templates, deblended images ----------------------------
-    unit = _unit_shapes(per_source, model_flux)
-    shape_t = _shape_templates(per_source, centroid)
+    # everything is rendered as stamps (each source's box plus the PSF's reach), so memory
+    # follows the sources, not the frame
+    stamps = _source_stamps(per_source, model_flux, centroid)
     fisher_in, deblended = [], {}
     masked_px = np.zeros(ns)
     foot_px = np.zeros(ns)
@@ -194,50 +299,17 @@ def measure_scene(scene, observations, *, zero_points=None, per_source=None, mod
     blendedness = None
     for name, ds in obs.items():
         renderer = likelihood_for(ds, frame).renderer
-        rendered = _render_all(renderer, np.concatenate([per_source.astype(np.float32), unit, shape_t]))
-        m_k, u_k, s_k = rendered[:ns], rendered[ns : 2 * ns], rendered[2 * ns :]
+        band_index = list(getattr(renderer, "band_index", frame.band_index(list(ds["band"].values))))
         w = np.asarray(ds["weight"].values, np.float64)
         data = np.asarray(ds["data"].values, np.float64)
-        band_index = list(getattr(renderer, "band_index", frame.band_index(list(ds["band"].values))))
-        fisher_in.append((u_k, s_k, w, band_index))
-        fp = footprints(m_k, _noise_of_sum(w))
-        masked = (w <= 0).mean(axis=0)  # fraction of bands masked per pixel
-        masked_px += np.einsum("kij,ij->k", fp.astype(float), masked)
-        foot_px += fp.sum(axis=(1, 2))
-        border = np.zeros(fp.shape[1:], bool)
-        border[[0, -1], :] = True
-        border[:, [0, -1]] = True
-        edge |= np.any(fp & border[None], axis=(1, 2))
-        summed = np.clip(m_k, 0, None).sum(axis=1)
-        total = summed.sum(axis=0)
-        own = np.einsum("kij,kij->k", fp.astype(float), summed)
-        all_in = np.einsum("kij,ij->k", fp.astype(float), total)
-        blend = np.where(all_in > 0, 1 - own / np.where(all_in > 0, all_in, 1), np.nan)
+        models, templates = _observed(renderer, stamps, frame.cube_shape, band_index, model_flux)
+        fisher_in.append((templates, data, w, band_index))
+        node, stats = _deblend_observation(ds, data, w, models)
+        masked_px += stats["masked_px"]
+        foot_px += stats["foot_px"]
+        edge |= stats["edge"]
         if blendedness is None:
-            blendedness = blend
-        score = np.where(fp, summed, -np.inf)
-        seg = np.where(fp.any(axis=0), np.argmax(score, axis=0), -1).astype(np.int32)
-        images = deblend_images(data, m_k).astype(np.float32)
-        coords = {"source": np.arange(ns), "band": ds["band"].values, "y": ds["y"].values,
-                  "x": ds["x"].values}
-        node = xr.Dataset(
-            {
-                "image": (("source", "band", "y", "x"), images, {
-                    "description": "data * model_k / sum_j model_j (sums to the data where the model "
-                                   "is positive)"}),
-                "footprint": (("source", "y", "x"), fp, {
-                    "description": "pixels where the source's band-summed model exceeds min(0.5 sigma "
-                                   "of the band-summed noise, 5% of its peak)"}),
-                "segmentation": (("y", "x"), seg, {
-                    "description": "index of the source with the largest model among those whose "
-                                   "footprint covers the pixel; -1 for none"}),
-                "blendedness": ("source", blend, {
-                    "description": "share of the model flux in the source's footprint that belongs to "
-                                   "other sources"}),
-            },
-            coords=coords,
-            attrs={k: v for k, v in ds.attrs.items() if k in ("name", "wcs_header")},
-        )
+            blendedness = stats["blendedness"]
         deblended[str(name)] = node
     flux_var, center_cov = fisher_covariance(_fisher_blocks(fisher_in, ns, nb), ns, nb, extended)
     flux_err = np.sqrt(flux_var)
@@ -339,6 +411,8 @@ def _add_magnitudes(out, flux, flux_err, zp, bands):
     with np.errstate(divide="ignore", invalid="ignore"):
         mag = np.where(flux > 0, zp[None] - 2.5 * np.log10(np.where(flux > 0, flux, 1.0)), np.nan)
         mag_err = np.where(flux > 0, 2.5 / np.log(10) * flux_err / np.where(flux > 0, flux, 1.0), np.nan)
-    out["mag"] = (("source", "band"), mag, {"units": "mag", "description": "AB magnitude, zp - 2.5 log10(flux)"})
+    out["mag"] = (("source", "band"), mag, {"units": "mag",
+                                            "description": "AB magnitude, zp - 2.5 log10(flux)"})
     out["mag_err"] = (("source", "band"), mag_err, {"units": "mag", "description": "1-sigma error of mag"})
-    out["zero_point"] = ("band", np.asarray(zp, float), {"units": "mag", "description": "AB zero point used"})
+    out["zero_point"] = ("band", np.asarray(zp, float), {"units": "mag",
+                                                           "description": "AB zero point used"})
