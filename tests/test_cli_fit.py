@@ -98,6 +98,9 @@ def test_fit_sample_and_report(tmp_path, data_dir, capsys):
     assert "sample_stats" in tree.children
     assert (tmp_path / "report" / "inspector.html").stat().st_size > 100_000
     assert (tmp_path / "report" / "posterior_pairs.png").exists()
+    report_cat = Table.read(tmp_path / "report" / "catalog.ecsv")
+    assert len(report_cat) == post.sizes["source"] and "flux_err_post_r" in report_cat.colnames
+    assert "<th>flux_r</th>" in (tmp_path / "report" / "catalog.html").read_text()
     # the catalog carries the posterior's median and spread next to the Fisher errors
     cat = tree.scarlet.catalog()
     flux = post["flux"].values

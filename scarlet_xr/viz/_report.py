@@ -22,6 +22,8 @@ def write_report(tree, directory, *, html: bool = True, max_sources: int = 20) -
     - ``loss.png`` when the tree has a loss history,
     - ``posterior_pairs.png`` when the tree has ``/posterior`` ``flux`` draws
       (the brightest source's fluxes),
+    - ``catalog.html`` and ``catalog.ecsv``: the source catalog (with units)
+      when the tree has measurements,
     - ``inspector.html``: the self-contained, offline inspector.
 
     Parameters
@@ -57,6 +59,13 @@ def write_report(tree, directory, *, html: bool = True, max_sources: int = 20) -
         brightest = int(mean_flux.argmax("source"))
         written.append(plot_posterior_pairs(tree, out / "posterior_pairs.png",
                                             coords={"source": brightest}))
+    if "flags" in tree["sources"].to_dataset():
+        from ..xr import catalog_from_tree, write_catalog
+
+        table = catalog_from_tree(tree)
+        written.append(write_catalog(table, out / "catalog.ecsv"))
+        table.write(out / "catalog.html", format="ascii.html", overwrite=True)
+        written.append(out / "catalog.html")
     if html:
         written.append(save_inspector_html(tree, out / "inspector.html"))
     return written
