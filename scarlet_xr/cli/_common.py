@@ -238,7 +238,7 @@ def write_tree(tree, path, *, overwrite: bool = False) -> Path:
         if path.suffix == ".zarr":
             tree.to_zarr(tmp, mode="w", zarr_format=2, consolidated=False)
         else:
-            tree.to_netcdf(tmp, engine="h5netcdf")
+            tree.to_netcdf(tmp, engine="h5netcdf", encoding=_compressed(tree))
         if path.exists() or path.is_symlink():
             _remove(path)
         os.replace(tmp, path)
@@ -246,6 +246,23 @@ def write_tree(tree, path, *, overwrite: bool = False) -> Path:
         if tmp.exists():
             _remove(tmp)
     return path
+
+
+def _compressed(tree) -> dict:
+    """netCDF encoding: gzip (level 1, shuffled) for every image-like variable of every node.
+
+    Per-source images (``/model``, ``/deblended``) are mostly zeros away from
+    their source: compressed, a result is about the size of the data it
+    describes rather than ``sources x`` that.
+    """
+    enc = {}
+    for node in getattr(tree, "subtree", ()):
+        ds = node.to_dataset(inherit=False)
+        spec = {name: {"compression": "gzip", "compression_opts": 1, "shuffle": True}
+                for name, var in ds.data_vars.items() if var.ndim >= 2 and var.dtype.kind in "fiub"}
+        if spec:
+            enc[node.path] = spec
+    return enc
 
 
 def format_summary(tree, wall_time: float | None = None) -> str:
