@@ -178,3 +178,20 @@ def test_inputs_that_are_neither_or_both_are_refused(field, tmp_path, capsys):
             hdul["VARIANCE"].data = hdul["VARIANCE"].data[:, :10]
             hdul.writeto(bad)
         deblend_field(bad, out=tmp_path / "c.zarr", client="synchronous", progress=False)
+
+
+def test_mask_bits_by_name_are_resolved_from_the_mask_header(field, tmp_path, capsys):
+    """`--mask-bits` names come from the MASK header's MP_<NAME> keywords; unknown names are refused."""
+    from scarlet_xr.survey._field import _FieldFile
+
+    path = field["dir"] / "masked.fits"
+    ff = _FieldFile(path, "BAD")
+    with fits.open(path) as hdul:
+        assert ff.mask_bits == 1 << int(hdul["MASK"].header["MP_BAD"])
+        bad = ff._bad(0, 8, field["column"] - 2, field["column"] + 3)
+        assert bad[:, :, 2].all() and not bad[:, :, 0].any()
+    argv = ["survey", str(path), "--out", str(tmp_path / "m.zarr"), "--mask-bits", "BAD,NOSUCH"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "mask bit 'NOSUCH' is not named in the header of the mask plane" in err and "'BAD'" in err
+

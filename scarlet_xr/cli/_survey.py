@@ -32,6 +32,9 @@ def add_parser(sub) -> None:
                    help="field mode: detection threshold in noise units of the coadd (default 4)")
     p.add_argument("--margin", type=int, default=8,
                    help="field mode: pixels around footprints joining neighbours into one blend (default 8)")
+    p.add_argument("--mask-bits", default=None, metavar="B1,B2,...",
+                   help="field mode: reject only mask pixels with these bits (numbers or names from the "
+                        "mask header's MP_<NAME> keywords, e.g. BAD,SAT); default: any non-zero value")
     p.add_argument("--workdir", default=None,
                    help="field mode: where the blend cutouts go (default STORE.zarr.blends)")
     p.set_defaults(func=run)
@@ -121,6 +124,7 @@ def run(args) -> int:
 
             table = deblend_field(args.catalog, out=args.out, catalog=args.catalog_out, workdir=args.workdir,
                                   threshold=args.detect_threshold, margin=args.margin,
+                                  mask_bits=args.mask_bits,
                                   zero_points=parse_zero_points(args.zero_point), **runner)
             ds = xr.open_zarr(str(args.out), consolidated=False)
         else:

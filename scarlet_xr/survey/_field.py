@@ -43,7 +43,7 @@ class _FieldFile:
         from astropy.io import fits
         from astropy.wcs import WCS, FITSFixedWarning
 
-        from ..xr import MASK_HDUS, STDDEV_HDUS, VARIANCE_HDUS, WEIGHT_HDUS
+        from ..xr import MASK_HDUS, STDDEV_HDUS, VARIANCE_HDUS, WEIGHT_HDUS, resolve_mask_bits
 
         self.path = Path(path)
         if not self.path.exists():
@@ -103,7 +103,16 @@ class _FieldFile:
                     f"{self.path.name!r}: the {kind} plane {name!r} must have shape ({self.nb}, {self.ny}, "
                     f"{self.nx}) or ({self.ny}, {self.nx}); got {tuple(pshape)}"
                 )
-        self.mask_bits = mask_bits
+        self.mask_bits = None
+        if mask_bits is not None:
+            if "mask" not in self.planes:
+                raise ValueError(f"{self.path.name!r}: mask_bits {mask_bits!r} given but the file has no "
+                                 f"mask plane (an HDU named {' or '.join(MASK_HDUS)}); it has {names}")
+            mhdu = self.hdul[self.planes["mask"]]
+            bits = resolve_mask_bits(mask_bits, mhdu.header, label=f"{self.path.name}[{self.planes['mask']}]",
+                                     nbits=8 * np.dtype(mhdu.data.dtype if mhdu.data is not None
+                                                        else np.int32).itemsize)
+            self.mask_bits = sum(1 << b for b in bits.values())
         if "PSF" not in names:
             raise ValueError(f"{self.path.name!r} has no 'PSF' HDU (one PSF image per band); it has {names}")
         psf = np.asarray(self.hdul["PSF"].data, np.float64)
@@ -519,7 +528,7 @@ def deblend_field(
     margin: int = 8,
     max_blend_size: int = 128,
     max_blend_sources: int = 16,
-    mask_bits: int | None = None,
+    mask_bits=None,
     window: int = 256,
     zero_points=None,
     **runner,
@@ -570,8 +579,10 @@ def deblend_field(
         blend and around each blend's cutout.
     max_blend_size, max_blend_sources : int
         Largest blend (pixels on a side; at most 512) and most sources per blend.
-    mask_bits : int, optional
-        Bits of the mask plane that mark bad pixels. Default: any non-zero value.
+    mask_bits : int, str or sequence, optional
+        Bits of the mask plane that mark bad pixels: bit numbers and/or names
+        from its header's ``MP_<NAME>`` keywords (e.g. ``"BAD,SAT"``), as in
+        :func:`scarlet_xr.open_observation`. Default: any non-zero value.
     window : int
         Rows read at a time while building the detection image.
     zero_points : float, sequence or dict, optional

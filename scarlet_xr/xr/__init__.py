@@ -30,6 +30,7 @@ from ._catalog import write_deblended as write_deblended
 from ._results import reduced_chi2 as reduced_chi2
 from ._io import estimate_background as estimate_background
 from ._io import open_observation as open_observation
+from ._io import resolve_mask_bits as resolve_mask_bits
 from ._io import MASK_HDUS as MASK_HDUS
 from ._io import STDDEV_HDUS as STDDEV_HDUS
 from ._io import VARIANCE_HDUS as VARIANCE_HDUS
@@ -69,6 +70,7 @@ __all__ = [
     "open_observation",
     "reduced_chi2",
     "resampling_likelihood",
+    "resolve_mask_bits",
     "resolve_zero_points",
     "shape_from_moments",
     "shift_wcs",

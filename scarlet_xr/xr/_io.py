@@ -148,6 +148,32 @@ def _mask_plane_names(header) -> dict[str, int]:
     return out
 
 
+def resolve_mask_bits(mask_bits, header, *, label: str = "MASK", nbits: int = 32) -> dict[str, int]:
+    """Mask bits to reject, by name (``MP_<NAME>`` header keywords) or number, as ``{name: bit}``.
+
+    Parameters
+    ----------
+    mask_bits : int, str or sequence
+        Bit numbers and/or names, e.g. ``"BAD,SAT,NO_DATA"`` or ``[0, "SAT"]``.
+    header : mapping or None
+        Header of the mask plane (its ``MP_<NAME> = <bit>`` keywords name the bits).
+    label : str
+        The plane, for messages.
+    nbits : int
+        Bits of the mask's integer type.
+
+    Returns
+    -------
+    dict
+
+    Raises
+    ------
+    ValueError, TypeError
+        An unknown name (the known ones listed), a bit out of range, or an empty list.
+    """
+    return _resolve_mask_bits(mask_bits, header, label, nbits)
+
+
 def _resolve_mask_bits(mask_bits, header, label, nbits) -> dict[str, int]:
     """``mask_bits`` (names and/or bit numbers) as ``{label: bit}``."""
     if isinstance(mask_bits, (int, np.integer)):
