@@ -129,7 +129,10 @@ def run(args) -> int:
     out = Path(args.out)
     if out.suffix not in (".nc", ".zarr"):
         raise ValueError(f"--out must end in .nc or .zarr; got {out.name!r}")
-    check_output(out, overwrite=args.overwrite, inputs=[*args.files, *(args.psf or ()), args.sources])
+    planes = [*(args.variance or ()), *(args.weight or ()), *(args.mask or ())]
+    planes = [p for p in planes if Path(p).exists()]  # files, not HDU names
+    inputs = [*args.files, *(args.psf or ()), args.sources, *planes]
+    check_output(out, overwrite=args.overwrite, inputs=inputs)
     check_products(args)
     enable_compile_cache()
     from .. import Scene, frame_from_observations, initialize_sources
@@ -150,7 +153,8 @@ def run(args) -> int:
     if getattr(args, "prior", "none") == "learned":
         from ..nn import learned_prior, with_morphology_prior
 
-        kinds = ["free" if k == "auto" else k for k in ([kinds] * len(centers) if isinstance(kinds, str) else kinds)]
+        given = [kinds] * len(centers) if isinstance(kinds, str) else kinds
+        kinds = ["free" if k == "auto" else k for k in given]
         with Scene(frame) as scene:
             initialize_sources(frame, obs, centers, kinds=kinds)
         scene = with_morphology_prior(scene, learned_prior())
@@ -174,7 +178,7 @@ def run(args) -> int:
     for ds in obs:
         notes = []
         if ds.attrs.get("planes"):
-            notes.append(f"planes read from the file: {ds.attrs['planes']}")
+            notes.append(f"noise and mask planes used: {ds.attrs['planes']}")
         if ds.attrs.get("noise_estimated"):
             notes.append("noise estimated from the background (sep)")
         if ds.attrs.get("n_nonfinite_masked"):
