@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from ..xr import CATALOG_COLUMNS as _SCALAR
-from ..xr import FLAGS, flag_descriptions, resolve_zero_points
+from ..xr import FLAGS, flag_descriptions, resolve_zero_points, select_columns
 from ._store import MEASURE_VARS, check_store, open_store
 
 __all__ = ["survey_catalog"]
@@ -140,10 +140,4 @@ def survey_catalog(store, *, zero_points=None, columns=None):
         "scarlet_xr_version": str(group.attrs.get("scarlet_xr_version", "")),
         "store": str(path),
     }
-    if columns is not None:
-        columns = list(columns)
-        unknown = [c for c in columns if c not in table.colnames]
-        if unknown:
-            raise ValueError(f"unknown catalog column(s) {unknown}; available: {table.colnames}")
-        table = table[columns]
-    return table
+    return select_columns(table, columns)

@@ -25,6 +25,7 @@ from ._photometry import resolve_zero_points as resolve_zero_points
 from ._photometry import zero_point_from_header as zero_point_from_header
 from ._catalog import CATALOG_COLUMNS as CATALOG_COLUMNS
 from ._catalog import catalog_from_tree as catalog_from_tree
+from ._catalog import select_columns as select_columns
 from ._catalog import write_catalog as write_catalog
 from ._catalog import write_deblended as write_deblended
 from ._results import reduced_chi2 as reduced_chi2
@@ -71,6 +72,7 @@ __all__ = [
     "reduced_chi2",
     "resampling_likelihood",
     "resolve_mask_bits",
+    "select_columns",
     "resolve_zero_points",
     "shape_from_moments",
     "shift_wcs",

@@ -22,7 +22,10 @@ import numpy as np
 from ._measure import FLAGS, flag_descriptions
 from ._observation import observation_wcs
 
-__all__ = ["catalog_from_tree", "write_catalog", "write_deblended", "REQUIRED_SOURCE_VARS", "CATALOG_COLUMNS"]
+__all__ = [
+    "catalog_from_tree", "select_columns", "write_catalog", "write_deblended", "REQUIRED_SOURCE_VARS",
+    "CATALOG_COLUMNS",
+]
 
 #: Per-source scalar columns: ``{name: (unit or None for the variable's own, description)}``.
 
@@ -132,7 +135,8 @@ def catalog_from_tree(tree, *, columns=None):
     _add_posterior(table, tree, bands, ns, flux_unit)
     if "mag" in src:
         for j, b in enumerate(bands):
-            table[f"mag_{b}"] = Column(src["mag"].values[:, j], unit=u.mag, description=f"AB magnitude in {b}")
+            table[f"mag_{b}"] = Column(src["mag"].values[:, j], unit=u.mag,
+                                       description=f"AB magnitude in {b}")
             table[f"mag_err_{b}"] = Column(src["mag_err"].values[:, j], unit=u.mag,
                                            description=f"1-sigma error of mag_{b}")
         for j in range(len(bands) - 1):
@@ -153,13 +157,24 @@ def catalog_from_tree(tree, *, columns=None):
         "flags": flag_descriptions(),
         "scarlet_xr_version": str(tree.attrs.get("scarlet_xr_version", "")),
     }
-    if columns is not None:
-        columns = list(columns)
-        unknown = [c for c in columns if c not in table.colnames]
-        if unknown:
-            raise ValueError(f"unknown catalog column(s) {unknown}; available: {table.colnames}")
-        table = table[columns]
-    return table
+    return select_columns(table, columns)
+
+
+def select_columns(table, columns=None):
+    """``table`` with only ``columns`` (in that order); all of it when ``columns`` is None.
+
+    Raises
+    ------
+    ValueError
+        A column the table does not have (the available ones listed).
+    """
+    if columns is None:
+        return table
+    columns = list(columns)
+    unknown = [c for c in columns if c not in table.colnames]
+    if unknown:
+        raise ValueError(f"unknown catalog column(s) {unknown}; available: {table.colnames}")
+    return table[columns]
 
 
 def _add_posterior(table, tree, bands, ns, flux_unit):
@@ -177,7 +192,8 @@ def _add_posterior(table, tree, bands, ns, flux_unit):
     med[idx] = np.median(vals, axis=(0, 1))
     std[idx] = np.std(vals, axis=(0, 1), ddof=1)
     for j, b in enumerate(bands):
-        table[f"flux_post_{b}"] = Column(med[:, j], unit=flux_unit, description=f"posterior median flux in {b}")
+        table[f"flux_post_{b}"] = Column(med[:, j], unit=flux_unit,
+                                         description=f"posterior median flux in {b}")
         table[f"flux_err_post_{b}"] = Column(std[:, j], unit=flux_unit,
                                              description=f"posterior standard deviation of the flux in {b}")
 
