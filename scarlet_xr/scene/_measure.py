@@ -239,7 +239,8 @@ def _noise_of_sum(weight) -> float:
     return float(np.sqrt(np.sum(var))) if var else 0.0
 
 
-def measure_scene(scene, observations, *, zero_points=None, per_source=None, model_flux=None) -> Measurements:
+def measure_scene(scene, observations, *, zero_points=None, per_source=None, model_flux=None,
+                  renderers=None) -> Measurements:
     """Measure every source of a fitted scene on its observations.
 
     Parameters
@@ -258,6 +259,9 @@ def measure_scene(scene, observations, *, zero_points=None, per_source=None, mod
     per_source, model_flux : arrays, optional
         The scene's per-source model cube ``(source, band, y, x)`` and model
         fluxes ``(source, band)`` when already computed (saves a render).
+    renderers : sequence, optional
+        The observations' renderers on the scene's frame when already built
+        (one per observation, in order; saves building them again).
 
     Returns
     -------
@@ -297,8 +301,9 @@ def measure_scene(scene, observations, *, zero_points=None, per_source=None, mod
     foot_px = np.zeros(ns)
     edge = np.zeros(ns, bool)
     blendedness = None
-    for name, ds in obs.items():
-        renderer = likelihood_for(ds, frame).renderer
+    if renderers is None:
+        renderers = [likelihood_for(ds, frame).renderer for ds in obs.values()]
+    for (name, ds), renderer in zip(obs.items(), renderers, strict=True):
         band_index = list(getattr(renderer, "band_index", frame.band_index(list(ds["band"].values))))
         w = np.asarray(ds["weight"].values, np.float64)
         data = np.asarray(ds["data"].values, np.float64)

@@ -233,7 +233,7 @@ class Scene:
             from ._measure import measure_scene
 
             meas = measure_scene(self, obs, zero_points=zero_points, per_source=per_source,
-                                 model_flux=fluxes)
+                                 model_flux=fluxes, renderers=renderers)
             for name, (dims, values, var_attrs) in meas.sources.items():
                 src[name] = xr.Variable(dims, values, var_attrs)
             deblended = meas.deblended
