@@ -31,6 +31,57 @@ def _stack_key(comp):
     return treedef, tuple((tuple(x.shape), str(x.dtype)) for x in leaves)
 
 
+def _group_components(sources):
+    """Components grouped by type, structure and box size: ``[(members, stacked, centers)]``.
+
+    ``members``: indices of the components (in source order, then component
+    order); ``stacked``: the group's components stacked leaf by leaf (the one
+    component itself for a group of one); ``centers`` ``(m, 2)``: their
+    sources' centres.
+    """
+    entries, groups = [], {}
+    for src in sources:
+        center = src.center.value
+        for comp in src.components:
+            key = _stack_key(comp)
+            idx = len(entries)
+            entries.append((center, comp))
+            groups.setdefault(idx if key is None else key, []).append(idx)
+    out = []
+    for members in groups.values():
+        centers = jnp.stack([entries[i][0] for i in members])
+        comps = [entries[i][1] for i in members]
+        stacked = comps[0] if len(comps) == 1 else jax.tree_util.tree_map(lambda *x: jnp.stack(x), *comps)
+        out.append((members, stacked, centers))
+    return out
+
+
+def _group_map(fun, members, stacked, *args):
+    """``fun(component, *args)`` over a group from :func:`_group_components` (leading axis m)."""
+    if len(members) == 1:
+        return fun(stacked, *(a[0] for a in args))[None]
+    return jax.vmap(fun)(stacked, *args)
+
+
+def _component_groups(sources):
+    """Components evaluated group by group: one ``vmap``-ed call per type, structure and box size.
+
+    Returns
+    -------
+    list of (members, centers, boxes, intrinsic)
+        ``members``: indices of the components (in source order, then
+        component order); ``centers`` ``(m, 2)``: their sources' centres;
+        ``boxes`` ``(m, band, h, w)``: their images at the sub-pixel offset;
+        ``intrinsic``: whether the morphology still needs the model PSF.
+    """
+    out = []
+    for members, stacked, centers in _group_components(sources):
+        offsets = centers - jnp.round(centers)
+        boxes = _group_map(lambda c, o: c(o), members, stacked, offsets)
+        out.append((members, centers, boxes, bool(stacked.morphology.intrinsic)))
+    return out
+
+
 def component_boxes(sources):
     """Evaluate every component's ``(band, h, w)`` box at its source's sub-pixel offset.
 
@@ -43,26 +94,40 @@ def component_boxes(sources):
     list of (center, component, box)
         In source order, then component order.
     """
-    entries, groups = [], {}
-    for src in sources:
-        center = src.center.value
-        offset = center - jnp.round(center)
-        for comp in src.components:
-            key = _stack_key(comp)
-            idx = len(entries)
-            entries.append([center, comp, offset, None])
-            groups.setdefault(idx if key is None else key, []).append(idx)
-    for members in groups.values():
-        if len(members) == 1:
-            e = entries[members[0]]
-            e[3] = e[1](e[2])
-            continue
-        stacked = jax.tree_util.tree_map(lambda *x: jnp.stack(x), *[entries[i][1] for i in members])
-        offsets = jnp.stack([entries[i][2] for i in members])
-        out = jax.vmap(lambda c, o: c(o))(stacked, offsets)
+    comps = [comp for src in sources for comp in src.components]
+    out = [None] * len(comps)
+    for members, centers, boxes, _ in _component_groups(sources):
         for j, i in enumerate(members):
-            entries[i][3] = out[j]
-    return [(c, comp, box) for c, comp, _, box in entries]
+            out[i] = (centers[j], comps[i], boxes[j])
+    return out
+
+
+def _scatter(canvas, boxes, centers, pad):
+    """Add ``boxes`` (m, band, h, w) to ``canvas`` (band, H, W) in one scatter-add.
+
+    Each box is centred on the pixel nearest its centre (shifted by ``pad``)
+    and, like ``lax.dynamic_update_slice``, moved inside the canvas when it
+    would stick out. The compiled size does not depend on ``m``; the
+    gradient is one gather.
+    """
+    m, b, h, w = boxes.shape
+    hp, wp = canvas.shape[1:]
+    iy = jnp.clip(jnp.round(centers[:, 0]).astype(jnp.int32) - h // 2 + pad, 0, hp - h)
+    ix = jnp.clip(jnp.round(centers[:, 1]).astype(jnp.int32) - w // 2 + pad, 0, wp - w)
+    rows = iy[:, None] + jnp.arange(h, dtype=jnp.int32)
+    cols = ix[:, None] + jnp.arange(w, dtype=jnp.int32)
+    flat = rows[:, :, None] * wp + cols[:, None, :]
+    out = canvas.reshape(b, hp * wp).at[:, flat].add(
+        jnp.moveaxis(boxes, 1, 0).astype(canvas.dtype), indices_are_sorted=False, unique_indices=False
+    )
+    return out.reshape(b, hp, wp)
+
+
+def _place_group(canvas, boxes, centers, pad):
+    """Add a group of boxes: ``dynamic_update_slice`` for one, a scatter-add for several."""
+    if boxes.shape[0] == 1:
+        return _place(canvas, boxes[0], centers[0], pad)
+    return _scatter(canvas, boxes, centers, pad)
 
 
 @eqx.filter_jit
@@ -82,13 +147,13 @@ def _render(sources, shape, pad, psf_fft, fft_shape):
     dtype = sources[0].center.raw.dtype if sources else jnp.float32
     frame = jnp.zeros((b, hh + 2 * pad, ww + 2 * pad), dtype=dtype)
     intrinsic = None
-    for center, comp, box in component_boxes(sources):
-        if comp.morphology.intrinsic and psf_fft is not None:
+    for _, centers, boxes, is_intrinsic in _component_groups(sources):
+        if is_intrinsic and psf_fft is not None:
             if intrinsic is None:
                 intrinsic = jnp.zeros_like(frame)
-            intrinsic = _place(intrinsic, box, center, pad)
+            intrinsic = _place_group(intrinsic, boxes, centers, pad)
         else:
-            frame = _place(frame, box, center, pad)
+            frame = _place_group(frame, boxes, centers, pad)
     if intrinsic is not None:
         conv = jnp.fft.irfft2(jnp.fft.rfft2(intrinsic, s=fft_shape) * psf_fft, s=fft_shape)
         frame = frame + conv[:, : frame.shape[1], : frame.shape[2]].astype(dtype)
@@ -123,6 +188,7 @@ class SceneModel(eqx.Module):
 
     sources: tuple[Source, ...]
     psf_fft: jax.Array | None
+    psf: jax.Array | None
     shape: tuple[int, int, int] = eqx.field(static=True)
     pad: int = eqx.field(static=True)
     fft_shape: tuple[int, int] = eqx.field(static=True)
@@ -142,6 +208,7 @@ class SceneModel(eqx.Module):
         hp, wp = self.shape[1] + 2 * self.pad, self.shape[2] + 2 * self.pad
         if psf is None:
             self.psf_fft = None
+            self.psf = None
             self.fft_shape = (hp, wp)
         else:
             psf = np.asarray(psf, float)
@@ -150,6 +217,7 @@ class SceneModel(eqx.Module):
             self.fft_shape = (fast_size(hp + psf.shape[0]), fast_size(wp + psf.shape[1]))
             k = np.fft.rfft2(kernel_to_origin(psf / psf.sum(), self.fft_shape))
             self.psf_fft = jnp.asarray(k, dtype=jnp.result_type(jnp.asarray(0.0).dtype, jnp.complex64))
+            self.psf = jnp.asarray(psf / psf.sum(), dtype=jnp.asarray(0.0).dtype)
 
     def __call__(self) -> jax.Array:
         """Return the model cube (band, y, x)."""
@@ -161,6 +229,44 @@ class SceneModel(eqx.Module):
             [_render([s], self.shape, self.pad, self.psf_fft, self.fft_shape) for s in self.sources]
         )
 
+    def component_stamps(self):
+        """Each component's image with the model PSF, on its own box, group by group.
+
+        Components of one type and box size are evaluated in one ``vmap``-ed
+        call (see :meth:`__call__`); intrinsic profiles are convolved with the
+        model PSF in full, so their boxes grow by the PSF's size minus one and
+        stay centred on the same pixel. Nothing is placed on the frame.
+
+        Returns
+        -------
+        list of (members, centers, images)
+            ``members``: component indices (source order, then component
+            order); ``centers`` ``(m, 2)``: the sources' centres (each image is
+            centred on the pixel nearest its centre); ``images`` ``(m, band,
+            h, w)``.
+        """
+        out = []
+        for members, centers, boxes, intrinsic in _component_groups(self.sources):
+            if intrinsic and self.psf is not None:
+                ph, pw = self.psf.shape
+                _, _, h, w = boxes.shape
+                fh, fw = h + ph - 1, w + pw - 1
+                fs = (fast_size(fh), fast_size(fw))
+                kf = jnp.fft.rfft2(self.psf.astype(boxes.dtype), s=fs)
+                boxes = jnp.fft.irfft2(jnp.fft.rfft2(boxes, s=fs) * kf, s=fs)[..., :fh, :fw]
+            out.append((members, centers, boxes))
+        return out
+
     def fluxes(self) -> jax.Array:
-        """Total flux per source and band ``(source, band)``."""
-        return jnp.stack([s.flux() for s in self.sources])
+        """Total flux per source and band ``(source, band)`` (one ``vmap``-ed call per component group)."""
+        per_comp = [None] * sum(len(s.components) for s in self.sources)
+        for members, stacked, _ in _group_components(self.sources):
+            vals = _group_map(lambda c: c.flux(), members, stacked)
+            for j, i in enumerate(members):
+                per_comp[i] = vals[j]
+        out, c = [], 0
+        for src in self.sources:
+            m = len(src.components)
+            out.append(per_comp[c] if m == 1 else sum(per_comp[c : c + m]))
+            c += m
+        return jnp.stack(out)

@@ -13,9 +13,10 @@ when sources have ``kind="auto"`` (the default):
    its number of extra shape parameters (:data:`EXTENT_PARAMETERS`, the mean
    drop from noise alone). Losing an extended galaxy's wings costs far more
    flux than fitting a star with a compact Sersic, so ties go to "extended";
-3. the box (one canonical size shared by all ``auto`` sources, so that they
-   render in one vmapped call and a scene compiles once) is grown if an
-   extended source now needs more than ``BOX_RADII_RE`` half-light radii, the
+3. each extended source's box (one of the canonical sizes; sources of one
+   size render in one vmapped call, so a scene compiles once per size used,
+   whatever its number of sources) is grown if it now needs more than
+   ``BOX_RADII_RE`` half-light radii, the
    scene is refitted with the chosen models (the switch is an array, not a new
    graph), and the spectra are solved linearly once more. A source whose
    fitted size still outgrows its box is flagged ``box_truncated``;
@@ -210,15 +211,15 @@ def fit_sources(
     ]
     for i, d in moved.items():
         choices[i]["reason"] += f"; position moved {d:.2f} px to the peak of the data"
-    # one box size for all auto sources: they render in one vmapped call and
-    # the scene compiles once, whatever its number of sources
+    # each auto source gets the canonical box its size needs: sources of one box size
+    # render in one vmapped call, so a scene compiles once per box size used (a few),
+    # whatever its number of sources, and memory grows with the boxes, not the largest one
     # (moments inside the footprint underestimate sizes: start with room for twice the size)
     # (and never more than the frame holds: light outside it is not measured)
     max_box = min(max_box, _canonical(max(frame.shape)))
-    box = _common_box([sources[k].components[0].morphology for k in auto_idx], max_box,
-                      scale=INIT_SIZE_MARGIN)
     for k in auto_idx:
         src = sources[k]
+        box = _common_box([src.components[0].morphology], max_box, scale=INIT_SIZE_MARGIN)
         morph = _resized(src.components[0].morphology, box)
         c = np.asarray(src.center.value, float)
         center = Parameter(c, step=src.center.step, prior=NormalPrior(c, center_sigma, CENTER_LIMIT))
@@ -511,21 +512,26 @@ def _resized(sersic: SersicMorphology, size: int) -> SersicMorphology:
 
 
 def _grow_boxes(model, auto_idx, choices, max_box, psf):
-    """Give all ``auto`` sources the box their largest extended member now needs.
+    """Give each extended ``auto`` source the canonical box its fitted size now needs.
 
-    The box only grows (never shrinks), so compiled shapes change at most once.
+    Boxes only grow (never shrink), so compiled shapes change at most once;
+    point sources keep theirs.
     """
     sources = list(model.sources)
-    morphs = [sources[k].components[0].morphology for k in auto_idx]
-    current = morphs[0].shape[0]
-    ext = [m.sersic for k, m in zip(auto_idx, morphs, strict=True) if choices[k]["kind"] == "sersic"]
-    box = max(current, _common_box(ext, max_box))
-    if box == current:
-        return model
-    for k, m in zip(auto_idx, morphs, strict=True):
-        auto = AutoMorphology(_resized(m.sersic, box), psf, is_point=m.kind == "point")
+    changed = False
+    for k in auto_idx:
+        m = sources[k].components[0].morphology
+        if choices[k]["kind"] != "sersic":
+            continue
+        box = max(m.shape[0], _common_box([m.sersic], max_box))
+        if box == m.shape[0]:
+            continue
+        auto = AutoMorphology(_resized(m.sersic, box), psf, is_point=False)
         comp = eqx.tree_at(lambda c: c.morphology, sources[k].components[0], auto)
         sources[k] = eqx.tree_at(lambda s: s.components, sources[k], (comp,))
+        changed = True
+    if not changed:
+        return model
     return eqx.tree_at(lambda m: m.sources, model, tuple(sources))
 
 

@@ -18,6 +18,7 @@ import xarray as xr
 
 from ..xr import (
     FLAGS,
+    cube_to_stamps,
     MASKED_FRACTION_LIMIT,
     fisher_covariance,
     footprints,
@@ -29,7 +30,7 @@ from ..xr import (
     shape_from_moments,
 )
 
-__all__ = ["Measurements", "measure_scene"]
+__all__ = ["Measurements", "measure_scene", "scene_stamps"]
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +55,53 @@ class Measurements:
 
 
 @eqx.filter_jit
-def _render_sources(model):
-    return model.render_sources()
+def _component_stamps(model):
+    return model.component_stamps(), model.fluxes()
+
+
+def scene_stamps(model, groups=None):
+    """Each source's model (model PSF) on its own box, clipped to the frame.
+
+    Parameters
+    ----------
+    model : SceneModel
+    groups : list, optional
+        ``model.component_stamps()`` when already computed.
+
+    Returns
+    -------
+    list of (y0, x0, numpy.ndarray (band, h, w)) or None
+        Per source: its box origin in frame pixels (0-based) and its model
+        (float32); None when nothing of it lies on the frame. Components of a
+        source share its centre, so its box is the largest of theirs.
+    """
+    if groups is None:
+        groups = _component_stamps(model)[0]
+    ncomp = sum(len(s_.components) for s_ in model.sources)
+    imgs, cens = [None] * ncomp, [None] * ncomp
+    for members, centers, images in groups:
+        centers, images = np.asarray(centers, float), np.asarray(images, np.float32)
+        for j, i in enumerate(members):
+            imgs[i], cens[i] = images[j], centers[j]
+    nb, hh, ww = model.shape
+    out, c = [], 0
+    for src in model.sources:
+        parts, center = imgs[c : c + len(src.components)], cens[c]
+        c += len(src.components)
+        h, w = max(p.shape[-2] for p in parts), max(p.shape[-1] for p in parts)
+        acc = parts[0] if len(parts) == 1 else np.zeros((nb, h, w), np.float32)
+        if len(parts) > 1:
+            for p in parts:
+                dy, dx = (h - p.shape[-2]) // 2, (w - p.shape[-1]) // 2
+                acc[:, dy : dy + p.shape[-2], dx : dx + p.shape[-1]] += p
+        y0 = int(round(float(center[0]))) - h // 2
+        x0 = int(round(float(center[1]))) - w // 2
+        ys0, xs0, ys1, xs1 = max(y0, 0), max(x0, 0), min(y0 + h, hh), min(x0 + w, ww)
+        if ys1 <= ys0 or xs1 <= xs0:
+            out.append(None)
+            continue
+        out.append((ys0, xs0, acc[:, ys0 - y0 : ys1 - y0, xs0 - x0 : xs1 - x0]))
+    return out
 
 
 def _support_box(image, margin: int = 2):
@@ -69,7 +115,7 @@ def _support_box(image, margin: int = 2):
             max(cols[0] - margin, 0), min(cols[-1] + 1 + margin, w))
 
 
-def _source_stamps(per_source, model_flux, centroid):
+def _source_stamps(stamps, model_flux, centroid):
     """Per source: its box, its model per band, and its unit white shape with derivatives.
 
     Returns a list (one per source) of None or ``dict(box, bands, unit, dy, dx, ds)``:
@@ -79,20 +125,25 @@ def _source_stamps(per_source, model_flux, centroid):
     """
     out = []
     tot = np.asarray(model_flux, float).sum(axis=1)
-    for k in range(per_source.shape[0]):
-        white = np.asarray(per_source[k], np.float64).sum(axis=0)
+    for k, st in enumerate(stamps):
+        if st is None:
+            out.append(None)
+            continue
+        sy, sx, arr = st
+        white = np.asarray(arr, np.float64).sum(axis=0)
         box = _support_box(white)
         if box is None or not tot[k] > 0:
             out.append(None)
             continue
-        y0, y1, x0, x1 = box
-        unit = white[y0:y1, x0:x1] / tot[k]
+        ly0, ly1, lx0, lx1 = box
+        y0, y1, x0, x1 = sy + ly0, sy + ly1, sx + lx0, sx + lx1
+        unit = white[ly0:ly1, lx0:lx1] / tot[k]
         gy, gx = np.gradient(unit)
         yy, xx = np.mgrid[y0:y1, x0:x1]
         cy, cx = centroid[k] if np.all(np.isfinite(centroid[k])) else ((y0 + y1) / 2, (x0 + x1) / 2)
         out.append({
-            "box": box,
-            "bands": np.asarray(per_source[k][:, y0:y1, x0:x1], np.float64),
+            "box": (y0, y1, x0, x1),
+            "bands": np.asarray(arr[:, ly0:ly1, lx0:lx1], np.float64),
             "unit": unit,
             "dy": -gy,
             "dx": -gx,
@@ -239,8 +290,8 @@ def _noise_of_sum(weight) -> float:
     return float(np.sqrt(np.sum(var))) if var else 0.0
 
 
-def measure_scene(scene, observations, *, zero_points=None, per_source=None, model_flux=None,
-                  renderers=None) -> Measurements:
+def measure_scene(scene, observations, *, zero_points=None, stamps=None, model_flux=None,
+                  renderers=None, per_source=None) -> Measurements:
     """Measure every source of a fitted scene on its observations.
 
     Parameters
@@ -256,12 +307,17 @@ def measure_scene(scene, observations, *, zero_points=None, per_source=None, mod
         bands, one per frame band, or ``{band: zp}``. Default: the
         observations' ``attrs['zero_point']`` (read from FITS headers), else
         no magnitudes.
-    per_source, model_flux : arrays, optional
-        The scene's per-source model cube ``(source, band, y, x)`` and model
-        fluxes ``(source, band)`` when already computed (saves a render).
+    stamps : list, optional
+        Each source's model on its box, from :func:`scene_stamps`, when
+        already computed (saves a render).
+    model_flux : array (source, band), optional
+        The model fluxes when already computed.
     renderers : sequence, optional
         The observations' renderers on the scene's frame when already built
         (one per observation, in order; saves building them again).
+    per_source : array (source, band, y, x), optional
+        Full-frame per-source models instead of ``stamps`` (cropped to their
+        non-zero pixels).
 
     Returns
     -------
@@ -271,16 +327,20 @@ def measure_scene(scene, observations, *, zero_points=None, per_source=None, mod
     frame = scene.frame
     model = scene.model()
     ns, nb = len(scene.sources), len(frame.bands)
-    if per_source is None:
-        per_source = _render_sources(model)
-    per_source = np.asarray(per_source)  # (source, band, y, x), model PSF; no float64 copy
-    model_flux = np.asarray(model.fluxes() if model_flux is None else model_flux, np.float64)
+    if stamps is None and per_source is not None:
+        stamps = cube_to_stamps(np.asarray(per_source))
+    if stamps is None or model_flux is None:
+        groups, fl = _component_stamps(model)
+        stamps = scene_stamps(model, groups) if stamps is None else stamps
+        model_flux = fl if model_flux is None else model_flux
+    model_flux = np.asarray(model_flux, np.float64)
     flux = model_flux if scene.measured_flux is None else np.asarray(scene.measured_flux, float)
     kinds = [s.kind for s in scene.sources]
     extended = np.array([k != "point" for k in kinds])
 
     # -- shapes on the model frame (model PSF subtracted from the moments) --------------
-    white = per_source.sum(axis=1)
+    # (each source on its stamp; centroids moved to frame pixels)
+    white = [np.zeros((1, 1)) if st is None else np.asarray(st[2], np.float64).sum(axis=0) for st in stamps]
     _, centroid, second = image_moments(white)
     _, _, psf_second = image_moments(np.asarray(frame.psf, float)[None])
     e1, e2, theta, _ = shape_from_moments(second, psf_second[0])
@@ -288,6 +348,8 @@ def measure_scene(scene, observations, *, zero_points=None, per_source=None, mod
     pc = np.array([[(psf_img.shape[0] - 1) / 2, (psf_img.shape[1] - 1) / 2]])
     r_psf = float(half_light_radius(psf_img[None], pc)[0])
     r_obs = half_light_radius(white, centroid)
+    origin = np.array([[0, 0] if st is None else [st[0], st[1]] for st in stamps], float)
+    centroid = centroid + origin
     r_half = np.sqrt(np.clip(r_obs**2 - r_psf**2, 0, None))
     for k in np.flatnonzero(~extended):
         e1[k] = e2[k] = theta[k] = r_half[k] = 0.0
@@ -295,7 +357,7 @@ def measure_scene(scene, observations, *, zero_points=None, per_source=None, mod
     # -- per observation: models, templates, deblended images ----------------------------
     # everything is rendered as stamps (each source's box plus the PSF's reach), so memory
     # follows the sources, not the frame
-    stamps = _source_stamps(per_source, model_flux, centroid)
+    stamps = _source_stamps(stamps, model_flux, centroid)
     fisher_in, deblended = [], {}
     masked_px = np.zeros(ns)
     foot_px = np.zeros(ns)

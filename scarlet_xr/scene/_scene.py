@@ -16,6 +16,7 @@ from ..infer import FitHistory
 from ..infer import fit as _fit
 from ..wcs import Frame
 from ..xr import build_result_tree, likelihood_for, normalize_observations
+from ._init import sky_positions_to_pixels
 
 __all__ = ["Scene"]
 
@@ -25,7 +26,7 @@ def _evaluate(model: SceneModel, renderers):
     """Everything the results need, in one compiled call (not op by op)."""
     cube = model()
     centers = jnp.stack([src.center.value for src in model.sources])
-    return model.render_sources(), model.fluxes(), [r(cube) for r in renderers], centers
+    return model.component_stamps(), model.fluxes(), [r(cube) for r in renderers], centers
 
 
 class Scene:
@@ -66,7 +67,7 @@ class Scene:
 
     # -- building ---------------------------------------------------------
     def __enter__(self) -> Scene:
-        ctx = collecting(self.add)
+        ctx = collecting(self.add, to_pixel=self._sky_to_pixel)
         ctx.__enter__()
         self._contexts.append(ctx)
         return self
@@ -74,6 +75,17 @@ class Scene:
     def __exit__(self, *exc) -> bool:
         self._contexts.pop().__exit__(*exc)
         return False
+
+    def _sky_to_pixel(self, position) -> np.ndarray:
+        """Frame pixel ``(y, x)`` of one sky position: the hook a Source calls for a SkyCoord centre."""
+        pix = sky_positions_to_pixels(self.frame, position)
+        if pix is None:
+            raise ValueError(
+                f"a source centre must be (y, x) pixels or a SkyCoord; got {type(position).__name__}"
+            )
+        if len(pix) != 1:
+            raise ValueError(f"a source centre is one position; got a SkyCoord of {len(pix)}")
+        return pix[0]
 
     def add(self, source: Source) -> Source:
         """Add a source (done automatically for sources created inside ``with``)."""
@@ -185,9 +197,12 @@ class Scene:
         obs = normalize_observations(observations)
         model = self.model()
         renderers = tuple(likelihood_for(ds, self.frame).renderer for ds in obs.values())
-        per_source, fluxes, rendered, centers = (
-            jax.tree_util.tree_map(np.asarray, x) for x in _evaluate(model, renderers)
-        )
+        from ._measure import scene_stamps
+
+        groups, fluxes, rendered, centers = _evaluate(model, renderers)
+        fluxes, centers = np.asarray(fluxes), np.asarray(centers)
+        rendered = [np.asarray(r) for r in rendered]
+        stamps = scene_stamps(model, groups)
         obs_items = [(name, ds, r) for (name, ds), r in zip(obs.items(), rendered, strict=True)]
         centers = centers.astype(float)
         ra = dec = None
@@ -205,7 +220,7 @@ class Scene:
             bands=self.frame.bands,
             frame_y=fy,
             frame_x=fx,
-            source_models=per_source,
+            source_models=stamps,
             fluxes=fluxes,
             centers=centers + np.asarray(self.frame.origin, float),
             kinds=[s.kind for s in self._sources],
@@ -232,7 +247,7 @@ class Scene:
         if measure:
             from ._measure import measure_scene
 
-            meas = measure_scene(self, obs, zero_points=zero_points, per_source=per_source,
+            meas = measure_scene(self, obs, zero_points=zero_points, stamps=stamps,
                                  model_flux=fluxes, renderers=renderers)
             for name, (dims, values, var_attrs) in meas.sources.items():
                 src[name] = xr.Variable(dims, values, var_attrs)

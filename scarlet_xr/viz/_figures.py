@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..xr import source_image
 from ._static import lupton_rgb
 from ._tree import (
     check_tree,
@@ -91,7 +92,7 @@ def plot_sources(tree, path=None, *, name: str | None = None, max_sources: int =
     n = min(len(labels), max_sources)
     data = np.asarray(node["data"].values, float)
     stretch = rgb_stretch(data)
-    models = np.asarray(mod["model"].values, float)
+    models = [source_image(mod, "model", i).astype(float) for i in range(n)]
     # model-frame pixel -> index into the model cube and into the observation
     my0, mx0 = int(mod["y"].values[0]), int(mod["x"].values[0])
     oy0, ox0 = int(node["y"].values[0]), int(node["x"].values[0])
@@ -102,7 +103,7 @@ def plot_sources(tree, path=None, *, name: str | None = None, max_sources: int =
     for i in range(n):
         cy, cx = src["y"].values[i] - my0, src["x"].values[i] - mx0
         half = _support_half(models[i], cy, cx)
-        ms = _crop(*models.shape[2:], cy, cx, half)
+        ms = _crop(mod.sizes["y"], mod.sizes["x"], cy, cx, half)
         os_ = _crop(*data.shape[1:], py[i] - oy0, px[i] - ox0, half)
         ext_o = [os_[1].start + ox0 - 0.5, os_[1].stop + ox0 - 0.5, os_[0].start + oy0 - 0.5,
                  os_[0].stop + oy0 - 0.5]

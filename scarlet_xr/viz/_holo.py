@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..xr import source_image
 from ._html import RESIDUAL_RANGE
 from ._static import lupton_rgb
 from ._tree import (
@@ -191,7 +192,7 @@ def source_model_view(tree, source: int, *, q: float = 8.0):
     check_tree(tree)
     i = _source(tree, 0 if source is None else source)
     mod = tree["model"].to_dataset()
-    cube = np.asarray(mod["model"].values[i], float)
+    cube = source_image(mod, "model", i).astype(float)
     stretch = rgb_stretch(observation_node(tree)["data"].values)
     rgb = lupton_rgb(cube, stretch=stretch, q=q) if np.any(cube > 0) else np.zeros(cube.shape[1:] + (3,))
     xs, ys = mod["x"].values, mod["y"].values

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..xr import source_image
 from ._static import lupton_rgb
 from ._tree import (
     check_tree,
@@ -127,7 +128,7 @@ def inspector_document(tree, name: str | None = None, *, q: float = 8.0):
     mx, my = mod["x"].values.astype(float), mod["y"].values.astype(float)
     alone_rgba = []
     for i in range(n):
-        cube = np.asarray(mod["model"].values[i], float)
+        cube = source_image(mod, "model", i).astype(float)
         rgb = lupton_rgb(cube, stretch=stretch, q=q) if np.any(cube > 0) else np.zeros(cube.shape[1:] + (3,))
         alone_rgba.append(_rgba(rgb))
     flux = np.asarray(src["flux"].values, float)

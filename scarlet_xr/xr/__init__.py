@@ -11,7 +11,11 @@ from ._bridge import frame_from_observations as frame_from_observations
 from ._bridge import likelihood_for as likelihood_for
 from ._bridge import grid_offset as grid_offset
 from ._bridge import normalize_observations as normalize_observations
+from ._stamps import pack_stamps as pack_stamps
+from ._stamps import source_image as source_image
+from ._stamps import stamp_box as stamp_box
 from ._results import build_result_tree as build_result_tree
+from ._results import cube_to_stamps as cube_to_stamps
 from ._measure import FLAGS as FLAGS
 from ._measure import MASKED_FRACTION_LIMIT as MASKED_FRACTION_LIMIT
 from ._measure import deblend_images as deblend_images
@@ -54,6 +58,7 @@ __all__ = [
     "build_result_tree",
     "catalog_from_tree",
     "check_observation",
+    "cube_to_stamps",
     "deblend_images",
     "estimate_background",
     "fisher_covariance",
@@ -69,6 +74,7 @@ __all__ = [
     "observation_coords",
     "observation_wcs",
     "open_observation",
+    "pack_stamps",
     "reduced_chi2",
     "resampling_likelihood",
     "resolve_mask_bits",
@@ -76,6 +82,8 @@ __all__ = [
     "resolve_zero_points",
     "shape_from_moments",
     "shift_wcs",
+    "source_image",
+    "stamp_box",
     "wcs_to_header_string",
     "write_catalog",
     "write_deblended",

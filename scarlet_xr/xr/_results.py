@@ -5,7 +5,9 @@ Layout (public contract)::
     /                      attrs: scarlet_xr_version, wcs_header (frame), bands
     /sources               ra, dec (source); flux (source, band); kind, name (source);
                            y, x (source): centres in model-frame pixels
-    /model                 model (source, band, y, x) on the model frame
+    /model                 model (source, band, stamp_y, stamp_x): each source's model on its
+                           box, which starts at stamp_y0, stamp_x0 (source) of the model
+                           frame's y, x (see scarlet_xr.xr.source_image)
     /observations/<name>   data, weight, model, residual (band, y, x); psf;
                            chi2_reduced (band); attrs chi2_reduced
     /fit                   loss (step); attrs status, num_steps
@@ -17,8 +19,29 @@ import numpy as np
 import xarray as xr
 
 from ._observation import BAND, X, Y
+from ._stamps import STAMP_X, STAMP_Y, pack_stamps
 
-__all__ = ["build_result_tree", "reduced_chi2"]
+__all__ = ["build_result_tree", "cube_to_stamps", "reduced_chi2"]
+
+
+def cube_to_stamps(cube):
+    """Per-source full-frame images ``(source, ..., y, x)`` to stamps cropped to their non-zero pixels.
+
+    Returns
+    -------
+    list of (y0, x0, numpy.ndarray) or None
+    """
+    out = []
+    for img in cube:
+        img = np.asarray(img)
+        flat = np.abs(img).reshape(-1, *img.shape[-2:]).max(axis=0)
+        rows, cols = np.flatnonzero(flat.max(axis=1) > 0), np.flatnonzero(flat.max(axis=0) > 0)
+        if rows.size == 0:
+            out.append(None)
+            continue
+        y0, y1, x0, x1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
+        out.append((int(y0), int(x0), img[..., y0:y1, x0:x1]))
+    return out
 
 
 def reduced_chi2(data, model, weight, axis=None):
@@ -56,7 +79,10 @@ def build_result_tree(
     bands : sequence of str
     frame_y, frame_x : int arrays
         Pixel coordinates of the model frame.
-    source_models : array (source, band, y, x)
+    source_models : array (source, band, y, x) or sequence of stamps
+        Each source's model: a full-frame cube, or per source ``(y0, x0,
+        array (band, h, w))`` (box origin in frame array indices) or None.
+        Stored as stamps (:mod:`scarlet_xr.xr._stamps`).
     fluxes : array (source, band)
     centers : array (source, 2)
         ``(y, x)`` in model-frame pixel coordinates.
@@ -93,9 +119,20 @@ def build_result_tree(
     sources["flux"].attrs["description"] = "total flux per band (model units)"
     sources["ra"].attrs["units"] = "deg"
     sources["dec"].attrs["units"] = "deg"
+    if isinstance(source_models, np.ndarray) or hasattr(source_models, "shape"):
+        source_models = cube_to_stamps(source_models)
+    vals, sy0, sx0 = pack_stamps(source_models, (len(bands),))
+    fy, fx = np.asarray(frame_y), np.asarray(frame_x)
     model = xr.Dataset(
-        {"model": (("source", BAND, Y, X), np.asarray(source_models, np.float32))},
-        coords={"source": src_coord, BAND: list(bands), Y: np.asarray(frame_y), X: np.asarray(frame_x)},
+        {
+            "model": (("source", BAND, STAMP_Y, STAMP_X), vals, {
+                "description": "each source's model (model PSF) on its box; see stamp_y0, stamp_x0"}),
+            "stamp_y0": ("source", sy0 + int(fy[0]) if len(fy) else sy0,
+                         {"description": "y of the first row of the source's box"}),
+            "stamp_x0": ("source", sx0 + int(fx[0]) if len(fx) else sx0,
+                         {"description": "x of the first column of the source's box"}),
+        },
+        coords={"source": src_coord, BAND: list(bands), Y: fy, X: fx},
     )
     children = {"sources": xr.DataTree(sources), "model": xr.DataTree(model)}
     obs_nodes = {}
