@@ -22,6 +22,8 @@ from .core import SersicMorphology as SersicMorphology
 from .core import Simplex as Simplex
 from .core import Source as Source
 from .core import Spectrum as Spectrum
+from .core import SpergelMorphology as SpergelMorphology
+from .core import StarletMorphology as StarletMorphology
 from .infer import FitDivergedError as FitDivergedError
 from .infer import FitHistory as FitHistory
 from .scene import Scene as Scene
@@ -89,6 +91,8 @@ __all__ = [
     "Simplex",
     "Source",
     "Spectrum",
+    "SpergelMorphology",
+    "StarletMorphology",
     "summarize_posterior",
     "survey_catalog",
 ]

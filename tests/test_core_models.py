@@ -21,6 +21,8 @@ from scarlet_xr.core import (
     Simplex,
     Source,
     Spectrum,
+    SpergelMorphology,
+    StarletMorphology,
     fourier_shift,
     gaussian_psf_image,
 )
@@ -38,8 +40,10 @@ ALL_MORPHOLOGIES = {
     "symmetric": MonotonicMorphology(_img, symmetric=True),
     "auto_extended": AutoMorphology(SersicMorphology(1.5, 2.5, (0.1, 0.3), shape=41), PSF),
     "auto_point": AutoMorphology(SersicMorphology(1.5, 2.5, shape=41), PSF, is_point=True),
+    "spergel": SpergelMorphology(0.5, 2.0, (0.1, 0.3), shape=41),
+    "starlet": StarletMorphology(_img),
 }
-UNIT_FLUX = {"gaussian", "sersic", "point", "auto_extended", "auto_point"}
+UNIT_FLUX = {"gaussian", "sersic", "point", "auto_extended", "auto_point", "spergel", "starlet"}
 
 
 def test_auto_morphology_is_its_point_or_its_convolved_sersic():

@@ -45,6 +45,12 @@ from ._prior import NormalPrior as NormalPrior
 from ._prior import ScorePrior as ScorePrior
 from ._prior import score_surrogate as score_surrogate
 from ._jit import filter_jit as filter_jit
+from ._spergel import SpergelMorphology as SpergelMorphology
+from ._spergel import spergel_radius as spergel_radius
+from ._starlet import StarletMorphology as StarletMorphology
+from ._starlet import StarletSparsity as StarletSparsity
+from ._starlet import starlet_reconstruct as starlet_reconstruct
+from ._starlet import starlet_transform as starlet_transform
 from ._prior import score_line_integral as score_line_integral
 
 __all__ = [
@@ -75,6 +81,9 @@ __all__ = [
     "Simplex",
     "Source",
     "Spectrum",
+    "SpergelMorphology",
+    "StarletMorphology",
+    "StarletSparsity",
     "active_collector",
     "affine_from_coords",
     "check_psf",
@@ -91,4 +100,7 @@ __all__ = [
     "psf_spectrum",
     "score_line_integral",
     "score_surrogate",
+    "spergel_radius",
+    "starlet_reconstruct",
+    "starlet_transform",
 ]

@@ -8,12 +8,30 @@ import jax.numpy as jnp
 import numpy as np
 
 from ._constraints import Identity
-from ._context import active_collector
+from ._context import active_collector, active_position_converter
 from ._morphology import AbstractMorphology
 from ._parameter import Parameter
 from ._spectrum import AbstractSpectrum, Spectrum
 
 __all__ = ["Component", "Source"]
+
+
+def _pixel_center(center) -> np.ndarray:
+    """``(y, x)`` pixels of a centre; a non-array position goes through the active scene's converter."""
+    try:
+        c = np.asarray(center, dtype=float)
+    except (TypeError, ValueError):
+        convert = active_position_converter()
+        if convert is None:
+            raise ValueError(
+                f"center of type {type(center).__name__} is not a pixel position (y, x); a sky position "
+                "(e.g. an astropy SkyCoord) needs a Scene with a WCS frame: create the Source inside "
+                "`with Scene(frame):`, with a frame that has a WCS"
+            ) from None
+        c = np.asarray(convert(center), dtype=float)
+    if c.shape != (2,):
+        raise ValueError(f"center must be (y, x); got shape {c.shape}")
+    return c
 
 
 class Component(eqx.Module):
@@ -46,8 +64,10 @@ class Source(eqx.Module):
 
     Parameters
     ----------
-    center : (y, x) or Parameter
-        Centre in model-frame pixels (the scene layer converts sky positions).
+    center : (y, x), Parameter or sky position
+        Centre in model-frame pixels. Inside ``with Scene(frame):`` also a sky
+        position (an astropy ``SkyCoord`` in any celestial frame), which the
+        scene converts to pixels with the frame's WCS.
     spectrum : AbstractSpectrum or array, optional
         Spectrum of a single-component source.
     morphology : AbstractMorphology, optional
@@ -97,9 +117,7 @@ class Source(eqx.Module):
         elif isinstance(center, jax.core.Tracer):
             self.center = Parameter(center, Identity(), fixed=fix_center, step=center_step)
         else:
-            c = np.asarray(center, dtype=float)
-            if c.shape != (2,):
-                raise ValueError(f"center must be (y, x); got shape {c.shape}")
+            c = _pixel_center(center)
             self.center = Parameter(c, Identity(), fixed=fix_center, step=center_step)
         self.components = comps
         self.name = name

@@ -16,6 +16,8 @@ from ..core import (
     SersicMorphology,
     Source,
     Spectrum,
+    SpergelMorphology,
+    StarletMorphology,
     fast_size,
     morphology_image,
     psf_core_width,
@@ -29,7 +31,46 @@ BOX_SIZES = (11, 15, 21, 27, 35, 45, 59, 75, 95, 121, 151, 191, 241)
 """Canonical box sizes: free-form boxes are rounded up to one of these so that
 scenes share compiled shapes."""
 
-KINDS = ("free", "monotonic", "symmetric", "point", "sersic", "gaussian")
+KINDS = ("free", "monotonic", "symmetric", "point", "sersic", "gaussian", "spergel", "starlet")
+
+
+def sky_positions_to_pixels(frame: Frame, positions) -> np.ndarray | None:
+    """Frame pixels ``(n, 2)`` as ``(y, x)`` of sky positions; None if ``positions`` are not sky positions.
+
+    Parameters
+    ----------
+    frame : Frame
+        Its WCS converts; positions in any celestial frame astropy knows
+        (ICRS, FK5, FK4, galactic, ecliptic ...) are transformed first.
+    positions : astropy.coordinates.SkyCoord or sequence of SkyCoord, or anything else
+
+    Returns
+    -------
+    numpy.ndarray (n, 2) or None
+        None when ``positions`` is neither a SkyCoord nor a sequence of them.
+
+    Raises
+    ------
+    ValueError
+        If the frame has no WCS, or astropy cannot transform the positions to ICRS.
+    """
+    from astropy.coordinates import SkyCoord, concatenate
+
+    if isinstance(positions, (list, tuple)) and positions and all(isinstance(p, SkyCoord) for p in positions):
+        positions = concatenate(positions)
+    if not isinstance(positions, SkyCoord):
+        return None
+    if frame.wcs is None:
+        raise ValueError(
+            "sky positions (SkyCoord) need a frame with a celestial WCS; this frame has none "
+            "(give the centres as (y, x) pixels, or build the frame from observations with a WCS)"
+        )
+    try:
+        return frame.to_pixel(positions)
+    except Exception as err:  # astropy raises several types for frames it cannot transform
+        raise ValueError(
+            f"cannot convert positions in the {positions.frame.name!r} frame to ICRS: {err}"
+        ) from err
 
 
 def _canonical(size: int) -> int:
@@ -177,12 +218,15 @@ def initialize_sources(
     ----------
     frame : Frame
     observations : Dataset, sequence or mapping of Datasets
-    centers : array (n, 2)
-        ``(y, x)`` in model-frame pixels.
+    centers : array (n, 2) or SkyCoord
+        ``(y, x)`` in model-frame pixels, or sky positions (a ``SkyCoord`` in
+        any celestial frame, or a sequence of them; needs a frame with a WCS).
     kinds : str or sequence of str
         ``"free"`` (free-form, positive), ``"monotonic"`` (free-form, radially
         non-increasing from the centre), ``"symmetric"`` (monotonic and
-        180-degree symmetric), ``"point"``, ``"sersic"`` or ``"gaussian"``.
+        180-degree symmetric), ``"point"``, ``"sersic"``, ``"gaussian"``,
+        ``"spergel"`` (starting as an exponential, ``nu = 0.5``) or
+        ``"starlet"`` (free-form in starlet coefficients, sparse).
     names : sequence of str, optional
     min_box, max_box : int
         Limits of free-form box sizes.
@@ -198,7 +242,8 @@ def initialize_sources(
         or on an empty pixel (no positive flux in the detection image).
     """
     obs = normalize_observations(observations)
-    centers = np.atleast_2d(np.asarray(centers, float))
+    sky = sky_positions_to_pixels(frame, centers)
+    centers = np.atleast_2d(np.asarray(centers, float)) if sky is None else sky
     if centers.ndim != 2 or centers.shape[1] != 2:
         raise ValueError(f"centers must have shape (n, 2) as (y, x); got {centers.shape}")
     n = len(centers)
@@ -250,13 +295,13 @@ def initialize_sources(
         det_w, valid_w = det[win], valid[win]
         r = _box_radius(det_w, sigma, owned, valid_w, iy - wy0, ix - wx0, rmax)
         size = min(_canonical(max(min_box, 2 * int(math.ceil(1.2 * r)) + 1)), max_box)
-        if kind in ("free", "monotonic", "symmetric"):
+        if kind in ("free", "monotonic", "symmetric", "starlet"):
             h = size // 2
             cut = np.zeros((size, size))
             y0, y1 = max(iy - h, 0), min(iy + h + 1, hh)
             x0, x1 = max(ix - h, 0), min(ix + h + 1, ww)
             sw = (slice(y0 - wy0, y1 - wy0), slice(x0 - wx0, x1 - wx0))
-            keep = valid_w[sw] if kind != "free" else owned[sw] & valid_w[sw]
+            keep = valid_w[sw] if kind not in ("free", "starlet") else owned[sw] & valid_w[sw]
             sub = np.where(keep, det[y0:y1, x0:x1], 0.0)
             cut[y0 - iy + h : y1 - iy + h, x0 - ix + h : x1 - ix + h] = sub
             cut = np.clip(cut, 0, None) / peak
@@ -264,6 +309,9 @@ def initialize_sources(
                 cut = np.clip(cut, 1e-3, None)
                 morphs.append(FreeFormMorphology(cut))
                 images.append(cut)
+            elif kind == "starlet":
+                morphs.append(StarletMorphology(np.clip(cut, 1e-3, None)))
+                images.append(np.asarray(morphs[-1](np.zeros(2))))
             else:
                 # 180-degree symmetric minimum removes neighbours' light; the
                 # monotonic parameterisation then clips what increases outwards
@@ -280,6 +328,8 @@ def initialize_sources(
             s = max(math.sqrt(max(s2 - psf_s2, 0.25)), 0.7)
             if kind == "gaussian":
                 morphs.append(GaussianMorphology(s, shape=size))
+            elif kind == "spergel":
+                morphs.append(SpergelMorphology(0.5, 1.18 * s, shape=size))
             else:
                 morphs.append(SersicMorphology(1.0, 1.18 * s, shape=size))
             offset = jnp.asarray([cy - iy, cx - ix], jnp.asarray(0.0).dtype)
