@@ -113,7 +113,18 @@ def test_deblended_images_sum_to_the_data(blend):
     tree = sx.fit_observations([obs], centers)
     deb = tree.scarlet.deblended()
     node = tree["observations"].children["sim"].to_dataset()
-    img = deb["image"].values.astype(np.float64)
+    img = np.stack([sx.xr.source_image(deb, "image", k) for k in range(deb.sizes["source"])])
+    img = img.astype(np.float64)
+    # the stored stamps cover each source's box only (clipped to the observation)
+    assert deb["image"].dims == ("source", "band", "stamp_y", "stamp_x")
+    assert deb.sizes["stamp_y"] <= node.sizes["y"] and deb.sizes["stamp_x"] <= node.sizes["x"]
+    # one source's model on the whole frame holds its model flux (interior source: nothing clipped)
+    src = tree["sources"].to_dataset()
+    flux_col = "model_flux" if "model_flux" in src else "flux"
+    np.testing.assert_allclose(tree.scarlet.source_model(1).sum(("y", "x")).values,
+                               src[flux_col].values[1], rtol=1e-4)
+    one = tree.scarlet.deblended(source=1)
+    np.testing.assert_array_equal(one["image"].values, img[1].astype(np.float32))
     model = node["model"].values
     positive = model > 0
     total = img.sum(axis=0)
@@ -125,7 +136,7 @@ def test_deblended_images_sum_to_the_data(blend):
     # every source owns its peak in the segmentation map
     for k, (y, x) in enumerate(np.round(centers).astype(int)):
         assert seg[y, x] == k
-    assert deb["footprint"].dims == ("source", "y", "x")
+    assert deb["footprint"].dims == ("source", "stamp_y", "stamp_x")
     assert np.all((deb["blendedness"].values >= 0) & (deb["blendedness"].values < 1))
 
 

@@ -135,8 +135,8 @@ def test_inspector_shows_the_deblended_image_and_catalog_row(tree):
     insp.source.value = 1
     insp.band.value = "i"
     shown = insp.displayed()
-    deb = tree["deblended"]["hsc"]["image"].values
-    np.testing.assert_allclose(shown["deblended"], deb[1, 2], rtol=1e-6)
+    deb = tree.scarlet.deblended("hsc", source=1)["image"].values
+    np.testing.assert_allclose(shown["deblended"], deb[2], rtol=1e-6)
     insp.panel.get_root()
     html = viz._holo.catalog_row_html(tree, 1)
     cat = tree.scarlet.catalog()

@@ -13,7 +13,7 @@ import xarray as xr
 from astropy.wcs import WCS
 
 from ..scene import fit_observations
-from ..xr import X, Y, catalog_from_tree, check_observation, observation_wcs
+from ..xr import X, Y, catalog_from_tree, check_observation, observation_wcs, source_image
 
 __all__ = ["ScarletDataArrayAccessor", "ScarletDatasetAccessor", "ScarletDataTreeAccessor"]
 
@@ -276,19 +276,26 @@ class ScarletDataTreeAccessor:
         """
         return catalog_from_tree(self._obj, columns=columns)
 
-    def deblended(self, observation: str | None = None) -> xr.Dataset:
+    def deblended(self, observation: str | None = None, source: int | None = None) -> xr.Dataset:
         """Deblended images, footprints and segmentation of one observation.
 
         Parameters
         ----------
         observation : str, optional
             Observation name (default: the first).
+        source : int, optional
+            Position of one source along ``source``: its image and footprint
+            pasted into the observation's full ``y``, ``x`` grid.
 
         Returns
         -------
         xarray.Dataset
-            ``image (source, band, y, x)``, ``footprint``, ``segmentation``,
-            ``blendedness``.
+            Without ``source``: the stored node, ``image (source, band,
+            stamp_y, stamp_x)`` and ``footprint (source, stamp_y, stamp_x)`` on
+            each source's box (first pixel ``stamp_y0``, ``stamp_x0``; see
+            :func:`scarlet_xr.xr.source_image`), ``segmentation (y, x)``,
+            ``blendedness``. With ``source``: ``image (band, y, x)`` and
+            ``footprint (y, x)`` of that source, ``segmentation``.
         """
         if "deblended" not in self._obj.children:
             raise ValueError("this results tree has no /deblended node (fit again with this version)")
@@ -296,7 +303,38 @@ class ScarletDataTreeAccessor:
         name = next(iter(nodes)) if observation is None else observation
         if name not in nodes:
             raise ValueError(f"unknown observation {name!r}; the tree has {list(nodes)}")
-        return nodes[name].to_dataset()
+        ds = nodes[name].to_dataset()
+        if source is None:
+            return ds
+        k = _source_position(ds, source)
+        return xr.Dataset(
+            {
+                "image": (("band", "y", "x"), source_image(ds, "image", k), ds["image"].attrs),
+                "footprint": (("y", "x"), source_image(ds, "footprint", k), ds["footprint"].attrs),
+                "segmentation": ds["segmentation"],
+            },
+            coords={"band": ds["band"].values, "y": ds["y"].values, "x": ds["x"].values},
+            attrs=ds.attrs,
+        )
+
+    def source_model(self, source: int) -> xr.DataArray:
+        """One source's model (model PSF) on the whole model frame.
+
+        Parameters
+        ----------
+        source : int
+            Position of the source along ``source``.
+
+        Returns
+        -------
+        xarray.DataArray (band, y, x)
+        """
+        self._check()
+        ds = self._obj["model"].to_dataset()
+        k = _source_position(ds, source)
+        return xr.DataArray(source_image(ds, "model", k), dims=("band", "y", "x"),
+                            coords={"band": ds["band"].values, "y": ds["y"].values, "x": ds["x"].values},
+                            name="model")
 
     def inspect(self, *, observation: str | None = None):
         """Interactive inspector of these results (needs the ``widgets`` extra).
@@ -311,3 +349,11 @@ class ScarletDataTreeAccessor:
         from ..widgets import inspect  # lower layer, lazily: holoviews/panel load only here
 
         return inspect(self._obj, observation=observation)
+
+
+def _source_position(ds, source) -> int:
+    """Check a source position against a node's ``source`` axis."""
+    n = ds.sizes["source"]
+    if isinstance(source, bool) or not isinstance(source, (int, np.integer)) or not 0 <= int(source) < n:
+        raise ValueError(f"source must be an integer in [0, {n - 1}]; got {source!r}")
+    return int(source)

@@ -18,7 +18,10 @@ import xarray as xr
 
 from ..xr import (
     FLAGS,
+    STAMP_X,
+    STAMP_Y,
     cube_to_stamps,
+    pack_stamps,
     MASKED_FRACTION_LIMIT,
     fisher_covariance,
     footprints,
@@ -46,7 +49,9 @@ class Measurements:
         ``{name: (dims, values, attrs)}`` for the ``/sources`` node.
     deblended : dict
         ``{observation name: xarray.Dataset}`` with ``image (source, band,
-        y, x)``, ``footprint (source, y, x)``, ``segmentation (y, x)`` and
+        stamp_y, stamp_x)`` and ``footprint (source, stamp_y, stamp_x)`` on
+        each source's box (origin ``stamp_y0``, ``stamp_x0``; see
+        :func:`scarlet_xr.xr.source_image`), ``segmentation (y, x)`` and
         ``blendedness (source)``.
     """
 
@@ -228,8 +233,7 @@ def _deblend_observation(ds, data, w, models):
     total_sum = total.sum(axis=0)
     noise = _noise_of_sum(w)
     masked = (w <= 0).mean(axis=0)  # fraction of bands masked per pixel
-    images = np.zeros((ns, nbo, ho, wo), np.float32)
-    fp = np.zeros((ns, ho, wo), bool)
+    images, fps = [None] * ns, [None] * ns
     best = np.full((ho, wo), -np.inf)
     seg = np.full((ho, wo), -1, np.int32)
     stats = {"masked_px": np.zeros(ns), "foot_px": np.zeros(ns), "edge": np.zeros(ns, bool),
@@ -240,11 +244,11 @@ def _deblend_observation(ds, data, w, models):
         y0, x0, v = m
         sl = (slice(y0, y0 + v.shape[1]), slice(x0, x0 + v.shape[2]))
         f = footprints(v[None], noise)[0]
-        fp[k][sl] = f
+        fps[k] = (y0, x0, f)
         summed = v.sum(axis=0)
         tot = total[(slice(None),) + sl]
-        images[k][(slice(None),) + sl] = np.divide(v, tot, out=np.zeros_like(v), where=tot > 0) * data[
-            (slice(None),) + sl]
+        images[k] = (y0, x0, np.divide(v, tot, out=np.zeros_like(v), where=tot > 0)
+                     * data[(slice(None),) + sl])
         stats["masked_px"][k] = float(np.sum(f * masked[sl]))
         stats["foot_px"][k] = float(f.sum())
         stats["edge"][k] = bool(f.any() and (
@@ -258,15 +262,20 @@ def _deblend_observation(ds, data, w, models):
         better = cand > best[sl]
         best[sl] = np.where(better, cand, best[sl])
         seg[sl] = np.where(better, k, seg[sl])
+    img_vals, sy0, sx0 = pack_stamps(images, (nbo,), np.float32)
+    fp_vals, _, _ = pack_stamps(fps, (), bool)
+    gy0, gx0 = (int(ds[c].values[0]) for c in ("y", "x"))
     coords = {"source": np.arange(ns), "band": ds["band"].values, "y": ds["y"].values, "x": ds["x"].values}
     node = xr.Dataset(
         {
-            "image": (("source", "band", "y", "x"), images, {
-                "description": "data * model_k / sum_j model_j (sums to the data where the model "
-                               "is positive)"}),
-            "footprint": (("source", "y", "x"), fp, {
-                "description": "pixels where the source's band-summed model exceeds min(0.5 sigma "
-                               "of the band-summed noise, 5% of its peak)"}),
+            "image": (("source", "band", STAMP_Y, STAMP_X), img_vals, {
+                "description": "data * model_k / sum_j model_j on the source's box (sums to the data "
+                               "where the model is positive); see stamp_y0, stamp_x0"}),
+            "footprint": (("source", STAMP_Y, STAMP_X), fp_vals, {
+                "description": "pixels of the source's box where its band-summed model exceeds "
+                               "min(0.5 sigma of the band-summed noise, 5% of its peak)"}),
+            "stamp_y0": ("source", sy0 + gy0, {"description": "y of the first row of the source's box"}),
+            "stamp_x0": ("source", sx0 + gx0, {"description": "x of the first column of the source's box"}),
             "segmentation": (("y", "x"), seg, {
                 "description": "index of the source with the largest model among those whose "
                                "footprint covers the pixel; -1 for none"}),

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..infer import fit_batch
-from ..xr import observation_wcs
+from ..xr import observation_wcs, source_image
 from ..xr import FLAGS, MASKED_FRACTION_LIMIT
 from ._bucket import pad_observation, prepare_blend
 from ._fits import read_blend
@@ -98,7 +98,8 @@ def measure_blend(model, hist, frame, ds, key, n: int) -> dict:
         out[name] = got.get(name, nan)
     out["zero_point"] = got.get("zero_point", np.full(len(frame.bands), np.nan))
     # EDGE and MASKED relative to the real cutout, not the padded stamp
-    fp = np.asarray(next(iter(m.deblended.values()))["footprint"].values, bool)
+    deb = next(iter(m.deblended.values()))
+    fp = np.stack([source_image(deb, "footprint", k) for k in range(n)]).astype(bool)
     ny, nx = ds.sizes["y"], ds.sizes["x"]
     inside = fp[:, :ny, :nx]
     edge = (fp[:, ny:].any(axis=(1, 2)) | fp[:, :, nx:].any(axis=(1, 2))

@@ -229,7 +229,7 @@ def deblended_view(tree, name: str | None = None, band=None, source=None):
     xs, ys = node["x"].values, node["y"].values
     obs_name = name or next(iter(tree["observations"].children))
     if "deblended" in tree.children and obs_name in tree["deblended"].children:
-        arr = np.asarray(tree["deblended"][obs_name]["image"].values[i, b], float)
+        arr = source_image(tree["deblended"][obs_name], "image", i)[b].astype(float)
         title = f"deblended {source_labels(tree)[i]} ({bname})"
     else:
         arr = np.zeros((len(ys), len(xs)))

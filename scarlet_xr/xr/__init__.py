@@ -11,6 +11,8 @@ from ._bridge import frame_from_observations as frame_from_observations
 from ._bridge import likelihood_for as likelihood_for
 from ._bridge import grid_offset as grid_offset
 from ._bridge import normalize_observations as normalize_observations
+from ._stamps import STAMP_X as STAMP_X
+from ._stamps import STAMP_Y as STAMP_Y
 from ._stamps import pack_stamps as pack_stamps
 from ._stamps import source_image as source_image
 from ._stamps import stamp_box as stamp_box
@@ -50,6 +52,8 @@ __all__ = [
     "FLAGS",
     "MASKED_FRACTION_LIMIT",
     "MASK_HDUS",
+    "STAMP_X",
+    "STAMP_Y",
     "STDDEV_HDUS",
     "VARIANCE_HDUS",
     "WEIGHT_HDUS",

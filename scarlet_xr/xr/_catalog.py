@@ -20,7 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from ._measure import FLAGS, flag_descriptions
-from ._observation import observation_wcs
+from ._observation import observation_wcs, shift_wcs
+from ._stamps import stamp_box
 
 __all__ = [
     "catalog_from_tree", "select_columns", "write_catalog", "write_deblended", "REQUIRED_SOURCE_VARS",
@@ -232,8 +233,10 @@ def write_deblended(tree, directory) -> list[Path]:
     """Write each source's deblended image per observation as FITS with the observation's WCS.
 
     Files are ``<directory>/<observation>_src<id>.fits``: primary HDU the
-    ``(band, y, x)`` image, header with the celestial WCS, ``BANDS`` and the
-    source's ``RA``/``DEC``; a second HDU ``FOOTPRINT`` (uint8).
+    ``(band, y, x)`` image on the source's box (clipped to the observation),
+    header with the celestial WCS of that box, ``BOX_Y0``/``BOX_X0`` (its
+    first pixel in the observation), ``BANDS`` and the source's
+    ``RA``/``DEC``; a second HDU ``FOOTPRINT`` (uint8).
 
     Parameters
     ----------
@@ -257,18 +260,26 @@ def write_deblended(tree, directory) -> list[Path]:
     for obs_name, node in tree["deblended"].children.items():
         ds = node.to_dataset()
         wcs = observation_wcs(ds)
-        header = fits.Header() if wcs is None else wcs.to_header(relax=True)
         bands = [str(b) for b in ds["band"].values]
+        ny, nx = ds.sizes["y"], ds.sizes["x"]
         for k in range(ds.sizes["source"]):
-            h = header.copy()
+            # the source's box, clipped to the observation; its WCS shifted to the box
+            iy, ix, bh, bw = stamp_box(ds, k)
+            ys0, xs0 = max(iy, 0), max(ix, 0)
+            ys1, xs1 = max(min(iy + bh, ny), ys0), max(min(ix + bw, nx), xs0)
+            h = fits.Header() if wcs is None else shift_wcs(wcs, ys0, xs0).to_header(relax=True)
             h["BANDS"] = ",".join(bands)
             h["SOURCE"] = (int(k), "source index in the results tree")
             h["OBSERV"] = (str(obs_name), "observation")
+            h["BOX_Y0"] = (int(ds["y"].values[0]) + ys0, "y of the first row in the observation")
+            h["BOX_X0"] = (int(ds["x"].values[0]) + xs0, "x of the first column in the observation")
             for key, var in (("RA", "ra"), ("DEC", "dec")):
                 if var in src and np.isfinite(src[var].values[k]):
                     h[key] = (float(src[var].values[k]), "source centroid, deg ICRS")
-            prim = fits.PrimaryHDU(np.asarray(ds["image"].values[k], np.float32), header=h)
-            foot = fits.ImageHDU(np.asarray(ds["footprint"].values[k], np.uint8), name="FOOTPRINT")
+            cut = (slice(ys0 - iy, ys1 - iy), slice(xs0 - ix, xs1 - ix))
+            prim = fits.PrimaryHDU(np.asarray(ds["image"].values[k][(slice(None), *cut)], np.float32),
+                                   header=h)
+            foot = fits.ImageHDU(np.asarray(ds["footprint"].values[k][cut], np.uint8), name="FOOTPRINT")
             path = directory / f"{obs_name}_src{k}.fits"
             fits.HDUList([prim, foot]).writeto(path, overwrite=True)
             paths.append(path)
