@@ -54,11 +54,10 @@ def sky_positions_to_pixels(frame: Frame, positions) -> np.ndarray | None:
     ValueError
         If the frame has no WCS, or astropy cannot transform the positions to ICRS.
     """
-    from astropy.coordinates import SkyCoord, concatenate
+    from astropy.coordinates import SkyCoord
 
-    if isinstance(positions, (list, tuple)) and positions and all(isinstance(p, SkyCoord) for p in positions):
-        positions = concatenate(positions)
-    if not isinstance(positions, SkyCoord):
+    listed = isinstance(positions, (list, tuple)) and len(positions) > 0
+    if not (isinstance(positions, SkyCoord) or listed and all(isinstance(p, SkyCoord) for p in positions)):
         return None
     if frame.wcs is None:
         raise ValueError(
@@ -66,11 +65,15 @@ def sky_positions_to_pixels(frame: Frame, positions) -> np.ndarray | None:
             "(give the centres as (y, x) pixels, or build the frame from observations with a WCS)"
         )
     try:
+        if listed:
+            icrs = [p.icrs for p in positions]
+            ra = np.concatenate([np.ravel(c.ra.deg) for c in icrs])
+            dec = np.concatenate([np.ravel(c.dec.deg) for c in icrs])
+            positions = SkyCoord(ra, dec, unit="deg", frame="icrs")
         return frame.to_pixel(positions)
     except Exception as err:  # astropy raises several types for frames it cannot transform
-        raise ValueError(
-            f"cannot convert positions in the {positions.frame.name!r} frame to ICRS: {err}"
-        ) from err
+        name = positions.frame.name if isinstance(positions, SkyCoord) else type(positions[0].frame).__name__
+        raise ValueError(f"cannot convert positions in the {name!r} frame to ICRS: {err}") from err
 
 
 def _canonical(size: int) -> int:
