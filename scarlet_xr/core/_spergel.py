@@ -164,7 +164,7 @@ class SpergelMorphology(AbstractMorphology):
     >>> m = SpergelMorphology(0.5, 2.0, (0.1, -0.2), shape=41)
     >>> img = m(jnp.array([0.25, -0.1]))
     >>> img.shape, round(float(img.sum()), 3)
-    ((41, 41), 0.999)
+    ((41, 41), 1.0)
     """
 
     nu: Parameter
