@@ -129,3 +129,13 @@ def test_cli_catalog_in_galactic_coordinates(tmp_path):
     Table({"l": gal.l.deg}).write(tmp_path / "bad.csv")
     with pytest.raises(ValueError, match="'l' and 'b'"):
         read_catalog(tmp_path / "bad.csv", frame)
+
+
+def test_fit_sources_takes_skycoords():
+    obs = _observation(_wcs())
+    frame = sx.frame_from_observations(obs)
+    coords = _truth_sky(frame, TRUE_PIXELS).transform_to(Galactic())
+    by_sky = sx.scene.fit_sources(frame, obs, coords, max_steps=50)
+    by_pixel = sx.scene.fit_sources(frame, obs, TRUE_PIXELS, max_steps=50)
+    np.testing.assert_allclose(by_sky.measured_flux, by_pixel.measured_flux, rtol=1e-4)
+    assert len(by_sky.sources) == 2

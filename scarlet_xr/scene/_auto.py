@@ -51,7 +51,15 @@ from ..infer import FitHistory, default_optimizer, settling_optimizer
 from ..infer import fit as _fit
 from ..wcs import Frame
 from ..xr import likelihood_for, normalize_observations
-from ._init import BOX_SIZES, KINDS, _canonical, _np_shift, _stamp, initialize_sources
+from ._init import (
+    BOX_SIZES,
+    KINDS,
+    _canonical,
+    _np_shift,
+    _stamp,
+    initialize_sources,
+    sky_positions_to_pixels,
+)
 from ._linear import set_spectra, solve_linear
 from ._scene import Scene
 
@@ -158,8 +166,9 @@ def fit_sources(
     ----------
     frame : Frame
     observations : Dataset, sequence or mapping of Datasets
-    centers : array (n, 2)
-        ``(y, x)`` in model-frame pixels.
+    centers : array (n, 2) or SkyCoord
+        ``(y, x)`` in model-frame pixels, or sky positions (a ``SkyCoord`` of
+        any celestial frame, or a list of them; the frame's WCS converts).
     kinds : str or sequence of str
         ``"auto"`` (default) or a fixed kind per source (see
         :func:`scarlet_xr.initialize_sources`; aliases in :data:`KIND_ALIASES`).
@@ -185,7 +194,8 @@ def fit_sources(
         ``delta_chi2_point`` and ``box_truncated``.
     """
     obs = normalize_observations(observations)
-    centers = np.atleast_2d(np.asarray(centers, float))
+    sky = sky_positions_to_pixels(frame, centers)
+    centers = np.atleast_2d(np.asarray(centers if sky is None else sky, float))
     n = len(centers)
     kinds = [kinds] * n if isinstance(kinds, str) else list(kinds)
     if len(kinds) != n:

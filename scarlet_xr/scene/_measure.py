@@ -18,17 +18,17 @@ import xarray as xr
 
 from ..xr import (
     FLAGS,
+    MASKED_FRACTION_LIMIT,
     STAMP_X,
     STAMP_Y,
     cube_to_stamps,
-    pack_stamps,
-    MASKED_FRACTION_LIMIT,
     fisher_covariance,
     footprints,
     half_light_radius,
     image_moments,
     likelihood_for,
     normalize_observations,
+    pack_stamps,
     resolve_zero_points,
     shape_from_moments,
 )
