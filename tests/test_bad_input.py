@@ -7,6 +7,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -813,21 +814,23 @@ def test_scene_file_garbage_and_wrong_containers(tmp_path):
 @pytest.mark.parametrize(
     "edit, message",
     [
-        (lambda d: d.update(version=99), r"expected format 'scarlet_xr.scene' version 1 or 2; got .* 99"),
+        (lambda d: d.update(version=99), r"expected format 'scarlet_xr.scene' version 1, 2, 3; got .* 99"),
         (lambda d: d["frame"].update(shape=[31]), r"entry 'frame.shape': expected two integers; got \[31\]"),
         (lambda d: d["frame"].pop("bands"), r"scene file entry 'frame' is missing \['bands'\]"),
         (lambda d: d["frame"].update(psf_sigma="wide"), r"'frame.psf_sigma': expected a number; got 'wide'"),
         (lambda d: d["frame"].update(wcs_header="CTYPE1  = 'RA---TAN' garbage"), r"'frame.wcs_header'|frame"),
         (lambda d: d.update(sources={"a": 1}), r"scene file entry 'sources': expected a list"),
-        (lambda d: d["sources"][0].update({"class": "scarlet_xr.core._source.Nope"}),
-         r"unknown class 'scarlet_xr.core._source.Nope' \(at source 0\)"),
-        (lambda d: d["sources"][0].update({"class": "subprocess.Popen"}),
-         r"names a class outside scarlet_xr: 'subprocess.Popen'"),
+        (lambda d: d["sources"][0].update({"class": "scarlet_xr:Nope"}),
+         r"unknown class 'scarlet_xr:Nope' \(at source 0\)"),
+        (lambda d: d["sources"][0].update({"class": "subprocess:Popen"}),
+         r"'subprocess:Popen', which is not an Equinox module"),
+        (lambda d: d["sources"][0].update({"class": "scarlet_xr.core._source.Source"}),
+         r"class at source 0: expected 'module:QualName'; got 'scarlet_xr.core._source.Source'"),
         (lambda d: d["sources"][0]["fields"].pop("center"), r"do not match Source fields"),
         (lambda d: d["sources"].__setitem__(0, [1, 2]), r"unexpected value \[1, 2\] at source 0"),
     ],
     ids=["version", "frame-shape", "frame-missing", "psf-sigma", "wcs-header", "sources-type",
-         "unknown-class", "foreign-class", "missing-field", "bad-node"],
+         "unknown-class", "foreign-class", "private-dotted-name", "missing-field", "bad-node"],
 )
 def test_scene_file_schema_violations(scene_file, tmp_path, edit, message):
     bad = _edit_scene(scene_file, tmp_path / "bad.npz", desc=edit)
@@ -845,7 +848,10 @@ def test_scene_file_not_json(scene_file, tmp_path):
         load_scene(bad)
 
 
-def test_scene_file_version_1_still_loads(scene_file, tmp_path):
+def test_scene_file_version_1_still_loads(tmp_path):
+    """A version-1 file (no shapes/dtypes, private dotted class names): the version-2 fixture, stripped."""
+    v2 = Path(__file__).parent / "data" / "scene_v2.npz"
+
     def strip(d):
         d["version"] = 1
 
@@ -860,8 +866,8 @@ def test_scene_file_version_1_still_loads(scene_file, tmp_path):
                     walk(v)
         walk(d["sources"])
 
-    old = _edit_scene(scene_file, tmp_path / "v1.npz", desc=strip)
-    assert np.array_equal(load_scene(old).render(), load_scene(scene_file).render())
+    old = _edit_scene(v2, tmp_path / "v1.npz", desc=strip)
+    assert np.array_equal(load_scene(old).render(), load_scene(v2).render())
 
 
 # -- image planes, dtypes, shapes ------------------------------------------------------------------

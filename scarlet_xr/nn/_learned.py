@@ -58,6 +58,16 @@ def _row_projector(n: int, size: int) -> np.ndarray:
     return r.T @ np.linalg.solve(r @ r.T, r)
 
 
+def _same_network(a, b) -> bool:
+    """True when two networks hold identical weights (a fit rebuilds the tree, so not ``is``)."""
+    if a is b:
+        return True
+    la, ta = jax.tree_util.tree_flatten(a)
+    lb, tb = jax.tree_util.tree_flatten(b)
+    return ta == tb and all(np.shape(x) == np.shape(y) and np.array_equal(np.asarray(x), np.asarray(y))
+                            for x, y in zip(la, lb, strict=True))
+
+
 def load_network(path=None) -> ScoreNet:
     """Load a trained :class:`ScoreNet` from ``path`` (``.eqx`` plus ``.json`` beside it).
 
@@ -207,8 +217,21 @@ class LearnedMorphologyPrior(AbstractPrior):
         ref = self.square(jax.lax.stop_gradient(jnp.asarray(x)))
         return eqx.tree_at(lambda p: p.reference, self, ref, is_leaf=lambda v: v is None)
 
+    def __scene_reference__(self):
+        """How :func:`~scarlet_xr.scene.save_scene` stores this prior: ``(factory, kwargs)``.
 
-def learned_prior(*, sigma: float = 0.01, scale_sigma: float | None = 1.0, path=None) -> LearnedMorphologyPrior:
+        With the shipped weights, the factory :func:`learned_prior` and its
+        arguments (no weights in the file); ``None`` for other weights (the
+        network is then saved with its arrays).
+        """
+        if not _same_network(self.net, load_network()):
+            return None
+        return learned_prior, {"sigma": self.sigma, "scale_sigma": self.scale_sigma,
+                               "reference": self.reference, "order": self.order}
+
+
+def learned_prior(*, sigma: float = 0.01, scale_sigma: float | None = 1.0, path=None, reference=None,
+                  order: int = 2) -> LearnedMorphologyPrior:
     """Return the shipped learned galaxy-morphology prior.
 
     Parameters
@@ -220,6 +243,12 @@ def learned_prior(*, sigma: float = 0.01, scale_sigma: float | None = 1.0, path=
     path : str or path-like, optional
         Other weights (``.eqx`` with a ``.json`` beside it, as written by
         ``python -m scarlet_xr.nn.train --out``).
+    reference : array, optional
+        Sampling form (see :class:`LearnedMorphologyPrior`); usually set by
+        :meth:`~LearnedMorphologyPrior.for_sampling`, given here so a saved
+        scene restores it.
+    order : int
+        Gauss-Legendre nodes of the sampling form.
 
     Returns
     -------
@@ -236,7 +265,12 @@ def learned_prior(*, sigma: float = 0.01, scale_sigma: float | None = 1.0, path=
     >>> bool(np.isfinite(morph.image.log_prior()))
     True
     """
-    return LearnedMorphologyPrior(load_network(path), sigma=float(sigma), scale_sigma=scale_sigma)
+    ref = None if reference is None else jnp.asarray(reference)
+    return LearnedMorphologyPrior(load_network(path), sigma=float(sigma), scale_sigma=scale_sigma,
+                                  reference=ref, order=int(order))
+
+
+learned_prior.__scene_loader__ = True  # save_scene stores the shipped prior as a call of this function
 
 
 def _set_prior(morph, prior):

@@ -1,13 +1,16 @@
-"""Save and load a whole Scene (structure and parameters) without pickle.
+"""Save and load a whole Scene (structure, parameters, priors) without pickle.
 
 File format: a NumPy ``.npz`` archive read with ``allow_pickle=False``:
 
-- ``__scene__``: a JSON string describing the frame and every source as a
-  tree of nodes ``{"class": "scarlet_xr.core._morphology.SersicMorphology",
-  "fields": {...}}``; array fields refer to archive entries by name,
+- ``__scene__``: a JSON string ``{"format": "scarlet_xr.scene", "version": 3,
+  "frame": {...}, "sources": [...]}``; every source is a tree of nodes
+  (:mod:`._codec` lists them): Equinox modules named by their public import
+  path (``{"class": "scarlet_xr:SersicMorphology", "fields": {...}}``),
+  numpyro distributions by class and arguments, the shipped learned prior by
+  a reference to its weights (never the weights), arrays by archive key,
 - ``a0``, ``a1``, ...: the arrays (parameters in their raw, unconstrained
-  form, PSF images ...), stored bit for bit; since version 2 the JSON records
-  each array's shape and dtype, checked on load.
+  form, PSF images ...), stored bit for bit, with shape and dtype recorded in
+  the JSON and checked on load.
 
 Loading validates the file against this schema and every source against the
 frame (component shapes ``(band, h, w)`` with the frame's bands and the
@@ -15,160 +18,39 @@ morphology's box): a truncated or hand-edited file raises ``ValueError``
 naming the entry (``__scene__``, ``frame.shape``, ``a3`` in
 ``source 2.components[0].morphology ...``), never another exception.
 
-Only Equinox modules defined inside :mod:`scarlet_xr` can be rebuilt (the
-class is looked up by name in that package; no other code is ever imported),
-so a scene file cannot run arbitrary code. Loading bypasses ``__init__``
-(the saved field values are restored as they were), which is why a loaded
-scene renders bit-identically.
+Classes defined outside scarlet_xr (a user's morphology, prior or spectrum)
+are found only in modules the user has already imported (``sys.modules``);
+a file naming any other module is refused, so a scene file never imports or
+runs code the user did not load. Loading bypasses ``__init__`` (the saved
+field values are restored as they were), which is why a loaded scene renders
+bit-identically.
+
+Versions: 3 (written), 2 and 1 (private dotted class names, scarlet_xr
+classes only; migrated on load by :func:`._codec.migrate_v2`).
 """
 
 from __future__ import annotations
 
-import dataclasses
-import importlib
 import json
-import sys
 import zipfile
 import zlib
 from pathlib import Path
 
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from ..core import Source
 from ..wcs import Frame
+from ._codec import Writer, decode, migrate_v2
 from ._scene import Scene
 
 __all__ = ["save_scene", "load_scene"]
 
 FORMAT = "scarlet_xr.scene"
-VERSION = 2
-"""Version written; :data:`READ_VERSIONS` can be read."""
-READ_VERSIONS = (1, 2)
-_PACKAGE = "scarlet_xr."
-_IMPORTABLE = ("scarlet_xr.core.", "scarlet_xr.scene.", "scarlet_xr.wcs.")
-"""Modules a scene file may name that are imported if not loaded yet (others must be loaded)."""
-
-
-class _Writer:
-    def __init__(self):
-        self.arrays: dict[str, np.ndarray] = {}
-
-    def array(self, value, kind: str) -> dict:
-        key = f"a{len(self.arrays)}"
-        arr = self.arrays[key] = np.asarray(value)
-        return {"array": key, "kind": kind, "shape": list(arr.shape), "dtype": arr.dtype.str}
-
-    def encode(self, obj, where: str):
-        if obj is None or isinstance(obj, (bool, str)):
-            return obj
-        if isinstance(obj, (int, np.integer)):
-            return int(obj)
-        if isinstance(obj, (float, np.floating)):
-            return {"float": repr(float(obj))}  # repr keeps every bit (also inf/nan)
-        if isinstance(obj, jax.Array):
-            return self.array(obj, "jax")
-        if isinstance(obj, np.ndarray):
-            return self.array(obj, "numpy")
-        if isinstance(obj, tuple):
-            return {"tuple": [self.encode(v, f"{where}[{i}]") for i, v in enumerate(obj)]}
-        if isinstance(obj, list):
-            return {"list": [self.encode(v, f"{where}[{i}]") for i, v in enumerate(obj)]}
-        if isinstance(obj, eqx.Module):
-            cls = type(obj)
-            path = f"{cls.__module__}.{cls.__qualname__}"
-            if not path.startswith(_PACKAGE) or "<locals>" in path:
-                raise ValueError(
-                    f"cannot save {where}: only scarlet_xr classes can be saved without pickle; "
-                    f"got {path}"
-                )
-            fields = {
-                f.name: self.encode(getattr(obj, f.name), f"{where}.{f.name}")
-                for f in dataclasses.fields(obj)
-            }
-            return {"class": path, "fields": fields}
-        raise ValueError(
-            f"cannot save {where}: values of type {type(obj).__name__} are not supported "
-            "(priors must be None; only scarlet_xr modules, arrays and plain numbers can be saved)"
-        )
-
-
-def _resolve(path, where: str):
-    if not isinstance(path, str) or not path.startswith(_PACKAGE):
-        raise ValueError(f"scene file names a class outside scarlet_xr: {path!r} (at {where})")
-    module, _, name = path.rpartition(".")
-    mod = sys.modules.get(module)
-    if mod is None and module.startswith(_IMPORTABLE):
-        try:
-            mod = importlib.import_module(module)
-        except ImportError:
-            mod = None
-    cls = getattr(mod, name, None) if mod is not None else None
-    if cls is None:
-        raise ValueError(f"scene file names an unknown class {path!r} (at {where})")
-    if not (isinstance(cls, type) and issubclass(cls, eqx.Module)):
-        raise ValueError(f"scene file names {path!r}, which is not an Equinox module (at {where})")
-    return cls
-
-
-def _entry(node: dict, arrays, where: str):
-    """The archive array a node refers to, checked against the recorded shape and dtype."""
-    key = node["array"]
-    if not isinstance(key, str) or key not in arrays:
-        raise ValueError(f"scene file entry {key!r} (for {where}) is missing from the archive")
-    arr = arrays[key]
-    if arr.dtype.kind not in "biufc":
-        raise ValueError(
-            f"scene file entry {key!r} (for {where}): expected a numeric array; got dtype {arr.dtype}"
-        )
-    if "shape" in node and list(arr.shape) != list(node["shape"]):
-        raise ValueError(
-            f"scene file entry {key!r} (for {where}): expected shape {tuple(node['shape'])}; got {arr.shape}"
-        )
-    if "dtype" in node and arr.dtype.str != node["dtype"]:
-        raise ValueError(
-            f"scene file entry {key!r} (for {where}): expected dtype {node['dtype']!r}; got {arr.dtype.str!r}"
-        )
-    if node.get("kind") not in ("jax", "numpy"):
-        raise ValueError(f"scene file entry {key!r} (for {where}): unknown array kind {node.get('kind')!r}")
-    return jnp.asarray(arr) if node["kind"] == "jax" else np.array(arr)
-
-
-def _decode(node, arrays, where: str):
-    if node is None or isinstance(node, (bool, str, int)):
-        return node
-    if not isinstance(node, dict):
-        raise ValueError(f"corrupt scene file: unexpected value {node!r} at {where}")
-    if "float" in node:
-        try:
-            return float(node["float"])
-        except (TypeError, ValueError) as err:
-            raise ValueError(f"corrupt scene file: {where} is not a number: {node['float']!r}") from err
-    if "array" in node:
-        return _entry(node, arrays, where)
-    for seq, kind in (("tuple", tuple), ("list", list)):
-        if seq in node:
-            if not isinstance(node[seq], list):
-                raise ValueError(f"corrupt scene file: {where} must be a list; got {node[seq]!r:.80}")
-            return kind(_decode(v, arrays, f"{where}[{i}]") for i, v in enumerate(node[seq]))
-    if "class" in node:
-        cls = _resolve(node["class"], where)
-        fields = node.get("fields")
-        if not isinstance(fields, dict):
-            raise ValueError(f"corrupt scene file: {where} has no field mapping")
-        obj = object.__new__(cls)
-        names = {f.name for f in dataclasses.fields(cls)}
-        if set(fields) != names:
-            raise ValueError(
-                f"scene file fields {sorted(fields)} at {where} do not match {cls.__name__} "
-                f"fields {sorted(names)} (saved by another scarlet_xr version?)"
-            )
-        for key, value in fields.items():
-            object.__setattr__(obj, key, _decode(value, arrays, f"{where}.{key}"))
-        return obj
-    raise ValueError(f"corrupt scene file: unexpected node {node!r:.120} at {where}")
+VERSION = 3
+"""Version written; :data:`READ_VERSIONS` can be read (1 and 2 through :func:`migrate_v2`)."""
+READ_VERSIONS = (1, 2, 3)
 
 
 def _check_source(src, frame: Frame, where: str) -> None:
@@ -249,8 +131,20 @@ def save_scene(scene: Scene, path) -> Path:
     Raises
     ------
     ValueError
-        If a source holds something that cannot be saved without pickle
-        (a prior distribution, a user-defined morphology class).
+        If a source holds something that cannot be saved without pickle (a
+        plain function or lambda as prior, a class defined inside a function,
+        an object that is not an Equinox module or numpyro distribution).
+
+    Notes
+    -----
+    Saved: every scarlet_xr module (morphologies including Spergel and
+    starlet, spectra, constraints, :class:`~scarlet_xr.NormalPrior`,
+    :class:`~scarlet_xr.core.StarletSparsity`, a :class:`~scarlet_xr.ScorePrior`
+    around an Equinox module), numpyro distributions (also ``to_event``,
+    ``expand``, truncated), the shipped learned prior (by reference) and user
+    Equinox modules (subclasses of ``AbstractMorphology``, ``AbstractPrior``
+    ..., a network inside a prior) defined at module level, named
+    ``module:QualName``; :func:`load_scene` needs that module imported.
 
     Examples
     --------
@@ -268,7 +162,7 @@ def save_scene(scene: Scene, path) -> Path:
     path = Path(path)
     if path.suffix != ".npz":
         path = path.with_name(path.name + ".npz")
-    w = _Writer()
+    w = Writer()
     frame = scene.frame
     desc = {
         "format": FORMAT,
@@ -306,8 +200,9 @@ def load_scene(path) -> Scene:
         If ``path`` does not exist.
     ValueError
         If the file is not a readable scarlet_xr scene file (garbage,
-        truncated, unknown format or version), names classes outside
-        scarlet_xr, or does not match the schema (a missing or extra entry, an
+        truncated, unknown format or version), names a class in a module
+        that is not imported (the message says which to import), or does not
+        match the schema (a missing or extra entry, an
         array of the wrong shape or dtype, a source that does not fit the
         frame). The message names the entry.
     """
@@ -333,9 +228,10 @@ def load_scene(path) -> Scene:
         raise ValueError(f"{path.name!r}: scene file entry '__scene__' is corrupt: {err}") from err
     if not isinstance(desc, dict):
         raise ValueError(f"{path.name!r}: scene file entry '__scene__' must be a JSON object")
-    if desc.get("format") != FORMAT or desc.get("version") not in READ_VERSIONS:
+    version = desc.get("version")
+    if desc.get("format") != FORMAT or type(version) is not int or version not in READ_VERSIONS:
         raise ValueError(
-            f"{path.name!r}: expected format {FORMAT!r} version {' or '.join(map(str, READ_VERSIONS))}; "
+            f"{path.name!r}: expected format {FORMAT!r} version {', '.join(map(str, READ_VERSIONS))}; "
             f"got {desc.get('format')!r} version {desc.get('version')!r}"
         )
     try:
@@ -345,7 +241,9 @@ def load_scene(path) -> Scene:
             raise ValueError(f"scene file entry 'sources': expected a list; got {sources!r:.80}")
         scene = Scene(frame)
         for i, node in enumerate(sources):
-            src = _decode(node, arrays, f"source {i}")
+            if version < 3:
+                node = migrate_v2(node, f"source {i}")
+            src = decode(node, arrays, f"source {i}")
             _check_source(src, frame, f"source {i}")
             scene.add(src)
     except ValueError as err:
