@@ -13,6 +13,10 @@ from ._source import Source
 __all__ = ["SceneModel", "render_source", "component_boxes", "morphology_image"]
 
 
+PAD_MARGIN = 8
+"""Pixels beyond half the largest box by which the model frame is padded while rendering."""
+
+
 def _place(canvas, box, center, pad):
     """Add ``box`` (band, h, w) to ``canvas`` centred on the pixel nearest ``center``."""
     h, w = box.shape[-2:]
@@ -183,7 +187,10 @@ class SceneModel(eqx.Module):
         Model-frame PSF; intrinsic profiles (Gaussian, Sersic) are convolved
         with it. Without it every morphology is taken to be in the frame already.
     pad : int, optional
-        Border added while placing boxes (default: largest box + 2).
+        Border added while placing boxes (default: half the largest box plus
+        :data:`PAD_MARGIN`); a box that would stick out of the padded frame
+        (a centre more than ``PAD_MARGIN`` pixels outside the frame) is moved
+        inside it.
     """
 
     sources: tuple[Source, ...]
@@ -204,7 +211,9 @@ class SceneModel(eqx.Module):
                     f"source {i} has {s.num_bands} bands but the model frame has {self.shape[0]}"
                 )
         boxes = [max(c.morphology.shape) for s in self.sources for c in s.components]
-        self.pad = int(pad) if pad is not None else (max(boxes) if boxes else 1) + 2
+        # boxes are centred on their sources, which lie in or near the frame: half the largest
+        # box plus a margin holds them (a smaller canvas: cheaper FFTs at every step)
+        self.pad = int(pad) if pad is not None else (max(boxes) // 2 if boxes else 0) + PAD_MARGIN
         hp, wp = self.shape[1] + 2 * self.pad, self.shape[2] + 2 * self.pad
         if psf is None:
             self.psf_fft = None

@@ -13,13 +13,14 @@ when sources have ``kind="auto"`` (the default):
    its number of extra shape parameters (:data:`EXTENT_PARAMETERS`, the mean
    drop from noise alone). Losing an extended galaxy's wings costs far more
    flux than fitting a star with a compact Sersic, so ties go to "extended";
-3. each extended source's box (one of the canonical sizes; sources of one
-   size render in one vmapped call, so a scene compiles once per size used,
-   whatever its number of sources) is grown if it now needs more than
-   ``BOX_RADII_RE`` half-light radii, the
-   scene is refitted with the chosen models (the switch is an array, not a new
-   graph), and the spectra are solved linearly once more. A source whose
-   fitted size still outgrows its box is flagged ``box_truncated``;
+3. point sources become :class:`~scarlet_xr.core.PointSourceMorphology`;
+   each extended source's box (one of the canonical sizes; sources of one
+   type and size render in one vmapped call, so a scene compiles once per
+   type and size used, whatever its number of sources) is grown if it now
+   needs more than ``BOX_RADII_RE`` half-light radii, the scene is refitted
+   with the chosen models, and the spectra are solved linearly once more. A
+   source whose fitted size still outgrows its box is flagged
+   ``box_truncated``;
 4. bright sources (S/N > :data:`MISFIT_SNR`) that a smooth profile does not fit
    (footprint reduced χ² > :data:`MISFIT_CHI2`, e.g. real spirals) become
    free-form pixels and the scene is refitted once more.
@@ -38,10 +39,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..core import (
-    AutoMorphology,
     MonotonicMorphology,
     NormalPrior,
     Parameter,
+    PointSourceMorphology,
     SersicMorphology,
     Source,
     Spectrum,
@@ -55,6 +56,7 @@ from ._init import (
     BOX_SIZES,
     KINDS,
     _canonical,
+    _np_convolve,
     _np_shift,
     _stamp,
     initialize_sources,
@@ -233,8 +235,7 @@ def fit_sources(
         morph = _resized(src.components[0].morphology, box)
         c = np.asarray(src.center.value, float)
         center = Parameter(c, step=src.center.step, prior=NormalPrior(c, center_sigma, CENTER_LIMIT))
-        sources[k] = Source(center, src.components[0].spectrum, AutoMorphology(morph, frame.psf),
-                            name=src.name)
+        sources[k] = Source(center, src.components[0].spectrum, morph, name=src.name)
     model = type(scene.model())(sources, frame.cube_shape, psf=frame.psf)
     losses, steps = [], 0
     if auto_idx:
@@ -461,6 +462,8 @@ def _free_form_misfits(model, liks, frame, auto_idx, choices, given):
         anchor = np.round(fitted if inside and np.hypot(*(fitted - given[k])) > 1.0 else given[k])
         offset = jnp.asarray(np.asarray(src.center.value, float) - anchor, src.center.raw.dtype)
         img = np.asarray(morphology_image(morph, offset), float)
+        if morph.intrinsic:  # pixels live at the model PSF's resolution
+            img = _np_convolve(img, np.asarray(frame.psf, float))
         peak = float(img.max())
         img = np.clip(img / peak, 1e-3, None)
         spec = np.asarray(src.components[0].spectrum(), float) * peak
@@ -489,15 +492,18 @@ def _choose(model, liks, frame, auto_idx, choices):
         penalty = float(EXTENT_PARAMETERS)
         d = float(delta[k])
         morph = sources[k].components[0].morphology
-        re = float(morph.sersic.r_e.value)
+        re = float(morph.r_e.value)
         point = d <= penalty
         if point:
             reason = f"point: a Sersic lowers chi2 by only {d:.1f} <= {penalty:.0f} (its extra parameters)"
+            # the point source is its own morphology type: points and Sersics render in
+            # separate vmapped groups, each computing only what it needs
+            comp = eqx.tree_at(lambda c: c.morphology, sources[k].components[0],
+                               PointSourceMorphology(frame.psf))
+            sources[k] = eqx.tree_at(lambda s: s.components, sources[k], (comp,))
         else:
             reason = f"extended: a Sersic (r_e {re:.2f} px) lowers chi2 by {d:.1f} > {penalty:.0f}"
         choices[k].update(kind="point" if point else "sersic", delta_chi2_point=d, reason=reason)
-        comp = eqx.tree_at(lambda c: c.morphology, sources[k].components[0], morph.as_point(point))
-        sources[k] = eqx.tree_at(lambda s: s.components, sources[k], (comp,))
     return eqx.tree_at(lambda m: m.sources, model, tuple(sources))
 
 
@@ -533,11 +539,10 @@ def _grow_boxes(model, auto_idx, choices, max_box, psf):
         m = sources[k].components[0].morphology
         if choices[k]["kind"] != "sersic":
             continue
-        box = max(m.shape[0], _common_box([m.sersic], max_box))
+        box = max(m.shape[0], _common_box([m], max_box))
         if box == m.shape[0]:
             continue
-        auto = AutoMorphology(_resized(m.sersic, box), psf, is_point=False)
-        comp = eqx.tree_at(lambda c: c.morphology, sources[k].components[0], auto)
+        comp = eqx.tree_at(lambda c: c.morphology, sources[k].components[0], _resized(m, box))
         sources[k] = eqx.tree_at(lambda s: s.components, sources[k], (comp,))
         changed = True
     if not changed:
@@ -550,7 +555,7 @@ def _flag_truncated(model, auto_idx, choices, max_box):
     for k in auto_idx:
         m = model.sources[k].components[0].morphology
         if choices[k]["kind"] == "sersic":
-            choices[k]["box_truncated"] = bool(_needed_box(m.sersic) > m.shape[0])
+            choices[k]["box_truncated"] = bool(_needed_box(m) > m.shape[0])
 
 
 def _drop_center_priors(model, auto_idx):

@@ -448,7 +448,8 @@ def _render_stamps(renderer, stamps, shape):
     ----------
     renderer : AbstractRenderer
     stamps : sequence of (y0, x0, array) or None
-        Templates from :func:`_stamp` (the same image in every model band).
+        Templates from :func:`_stamp`: a 2-D image (the same in every model
+        band) or a ``(model band, h, w)`` cube.
     shape : (band, y, x)
         The model frame's cube shape.
 
@@ -474,7 +475,9 @@ def _render_stamps(renderer, stamps, shape):
                 out.append(None)
                 continue
             y0, x0, img = st
-            h, w = img.shape
+            if img.ndim == 3:  # a cube of model bands: each observation band gets its own
+                img = img[np.asarray(renderer.band_index)]
+            h, w = img.shape[-2:]
             fy, fx = h + 2 * rad, w + 2 * rad  # full linear convolution
             ys0, ys1 = max(y0 - rad, oy0), min(y0 - rad + fy, oy1)
             xs0, xs1 = max(x0 - rad, ox0), min(x0 - rad + fx, ox1)
@@ -494,8 +497,8 @@ def _render_stamps(renderer, stamps, shape):
             out.append(None)
             continue
         y0, x0, img = st
-        plane = np.zeros((hh, ww))
-        plane[y0 : y0 + img.shape[0], x0 : x0 + img.shape[1]] = img
+        plane = np.zeros((hh, ww) if img.ndim == 2 else (nb, hh, ww))
+        plane[..., y0 : y0 + img.shape[-2], x0 : x0 + img.shape[-1]] = img
         vals = np.asarray(_render_np(renderer, np.broadcast_to(plane, (nb, hh, ww))), float)
         del plane
         out.append((0, 0, vals))

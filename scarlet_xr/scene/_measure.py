@@ -120,13 +120,18 @@ def _support_box(image, margin: int = 2):
             max(cols[0] - margin, 0), min(cols[-1] + 1 + margin, w))
 
 
+TEMPLATE_TOL = 1e-5
+"""Fisher templates are cut to the pixels where a source's unit model exceeds this fraction of its peak."""
+
+
 def _source_stamps(stamps, model_flux, centroid):
     """Per source: its box, its model per band, and its unit white shape with derivatives.
 
-    Returns a list (one per source) of None or ``dict(box, bands, unit, dy, dx, ds)``:
-    ``bands`` the model per frame band, ``unit`` the band-summed model at unit flux,
-    ``dy``, ``dx`` its derivatives for a shift of the source (``-d/dy``, ``-d/dx``) and
-    ``ds`` for a flux-conserving dilation about the centroid, all on the box.
+    Returns a list (one per source) of None or ``dict(box, tbox, bands, unit, dy, dx, ds)``:
+    ``bands`` the model per frame band on ``box``, ``unit`` the band-summed model at unit
+    flux, ``dy``, ``dx`` its derivatives for a shift of the source (``-d/dy``, ``-d/dx``)
+    and ``ds`` for a flux-conserving dilation about the centroid, on ``tbox`` (the part of
+    the box where the source's light exceeds :data:`TEMPLATE_TOL` of its peak).
     """
     out = []
     tot = np.asarray(model_flux, float).sum(axis=1)
@@ -146,13 +151,20 @@ def _source_stamps(stamps, model_flux, centroid):
         gy, gx = np.gradient(unit)
         yy, xx = np.mgrid[y0:y1, x0:x1]
         cy, cx = centroid[k] if np.all(np.isfinite(centroid[k])) else ((y0 + y1) / 2, (x0 + x1) / 2)
+        ds = -(2 * unit + (yy - cy) * gy + (xx - cx) * gx)
+        # Fisher templates only where the source has light (its far wings inform nothing):
+        # memory and time follow the source's extent, not its box
+        lit = np.abs(unit) > TEMPLATE_TOL * np.abs(unit).max()
+        ty0, ty1, tx0, tx1 = _support_box(lit.astype(float))
+        cut = (slice(ty0, ty1), slice(tx0, tx1))
         out.append({
             "box": (y0, y1, x0, x1),
-            "bands": np.asarray(arr[:, ly0:ly1, lx0:lx1], np.float64),
-            "unit": unit,
-            "dy": -gy,
-            "dx": -gx,
-            "ds": -(2 * unit + (yy - cy) * gy + (xx - cx) * gx),
+            "tbox": (y0 + ty0, y0 + ty1, x0 + tx0, x0 + tx1),
+            "bands": np.asarray(arr[:, ly0:ly1, lx0:lx1], np.float32),
+            "unit": unit[cut],
+            "dy": -gy[cut],
+            "dx": -gx[cut],
+            "ds": ds[cut],
         })
     return out
 
@@ -171,37 +183,34 @@ def _observed(renderer, stamps, cube_shape, band_index, model_flux):
     """
     from ._init import _render_stamps
 
-    ns, nb = len(stamps), cube_shape[0]
+    ns = len(stamps)
     flat, where = [], []
     for k, st in enumerate(stamps):
         if st is None:
             continue
         y0, _, x0, _ = st["box"]
-        for b in range(nb):
-            flat.append((y0, x0, st["bands"][b]))
-            where.append(("band", k, b))
+        flat.append((y0, x0, st["bands"]))  # the model cube: each observation band its own
+        where.append(("band", k))
+        ty0, _, tx0, _ = st["tbox"]
         for key in ("unit", "dy", "dx", "ds"):
-            flat.append((y0, x0, st[key]))
-            where.append((key, k, None))
+            flat.append((ty0, tx0, st[key]))
+            where.append((key, k))
     rendered = _render_stamps(renderer, flat, cube_shape)
     models = [None] * ns
     templates = [None] * (4 * ns)
     bi = np.asarray(band_index)
     order = {"dy": 0, "dx": 1, "ds": 2}
-    for (key, k, b), patch in zip(where, rendered, strict=True):
+    for (key, k), patch in zip(where, rendered, strict=True):
         if patch is None:
             continue
         py, px, vals = patch
         if key == "band":
-            if models[k] is None:
-                models[k] = (py, px, np.zeros_like(vals))
-            sel = bi == b
-            models[k][2][sel] = vals[sel]
+            models[k] = (py, px, vals)
         elif key == "unit":
-            templates[k] = (py, px, vals)
+            templates[k] = (py, px, vals.astype(np.float32))
         else:
             scale = np.asarray(model_flux[k], float)[bi][:, None, None]
-            templates[ns + 3 * k + order[key]] = (py, px, vals * scale)
+            templates[ns + 3 * k + order[key]] = (py, px, (vals * scale).astype(np.float32))
     return models, templates
 
 
