@@ -33,7 +33,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 BENCHMARKS = ["hsc", "psf_unmatched", "multi", "sample", "survey", "prior", "prior_sample",
-              "accuracy", "field"]
+              "accuracy", "field", "crowded"]
 
 _CALL_MAIN = (
     "import json, runpy, sys\n"
