@@ -14,7 +14,9 @@ from ._context import collecting as collecting
 from ._fft import convolve_fft as convolve_fft
 from ._fft import fast_size as fast_size
 from ._fft import fourier_shift as fourier_shift
+from ._likelihood import CorrelatedGaussianLikelihood as CorrelatedGaussianLikelihood
 from ._likelihood import GaussianLikelihood as GaussianLikelihood
+from ._likelihood import noise_power_spectrum as noise_power_spectrum
 from ._model import SceneModel as SceneModel
 from ._model import morphology_image as morphology_image
 from ._morphology import AbstractMorphology as AbstractMorphology
@@ -63,6 +65,7 @@ __all__ = [
     "AutoMorphology",
     "Component",
     "ConvolutionRenderer",
+    "CorrelatedGaussianLikelihood",
     "FreeFormMorphology",
     "GaussianLikelihood",
     "GaussianMorphology",
@@ -96,6 +99,7 @@ __all__ = [
     "gaussian_psf_image",
     "is_parameter",
     "morphology_image",
+    "noise_power_spectrum",
     "psf_core_width",
     "psf_spectrum",
     "score_line_integral",

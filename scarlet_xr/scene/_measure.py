@@ -23,6 +23,7 @@ from ..xr import (
     STAMP_Y,
     cube_to_stamps,
     fisher_covariance,
+    flux_variance_factor,
     footprints,
     half_light_radius,
     image_moments,
@@ -397,6 +398,8 @@ def measure_scene(scene, observations, *, zero_points=None, stamps=None, model_f
             blendedness = stats["blendedness"]
         deblended[str(name)] = node
     flux_var, center_cov = fisher_covariance(_fisher_blocks(fisher_in, ns, nb), ns, nb, extended)
+    # correlated noise (issue 17 item 3; docs/noise.md): sandwich factor of the white-weighted flux solve
+    flux_var = flux_var * flux_variance_factor(fisher_in, list(obs.values()), ns, nb)
     flux_err = np.sqrt(flux_var)
     masked_fraction = np.where(foot_px > 0, masked_px / np.maximum(foot_px, 1), np.nan)
 

@@ -9,6 +9,10 @@ from ._observation import observation_wcs as observation_wcs
 from ._observation import wcs_to_header_string as wcs_to_header_string
 from ._bridge import frame_from_observations as frame_from_observations
 from ._bridge import likelihood_for as likelihood_for
+from ._noise import NOISE_CORRELATION as NOISE_CORRELATION
+from ._noise import estimate_noise_correlation as estimate_noise_correlation
+from ._noise import flux_variance_factor as flux_variance_factor
+from ._noise import with_noise_correlation as with_noise_correlation
 from ._bridge import grid_offset as grid_offset
 from ._bridge import normalize_observations as normalize_observations
 from ._stamps import STAMP_X as STAMP_X
@@ -73,6 +77,10 @@ __all__ = [
     "half_light_radius",
     "image_moments",
     "likelihood_for",
+    "NOISE_CORRELATION",
+    "estimate_noise_correlation",
+    "flux_variance_factor",
+    "with_noise_correlation",
     "make_observation",
     "normalize_observations",
     "observation_coords",

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 
-from ..core import ConvolutionRenderer, GaussianLikelihood, psf_core_width
+from ..core import ConvolutionRenderer, CorrelatedGaussianLikelihood, GaussianLikelihood, psf_core_width
 from ..wcs import Frame
 from ._observation import BAND, X, Y, check_observation, observation_wcs
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["likelihood_for", "normalize_observations", "frame_from_observations", "grid_offset"]
 
@@ -76,7 +80,10 @@ def likelihood_for(ds, frame: Frame) -> GaussianLikelihood:
     Observations on the frame's pixel grid (same pixel scale and orientation,
     integer offset) use a :class:`~scarlet_xr.core.ConvolutionRenderer`; any
     other grid uses a :class:`~scarlet_xr.core.ResamplingRenderer` (both
-    precompute their operators here, once).
+    precompute their operators here, once). An observation with a
+    ``noise_correlation`` variable (:func:`with_noise_correlation`) gets a
+    :class:`~scarlet_xr.core.CorrelatedGaussianLikelihood` (on the frame's
+    grid; a resampled observation keeps the white likelihood, with a warning).
 
     Raises
     ------
@@ -91,6 +98,9 @@ def likelihood_for(ds, frame: Frame) -> GaussianLikelihood:
     if origin is None:
         from ._resample import resampling_likelihood  # multi-resolution path
 
+        if "noise_correlation" in ds:
+            logger.warning("%s: noise_correlation is not used for observations resampled to the frame",
+                           ds.attrs.get("name", ""))
         return resampling_likelihood(ds, frame, idx)
     w_obs = psf_core_width(ds["psf"].values)
     w_mod = float(psf_core_width(frame.psf)[0])
@@ -108,6 +118,9 @@ def likelihood_for(ds, frame: Frame) -> GaussianLikelihood:
         frame.psf,
         origin=origin,
     )
+    if "noise_correlation" in ds:
+        return CorrelatedGaussianLikelihood(ds["data"].values, ds["weight"].values, renderer,
+                                            ds["noise_correlation"].values)
     return GaussianLikelihood(ds["data"].values, ds["weight"].values, renderer)
 
 

@@ -405,6 +405,7 @@ def open_observation(
     allow_missing_wcs: bool = False,
     recenter_psf: bool = False,
     subtract_background: bool = False,
+    correlated=False,
 ) -> xr.Dataset:
     """Read an observation from FITS.
 
@@ -470,6 +471,11 @@ def open_observation(
         Subtract the ``sep`` background level (global, per band) from the
         image; recorded in ``attrs["background_subtracted"]``. Default False:
         pixel values are never changed silently.
+    correlated : bool or array
+        Mark the image as resampled or coadded (correlated noise): ``True``
+        estimates a 7x7 noise correlation kernel from the source-free pixels,
+        an array gives it (see :func:`~scarlet_xr.xr.with_noise_correlation`);
+        the fit then uses :class:`~scarlet_xr.core.CorrelatedGaussianLikelihood`.
 
     Returns
     -------
@@ -632,6 +638,10 @@ def open_observation(
         logger.warning(
             "%s: %d non-finite pixels were masked", Path(path).name, ds.attrs["n_nonfinite_masked"]
         )
+    if correlated is not False:
+        from ._noise import with_noise_correlation
+
+        ds = with_noise_correlation(ds, "estimate" if correlated is True else correlated)
     return ds
 
 

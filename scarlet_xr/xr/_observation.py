@@ -67,6 +67,7 @@ def make_observation(
     name: str = "observation",
     origin=(0, 0),
     noise_estimated: bool = False,
+    noise_correlation=None,
 ) -> xr.Dataset:
     """Build an observation Dataset from arrays, validating everything eagerly.
 
@@ -90,6 +91,13 @@ def make_observation(
         Index of the first pixel in the original image.
     noise_estimated : bool
         Record that the weights were estimated from the image background.
+    noise_correlation : array or "estimate", optional
+        For resampled or coadded images (correlated noise): the
+        autocovariance of the whitened noise ``sqrt(weight) * noise``, shape
+        ``(band, kh, kw)`` or ``(kh, kw)`` with odd sizes, or ``"estimate"``
+        to estimate a 7x7 kernel from the source-free pixels; the fit then
+        uses the correlated likelihood (see
+        :func:`~scarlet_xr.xr.with_noise_correlation`, ``docs/noise.md``).
 
     Returns
     -------
@@ -207,6 +215,10 @@ def make_observation(
     if "wcs_header" in attrs:
         # the image alone (``ds["data"]``) keeps its WCS too (DataArray accessor)
         ds["data"].attrs["wcs_header"] = header
+    if noise_correlation is not None:
+        from ._noise import with_noise_correlation
+
+        ds = with_noise_correlation(ds, noise_correlation)
     return ds
 
 
@@ -226,6 +238,11 @@ def check_observation(ds) -> xr.Dataset:
         raise ValueError(f"data must have dims ('band', 'y', 'x'); got {ds['data'].dims}")
     if ds["weight"].dims != (BAND, Y, X):
         raise ValueError(f"weight must have dims ('band', 'y', 'x'); got {ds['weight'].dims}")
+    if "noise_correlation" in ds and ds["noise_correlation"].dims != (BAND, "corr_y", "corr_x"):
+        raise ValueError(
+            "noise_correlation must have dims ('band', 'corr_y', 'corr_x'); "
+            f"got {ds['noise_correlation'].dims}"
+        )
     if ds["psf"].dims[0] != BAND:
         raise ValueError(f"psf must have dims ('band', psf_y, psf_x); got {ds['psf'].dims}")
     for ax in (Y, X):
