@@ -237,3 +237,43 @@ def test_custom_morphology_fits_a_galsim_disk():
     assert abs(float(src.components[0].morphology.scale.value) - truth_scale) < 0.05 * truth_scale
     np.testing.assert_allclose(np.asarray(src.components[0].spectrum()), truth_flux, rtol=0.03)
     np.testing.assert_allclose(np.asarray(src.center.value), [20.0, 20.0], atol=0.05)
+
+
+def _gaussian_scene(n, seed=1, shape=(3, 40, 40)):
+    rng = np.random.default_rng(seed)
+    # centres spread over and a little beyond the frame (boxes cut by its edges)
+    src = [Source(rng.uniform(-3, shape[1] + 3, 2), rng.uniform(1, 2, shape[0]),
+                  GaussianMorphology(rng.uniform(1.0, 2.0), shape=(11, 11))) for _ in range(n)]
+    psf = np.outer(*[np.exp(-0.5 * (np.arange(-3, 4) / 1.2) ** 2)] * 2)
+    return SceneModel(src, shape, psf=psf)
+
+
+def test_scene_rendered_in_groups_equals_the_sum_of_its_sources():
+    model = _gaussian_scene(25)
+    cube = np.asarray(model())
+    alone = np.asarray(model.render_sources())
+    np.testing.assert_allclose(cube, alone.sum(axis=0), atol=1e-6 * cube.max())
+    # fluxes of the grouped call and source by source
+    np.testing.assert_allclose(np.asarray(model.fluxes()),
+                               np.stack([np.asarray(s.flux()) for s in model.sources]), rtol=1e-5)
+    # the component stamps (model PSF applied, each on its box) add up to the same cube
+    pad = 20
+    canvas = np.zeros((3, 40 + 2 * pad, 40 + 2 * pad))
+    for _, centers, images in model.component_stamps():
+        for c, img in zip(np.asarray(centers), np.asarray(images), strict=True):
+            h, w = img.shape[1:]
+            iy, ix = int(np.round(c[0])) + pad - h // 2, int(np.round(c[1])) + pad - w // 2
+            canvas[:, iy : iy + h, ix : ix + w] += img
+    np.testing.assert_allclose(canvas[:, pad:-pad, pad:-pad], cube, atol=1e-6 * cube.max())
+
+
+def test_compiled_render_does_not_grow_with_the_number_of_sources():
+    # sources of one type and box size are evaluated in one vmapped call and placed with one
+    # scatter-add: the traced program has the same size for 5 and for 60 sources
+    sizes = {}
+    for n in (5, 60):
+        model = _gaussian_scene(n)
+        sizes[n] = (len(jax.make_jaxpr(lambda m: m())(model).eqns),
+                    len(jax.make_jaxpr(lambda m: m.fluxes())(model).eqns))
+    assert sizes[60][0] == sizes[5][0], sizes
+    assert sizes[60][1] <= sizes[5][1] + 2 * 60, sizes  # one stack of n per-source rows at most
