@@ -52,3 +52,36 @@ def isolated(seed: int, kind: str, snr: float, *, size: int = 41, hlr=(0.4, 0.8)
     obs = sx.make_observation(data, variance=var, psf=psf_img, bands=BANDS, name="iso")
     truth["flux"] = flux
     return obs, truth
+
+
+def colour_gradient_galaxy(seed: int, snr: float = 400.0, size: int = 61):
+    """A bright bulge (de Vaucouleurs, red) + disk (exponential, blue) galaxy: a colour gradient.
+
+    Returns
+    -------
+    obs : Dataset
+    center : (y, x) in pixels
+    flux : (band,) total flux
+    """
+    rng = np.random.default_rng(seed)
+    psfs = [galsim.Moffat(beta=3.0, fwhm=f) for f in (0.85, 0.75, 0.7)]
+    c0 = (size - 1) / 2
+    center = np.array([c0, c0]) + rng.uniform(-0.5, 0.5, 2)
+    beta = rng.uniform(0, np.pi) * galsim.radians
+    bulge = galsim.DeVaucouleurs(half_light_radius=0.3).shear(q=0.8, beta=beta)
+    disk = galsim.Exponential(half_light_radius=1.0).shear(q=0.5, beta=beta)
+    sed_bulge, sed_disk = np.array([0.2, 0.6, 1.0]), np.array([1.0, 0.9, 0.7])
+    unit = np.zeros((2, len(BANDS), size, size))
+    for b, psf in enumerate(psfs):
+        for j, prof in enumerate((bulge, disk)):
+            im = galsim.ImageD(size, size, scale=SCALE)
+            galsim.Convolve(prof.withFlux(1.0), psf).drawImage(
+                im, offset=galsim.PositionD(center[1] - c0, center[0] - c0))
+            unit[j, b] = im.array
+    image = sed_bulge[:, None, None] * unit[0] + sed_disk[:, None, None] * unit[1]
+    amp = snr / np.sqrt(np.sum((image / NOISE[:, None, None]) ** 2))
+    data = amp * image + rng.normal(0, 1, image.shape) * NOISE[:, None, None]
+    psf_img = np.stack([p.drawImage(nx=31, ny=31, scale=SCALE).array for p in psfs])
+    var = np.broadcast_to(NOISE[:, None, None] ** 2, data.shape)
+    obs = sx.make_observation(data, variance=var, psf=psf_img, bands=BANDS, name="iso")
+    return obs, center, amp * (sed_bulge + sed_disk)

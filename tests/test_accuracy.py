@@ -15,10 +15,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import xarray as xr
+from _sim_isolated import colour_gradient_galaxy
 from astropy.io import fits
 from astropy.table import Table
 
+import scarlet_xr as sx
 from scarlet_xr.cli import main
+from scarlet_xr.scene._auto import CENTER_LIMIT
 
 SIMS = Path(__file__).resolve().parents[2] / "shared" / "sims"
 SEED, NSCENES = 99, 4
@@ -76,9 +79,9 @@ def test_default_path_near_the_noise_floor(scenes):
                 assert str(src["kind_reason"].values[i]).startswith("point:")
             else:
                 assert src["kind"].values[i] != "point", (d.name, i, src["kind_reason"].values[i])
-        # fitted positions within the catalog's half-pixel prior and its 1 px wall
+        # fitted positions held near the given ones by the centre prior's wall (CENTER_LIMIT px)
         dist = np.hypot(src["y"].values - truth["y"], src["x"].values - truth["x"])
-        assert np.all(dist < 1.05), dist
+        assert np.all(dist < CENTER_LIMIT + 0.05), dist
     ours_med, floor_med = float(np.median(ours)), float(np.median(floor))
     assert len(star_err) >= 10
     # measured at seed 99: ours 0.061, floor 0.037; stars 0.017
@@ -86,6 +89,40 @@ def test_default_path_near_the_noise_floor(scenes):
     assert float(np.median(star_err)) < 0.04
     # measured 0.067 (the old free-form default: about 0.3); the issue's target is 0.02
     assert np.mean(np.asarray(ours) > 0.5) < 0.10
+
+
+def test_bright_galaxies_are_bulge_plus_disk_and_measure_their_colour_gradients(scenes):
+    """Bright galaxies get a bulge and a disk with their own spectra: band fluxes near truth.
+
+    One profile with one spectrum mis-measures a galaxy whose centre is redder
+    than its outskirts (the simulated galaxies are bulge + disk with distinct
+    SEDs): at high S/N the error grows across the bands by 5-15%.
+    """
+    errs, n = [], 0
+    for _, truth, src in scenes:
+        flux = src["flux"].transpose("source", "band").sel(band=BANDS).values
+        true = np.stack([np.asarray(truth[f"flux_{b}"], float) for b in BANDS], axis=1)
+        for i, kind in enumerate(truth["kind"]):
+            if src["kind"].values[i] == "bulge+disk":
+                assert kind == "galaxy", (i, src["kind_reason"].values[i])
+                assert "bulge+disk: S/N" in str(src["kind_reason"].values[i])
+                errs.extend(np.abs(flux[i] / true[i] - 1))
+                n += 1
+    assert n >= 2
+    # measured at seed 99: 0.038 over 3 galaxies (as one Sersic each: 0.069)
+    assert float(np.median(errs)) < 0.06, (np.median(errs), n)
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_a_colour_gradient_is_measured_by_bulge_plus_disk_not_one_profile(seed):
+    """A bright galaxy with a red bulge and a blue disk: one Sersic is off by 10% at the ends of
+    the band range (measured -0.10..-0.11 and +0.12..+0.13); the default bulge + disk is within 2.4%."""
+    obs, center, flux = colour_gradient_galaxy(seed)
+    default = sx.fit_observations(obs, centers=[center])["sources"]
+    assert str(default["kind"].values[0]) == "bulge+disk", default["kind_reason"].values[0]
+    assert np.max(np.abs(default["flux"].values[0] / flux - 1)) < 0.035
+    one = sx.fit_observations(obs, centers=[center], kinds="sersic")["sources"]
+    assert np.max(np.abs(one["flux"].values[0] / flux - 1)) > 0.08
 
 
 def test_flux_errors_are_calibrated_on_bright_sources(scenes):

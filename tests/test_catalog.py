@@ -118,11 +118,13 @@ def test_deblended_images_sum_to_the_data(blend):
     # the stored stamps cover each source's box only (clipped to the observation)
     assert deb["image"].dims == ("source", "band", "stamp_y", "stamp_x")
     assert deb.sizes["stamp_y"] <= node.sizes["y"] and deb.sizes["stamp_x"] <= node.sizes["x"]
-    # one source's model on the whole frame holds its model flux (interior source: nothing clipped)
+    # one source's model on the whole frame holds its model flux, less the far wings of its box
+    # beyond the frame edge (the bulge + disk boxes here exceed the 51 px frame; measured 0.3%)
     src = tree["sources"].to_dataset()
     flux_col = "model_flux" if "model_flux" in src else "flux"
-    np.testing.assert_allclose(tree.scarlet.source_model(1).sum(("y", "x")).values,
-                               src[flux_col].values[1], rtol=1e-4)
+    on_frame = tree.scarlet.source_model(1).sum(("y", "x")).values
+    assert np.all(on_frame <= src[flux_col].values[1] * (1 + 1e-5))
+    assert np.all(on_frame >= 0.99 * src[flux_col].values[1])
     one = tree.scarlet.deblended(source=1)
     np.testing.assert_array_equal(one["image"].values, img[1].astype(np.float32))
     model = node["model"].values

@@ -14,6 +14,13 @@ when sources have ``kind="auto"`` (the default):
    drop from noise alone). Losing an extended galaxy's wings costs far more
    flux than fitting a star with a compact Sersic, so ties go to "extended";
 3. point sources become :class:`~scarlet_xr.core.PointSourceMorphology`;
+   extended sources bright enough to show a colour gradient (S/N >
+   :data:`BULGE_DISK_SNR`) become a bulge (de Vaucouleurs, n = 4) plus a disk
+   (exponential, n = 1) with their own spectra, sharing the centre; the
+   shapes of the other extended sources are kept as fitted in step 1 (their
+   spectra and centres stay free) where their boxes overlap a bulge + disk,
+   so that faint neighbours, whose shapes the data hardly constrain, cannot
+   take over the wings of the new models;
    each extended source's box (one of the canonical sizes; sources of one
    type and size render in one vmapped call, so a scene compiles once per
    type and size used, whatever its number of sources) is grown if it now
@@ -39,6 +46,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..core import (
+    Component,
     MonotonicMorphology,
     NormalPrior,
     Parameter,
@@ -65,7 +73,7 @@ from ._init import (
 from ._linear import set_spectra, solve_linear
 from ._scene import Scene
 
-__all__ = ["fit_sources", "EXTENT_PARAMETERS"]
+__all__ = ["fit_sources", "EXTENT_PARAMETERS", "BULGE_DISK_SNR"]
 
 REFINE_RADIUS = 2.0
 """Largest move (model pixels) of a given position onto the peak of the data."""
@@ -84,6 +92,23 @@ BOX_RADII_RE = 5.0
 
 _STAGE1_STEPS = 300
 _STAGE1_E_REL = 1e-5  # the first fit only has to tell points from extended sources
+
+BULGE_DISK_SNR = 50.0
+"""S/N (all bands) above which an extended ``auto`` source becomes bulge + disk.
+
+Real galaxies are redder in the centre than in the outskirts: one profile with
+one spectrum then mis-measures the band fluxes by 5-15% at high S/N (measured on
+``make_scenes.py`` scenes: median error 0.07 above S/N 150, ten times the noise
+floor; 0.02 as bulge + disk). Below this S/N the extra component is poorly
+constrained and moves light between neighbours, so one Sersic stays."""
+
+BULGE_RE = 0.3
+"""Initial bulge half-light radius, in units of the one-profile fit's."""
+
+DISK_RE = 1.5
+"""Initial disk half-light radius, in units of the one-profile fit's (the bulge takes
+the centre, so the disk is larger than the whole galaxy's half-light radius; a disk
+started smaller leaves its wings to fainter neighbours)."""
 
 MISFIT_CHI2 = 1.5
 """Footprint reduced chi^2 above which a bright Sersic source becomes free-form."""
@@ -246,10 +271,13 @@ def fit_sources(
         steps += hist.num_steps
         model = _choose(model, liks, frame, auto_idx, choices)
         model = _grow_boxes(model, auto_idx, choices, max_box, frame.psf)
+        model = _bulge_disk(model, liks, frame, auto_idx, choices, max_box)
+        model = _set_shapes_fixed(model, auto_idx, choices, True)
     model, hist = _fit(model, liks, optimizer=_optimizer_for(model, optimizer), max_steps=max_steps,
                        e_rel=e_rel, progress=progress)
     losses.append(hist.loss)
     steps += hist.num_steps
+    model = _set_shapes_fixed(model, auto_idx, choices, False)
     _flag_truncated(model, auto_idx, choices, max_box)
     sol = solve_linear(model, liks, frame.psf)
     model = set_spectra(model, sol.amplitudes)
@@ -442,7 +470,7 @@ def _free_form_misfits(model, liks, frame, auto_idx, choices, given):
     monotonic models keep each source's light around its own peak.
     Returns the new model, or None if nothing changed.
     """
-    ext = [k for k in auto_idx if choices[k]["kind"] == "sersic"]
+    ext = [k for k in auto_idx if choices[k]["kind"] in ("sersic", "bulge+disk")]
     if not ext:
         return None
     stats = _footprint_chi2(model, liks, frame, ext)
@@ -453,7 +481,6 @@ def _free_form_misfits(model, liks, frame, auto_idx, choices, given):
         if chi2 <= MISFIT_CHI2 or snr < MISFIT_SNR:
             continue
         src = sources[k]
-        morph = src.components[0].morphology
         # pixels anchored on the given position's pixel (the peak a detection found) or, when
         # the fitted profile moved more than a pixel from it (a catalog position off the
         # peak) and stays inside the frame, on the profile's centre; started from the profile
@@ -461,18 +488,26 @@ def _free_form_misfits(model, liks, frame, auto_idx, choices, given):
         inside = np.all((fitted >= 0) & (fitted <= np.asarray(frame.shape) - 1))
         anchor = np.round(fitted if inside and np.hypot(*(fitted - given[k])) > 1.0 else given[k])
         offset = jnp.asarray(np.asarray(src.center.value, float) - anchor, src.center.raw.dtype)
-        img = np.asarray(morphology_image(morph, offset), float)
-        if morph.intrinsic:  # pixels live at the model PSF's resolution
-            img = _np_convolve(img, np.asarray(frame.psf, float))
+        # the source's light (all its components, weighted by their flux) on the largest box
+        spectra = [np.asarray(c.spectrum(), float) for c in src.components]
+        total = np.sum(spectra, axis=0)
+        size = max(c.morphology.shape[0] for c in src.components)
+        img = np.zeros((size, size))
+        for c, sp in zip(src.components, spectra, strict=True):
+            part = np.asarray(morphology_image(c.morphology, offset), float)
+            if c.morphology.intrinsic:  # pixels live at the model PSF's resolution
+                part = _np_convolve(part, np.asarray(frame.psf, float))
+            o = (size - part.shape[0]) // 2
+            img[o : o + part.shape[0], o : o + part.shape[1]] += part * sp.sum() / max(total.sum(), 1e-30)
         peak = float(img.max())
         img = np.clip(img / peak, 1e-3, None)
-        spec = np.asarray(src.components[0].spectrum(), float) * peak
+        spec = total * peak
         sources[k] = Source(anchor, Spectrum(spec), MonotonicMorphology(img), name=src.name)
         choices[k].update(
             kind="monotonic",
             reason=choices[k]["reason"]
-            + f"; monotonic pixels: the Sersic leaves reduced chi2 {chi2:.2f} > {MISFIT_CHI2} "
-            f"on its footprint ({npix} px) at S/N {snr:.0f}",
+            + f"; monotonic pixels: the {choices[k]['kind']} model leaves reduced chi2 {chi2:.2f} > "
+            f"{MISFIT_CHI2} on its footprint ({npix} px) at S/N {snr:.0f}",
         )
         changed = True
     if not changed:
@@ -550,12 +585,97 @@ def _grow_boxes(model, auto_idx, choices, max_box, psf):
     return eqx.tree_at(lambda m: m.sources, model, tuple(sources))
 
 
+def _bulge_disk(model, liks, frame, auto_idx, choices, max_box):
+    """Make extended ``auto`` sources with S/N > :data:`BULGE_DISK_SNR` bulge + disk.
+
+    The bulge (Sersic n = 4) and the disk (n = 1) share the source's centre and
+    orientation, each with its own spectrum; both start from the one-profile
+    fit (:data:`BULGE_RE`, :data:`DISK_RE`), in the canonical box the disk needs.
+    """
+    ext = [k for k in auto_idx if choices[k]["kind"] == "sersic"]
+    if not ext:
+        return model
+    stats = _footprint_chi2(model, liks, frame, ext)
+    sources = list(model.sources)
+    changed = False
+    for k in ext:
+        snr = stats[k][2]
+        if not snr > BULGE_DISK_SNR:
+            continue
+        src = sources[k]
+        comp = src.components[0]
+        m = comp.morphology
+        re = float(m.r_e.value)
+        ell = np.asarray(m.ellipticity.value, float)
+        spec = np.asarray(comp.spectrum(), float)
+        disk = SersicMorphology(Parameter(1.0, fixed=True), DISK_RE * re, tuple(ell), shape=11,
+                                oversample=SERSIC_OVERSAMPLE)
+        box = max(m.shape[0], _common_box([disk], max_box))
+        bulge = SersicMorphology(Parameter(4.0, fixed=True), max(BULGE_RE * re, 0.3), tuple(0.5 * ell),
+                                 shape=box, oversample=SERSIC_OVERSAMPLE)
+        disk = _resized(disk, box)
+        step = comp.spectrum.values.step if isinstance(comp.spectrum, Spectrum) else 0.03
+        sources[k] = Source(src.center, components=[Component(Spectrum(0.3 * spec, step=step), bulge),
+                                                    Component(Spectrum(0.7 * spec, step=step), disk)],
+                            name=src.name)
+        choices[k].update(
+            kind="bulge+disk",
+            reason=choices[k]["reason"] + f"; bulge+disk: S/N {snr:.0f} > {BULGE_DISK_SNR:.0f} "
+            "(a bulge and a disk with their own spectra measure colour gradients)",
+        )
+        changed = True
+    if not changed:
+        return model
+    return eqx.tree_at(lambda m: m.sources, model, tuple(sources))
+
+
+def _box_overlaps(a: Source, b: Source) -> bool:
+    """Whether the boxes of two sources (their largest component boxes) overlap."""
+    ca, cb = np.asarray(a.center.value, float), np.asarray(b.center.value, float)
+    ha = max(c.morphology.shape[0] for c in a.components) / 2
+    hb = max(c.morphology.shape[0] for c in b.components) / 2
+    return bool(np.all(np.abs(ca - cb) < ha + hb))
+
+
+def _set_shapes_fixed(model, auto_idx, choices, fixed: bool):
+    """Fix (or free again) the shapes of one-profile (``sersic``) neighbours of bulge + disk sources.
+
+    While the bulge + disk models settle, the one-Sersic ``auto`` sources whose
+    boxes overlap theirs keep the shapes of the first fit (measured on
+    ``make_scenes.py`` scenes, seeds 555, 9090, 7321, 99, 16+16+16+4 scenes:
+    median flux error 0.063 -> 0.059, galaxies 0.085 -> 0.084, source-bands off
+    by > 50% 10.1% -> 10.0%); they are freed again before the scene is
+    returned, so that later fits or sampling see them.
+    """
+    sources = list(model.sources)
+    bd = [sources[k] for k in auto_idx if choices[k]["kind"] == "bulge+disk"]
+    changed = False
+    for k in auto_idx:
+        if choices[k]["kind"] != "sersic" or not any(_box_overlaps(sources[k], b) for b in bd):
+            continue
+        comp = sources[k].components[0]
+        m = comp.morphology
+
+        def _p(p):
+            return Parameter(p.value, p.constraint, prior=p.prior, fixed=fixed, step=p.step)
+
+        morph = SersicMorphology(_p(m.n), _p(m.r_e), _p(m.ellipticity), shape=m.shape,
+                                 oversample=m.oversample)
+        sources[k] = eqx.tree_at(lambda s: s.components, sources[k],
+                                 (eqx.tree_at(lambda c: c.morphology, comp, morph),))
+        changed = True
+    if not changed:
+        return model
+    return eqx.tree_at(lambda m: m.sources, model, tuple(sources))
+
+
 def _flag_truncated(model, auto_idx, choices, max_box):
     """Flag extended sources whose fitted size needs a box beyond the one they have."""
     for k in auto_idx:
-        m = model.sources[k].components[0].morphology
-        if choices[k]["kind"] == "sersic":
-            choices[k]["box_truncated"] = bool(_needed_box(m) > m.shape[0])
+        if choices[k]["kind"] in ("sersic", "bulge+disk"):
+            choices[k]["box_truncated"] = any(
+                bool(_needed_box(c.morphology) > c.morphology.shape[0])
+                for c in model.sources[k].components)
 
 
 def _drop_center_priors(model, auto_idx):

@@ -253,6 +253,7 @@ class Scene:
             deblended = meas.deblended
         if self.choices is not None:
             src = src.assign(
+                kind=("source", [str(c["kind"]) for c in self.choices], src["kind"].attrs),
                 kind_reason=("source", [str(c["reason"]) for c in self.choices]),
                 delta_chi2_point=("source", [float(c["delta_chi2_point"]) for c in self.choices]),
                 box_truncated=("source", [bool(c["box_truncated"]) for c in self.choices]),
