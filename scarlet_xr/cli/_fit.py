@@ -52,9 +52,9 @@ def add_parser(sub) -> None:
     p.add_argument("--overwrite", action="store_true",
                    help="replace --out even if it is not a scarlet_xr result (default: refuse)")
     p.add_argument("--kind", default="auto",
-                   help="source kind when the catalog has none: 'auto' (default: point source or "
-                        "Sersic, chosen per source from the data), free, monotonic, symmetric, "
-                        "point, sersic, gaussian")
+                   help="source kind when the catalog has none: 'auto' (default: point source, "
+                        "Sersic or bulge+disk, chosen per source from the data), free, monotonic, "
+                        "symmetric, point, sersic, bulge+disk, gaussian, spergel, starlet")
     p.add_argument("--max-steps", type=int, default=1000, help="maximum optimizer steps")
     p.add_argument("--prior", choices=("none", "learned"), default="none",
                    help="morphology prior of free-form sources: 'learned' applies the shipped "

@@ -4,6 +4,7 @@ from ._auto import fit_sources as fit_sources
 from ._detect import detect_sources as detect_sources
 from ._detect import fit_observations as fit_observations
 from ._init import BOX_SIZES as BOX_SIZES
+from ._init import bulge_disk_morphologies as bulge_disk_morphologies
 from ._init import detection_image as detection_image
 from ._init import initialize_sources as initialize_sources
 from ._io import load_scene as load_scene
@@ -20,6 +21,7 @@ __all__ = [
     "Measurements",
     "Scene",
     "attach_posterior",
+    "bulge_disk_morphologies",
     "detect_sources",
     "detection_image",
     "fit_observations",

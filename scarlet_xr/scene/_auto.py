@@ -16,11 +16,7 @@ when sources have ``kind="auto"`` (the default):
 3. point sources become :class:`~scarlet_xr.core.PointSourceMorphology`;
    extended sources bright enough to show a colour gradient (S/N >
    :data:`BULGE_DISK_SNR`) become a bulge (de Vaucouleurs, n = 4) plus a disk
-   (exponential, n = 1) with their own spectra, sharing the centre; the
-   shapes of the other extended sources are kept as fitted in step 1 (their
-   spectra and centres stay free) where their boxes overlap a bulge + disk,
-   so that faint neighbours, whose shapes the data hardly constrain, cannot
-   take over the wings of the new models;
+   (exponential, n = 1) with their own spectra, sharing the centre;
    each extended source's box (one of the canonical sizes; sources of one
    type and size render in one vmapped call, so a scene compiles once per
    type and size used, whatever its number of sources) is grown if it now
@@ -62,11 +58,13 @@ from ..wcs import Frame
 from ..xr import likelihood_for, normalize_observations
 from ._init import (
     BOX_SIZES,
+    BULGE_DISK_SPLIT,
     KINDS,
     _canonical,
     _np_convolve,
     _np_shift,
     _stamp,
+    bulge_disk_morphologies,
     initialize_sources,
     sky_positions_to_pixels,
 )
@@ -78,7 +76,8 @@ __all__ = ["fit_sources", "EXTENT_PARAMETERS", "BULGE_DISK_SNR"]
 REFINE_RADIUS = 2.0
 """Largest move (model pixels) of a given position onto the peak of the data."""
 
-KIND_ALIASES = {"star": "point", "galaxy": "sersic", "freeform": "free", "": "auto"}
+KIND_ALIASES = {"star": "point", "galaxy": "sersic", "freeform": "free", "": "auto", "bd": "bulge+disk",
+                "bulge_disk": "bulge+disk"}
 """Catalog spellings accepted for kinds (e.g. a truth table's ``star``/``galaxy``, a
 results table's ``freeform``)."""
 
@@ -101,14 +100,6 @@ one spectrum then mis-measures the band fluxes by 5-15% at high S/N (measured on
 ``make_scenes.py`` scenes: median error 0.07 above S/N 150, ten times the noise
 floor; 0.02 as bulge + disk). Below this S/N the extra component is poorly
 constrained and moves light between neighbours, so one Sersic stays."""
-
-BULGE_RE = 0.3
-"""Initial bulge half-light radius, in units of the one-profile fit's."""
-
-DISK_RE = 1.5
-"""Initial disk half-light radius, in units of the one-profile fit's (the bulge takes
-the centre, so the disk is larger than the whole galaxy's half-light radius; a disk
-started smaller leaves its wings to fainter neighbours)."""
 
 MISFIT_CHI2 = 1.5
 """Footprint reduced chi^2 above which a bright Sersic source becomes free-form."""
@@ -272,12 +263,10 @@ def fit_sources(
         model = _choose(model, liks, frame, auto_idx, choices)
         model = _grow_boxes(model, auto_idx, choices, max_box, frame.psf)
         model = _bulge_disk(model, liks, frame, auto_idx, choices, max_box)
-        model = _set_shapes_fixed(model, auto_idx, choices, True)
     model, hist = _fit(model, liks, optimizer=_optimizer_for(model, optimizer), max_steps=max_steps,
                        e_rel=e_rel, progress=progress)
     losses.append(hist.loss)
     steps += hist.num_steps
-    model = _set_shapes_fixed(model, auto_idx, choices, False)
     _flag_truncated(model, auto_idx, choices, max_box)
     sol = solve_linear(model, liks, frame.psf)
     model = set_spectra(model, sol.amplitudes)
@@ -590,7 +579,7 @@ def _bulge_disk(model, liks, frame, auto_idx, choices, max_box):
 
     The bulge (Sersic n = 4) and the disk (n = 1) share the source's centre and
     orientation, each with its own spectrum; both start from the one-profile
-    fit (:data:`BULGE_RE`, :data:`DISK_RE`), in the canonical box the disk needs.
+    fit (:func:`~scarlet_xr.scene.bulge_disk_morphologies`), in the canonical box the disk needs.
     """
     ext = [k for k in auto_idx if choices[k]["kind"] == "sersic"]
     if not ext:
@@ -608,61 +597,20 @@ def _bulge_disk(model, liks, frame, auto_idx, choices, max_box):
         re = float(m.r_e.value)
         ell = np.asarray(m.ellipticity.value, float)
         spec = np.asarray(comp.spectrum(), float)
-        disk = SersicMorphology(Parameter(1.0, fixed=True), DISK_RE * re, tuple(ell), shape=11,
-                                oversample=SERSIC_OVERSAMPLE)
+        # box: the canonical size the (larger) disk needs
+        _, disk = bulge_disk_morphologies(re, ell, 11, SERSIC_OVERSAMPLE)
         box = max(m.shape[0], _common_box([disk], max_box))
-        bulge = SersicMorphology(Parameter(4.0, fixed=True), max(BULGE_RE * re, 0.3), tuple(0.5 * ell),
-                                 shape=box, oversample=SERSIC_OVERSAMPLE)
-        disk = _resized(disk, box)
+        bulge, disk = bulge_disk_morphologies(re, ell, box, SERSIC_OVERSAMPLE)
         step = comp.spectrum.values.step if isinstance(comp.spectrum, Spectrum) else 0.03
-        sources[k] = Source(src.center, components=[Component(Spectrum(0.3 * spec, step=step), bulge),
-                                                    Component(Spectrum(0.7 * spec, step=step), disk)],
+        split = BULGE_DISK_SPLIT
+        sources[k] = Source(src.center, components=[Component(Spectrum(split[0] * spec, step=step), bulge),
+                                                    Component(Spectrum(split[1] * spec, step=step), disk)],
                             name=src.name)
         choices[k].update(
             kind="bulge+disk",
             reason=choices[k]["reason"] + f"; bulge+disk: S/N {snr:.0f} > {BULGE_DISK_SNR:.0f} "
             "(a bulge and a disk with their own spectra measure colour gradients)",
         )
-        changed = True
-    if not changed:
-        return model
-    return eqx.tree_at(lambda m: m.sources, model, tuple(sources))
-
-
-def _box_overlaps(a: Source, b: Source) -> bool:
-    """Whether the boxes of two sources (their largest component boxes) overlap."""
-    ca, cb = np.asarray(a.center.value, float), np.asarray(b.center.value, float)
-    ha = max(c.morphology.shape[0] for c in a.components) / 2
-    hb = max(c.morphology.shape[0] for c in b.components) / 2
-    return bool(np.all(np.abs(ca - cb) < ha + hb))
-
-
-def _set_shapes_fixed(model, auto_idx, choices, fixed: bool):
-    """Fix (or free again) the shapes of one-profile (``sersic``) neighbours of bulge + disk sources.
-
-    While the bulge + disk models settle, the one-Sersic ``auto`` sources whose
-    boxes overlap theirs keep the shapes of the first fit (measured on
-    ``make_scenes.py`` scenes, seeds 555, 9090, 7321, 99, 16+16+16+4 scenes:
-    median flux error 0.063 -> 0.059, galaxies 0.085 -> 0.084, source-bands off
-    by > 50% 10.1% -> 10.0%); they are freed again before the scene is
-    returned, so that later fits or sampling see them.
-    """
-    sources = list(model.sources)
-    bd = [sources[k] for k in auto_idx if choices[k]["kind"] == "bulge+disk"]
-    changed = False
-    for k in auto_idx:
-        if choices[k]["kind"] != "sersic" or not any(_box_overlaps(sources[k], b) for b in bd):
-            continue
-        comp = sources[k].components[0]
-        m = comp.morphology
-
-        def _p(p):
-            return Parameter(p.value, p.constraint, prior=p.prior, fixed=fixed, step=p.step)
-
-        morph = SersicMorphology(_p(m.n), _p(m.r_e), _p(m.ellipticity), shape=m.shape,
-                                 oversample=m.oversample)
-        sources[k] = eqx.tree_at(lambda s: s.components, sources[k],
-                                 (eqx.tree_at(lambda c: c.morphology, comp, morph),))
         changed = True
     if not changed:
         return model

@@ -8,10 +8,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..core import (
+    Component,
     ConvolutionRenderer,
     FreeFormMorphology,
     GaussianMorphology,
     MonotonicMorphology,
+    Parameter,
     PointSourceMorphology,
     SersicMorphology,
     Source,
@@ -25,13 +27,14 @@ from ..core import (
 from ..wcs import Frame
 from ..xr import BAND, grid_offset, likelihood_for, normalize_observations, observation_wcs
 
-__all__ = ["initialize_sources", "detection_image", "BOX_SIZES"]
+__all__ = ["initialize_sources", "detection_image", "bulge_disk_morphologies", "BOX_SIZES"]
 
 BOX_SIZES = (11, 15, 21, 27, 35, 45, 59, 75, 95, 121, 151, 191, 241)
 """Canonical box sizes: free-form boxes are rounded up to one of these so that
 scenes share compiled shapes."""
 
-KINDS = ("free", "monotonic", "symmetric", "point", "sersic", "gaussian", "spergel", "starlet")
+KINDS = ("free", "monotonic", "symmetric", "point", "sersic", "gaussian", "spergel", "starlet",
+         "bulge+disk")
 
 
 def sky_positions_to_pixels(frame: Frame, positions) -> np.ndarray | None:
@@ -228,8 +231,10 @@ def initialize_sources(
         ``"free"`` (free-form, positive), ``"monotonic"`` (free-form, radially
         non-increasing from the centre), ``"symmetric"`` (monotonic and
         180-degree symmetric), ``"point"``, ``"sersic"``, ``"gaussian"``,
-        ``"spergel"`` (starting as an exponential, ``nu = 0.5``) or
-        ``"starlet"`` (free-form in starlet coefficients, sparse).
+        ``"spergel"`` (starting as an exponential, ``nu = 0.5``),
+        ``"starlet"`` (free-form in starlet coefficients, sparse) or
+        ``"bulge+disk"`` (a de Vaucouleurs bulge and an exponential disk with
+        their own spectra, one centre; see :func:`bulge_disk_components`).
     names : sequence of str, optional
     min_box, max_box : int
         Limits of free-form box sizes.
@@ -333,16 +338,67 @@ def initialize_sources(
                 morphs.append(GaussianMorphology(s, shape=size))
             elif kind == "spergel":
                 morphs.append(SpergelMorphology(0.5, 1.18 * s, shape=size))
+            elif kind == "bulge+disk":
+                morphs.append(bulge_disk_morphologies(1.18 * s, (0.0, 0.0), size))
             else:
                 morphs.append(SersicMorphology(1.0, 1.18 * s, shape=size))
             offset = jnp.asarray([cy - iy, cx - ix], jnp.asarray(0.0).dtype)
-            intrinsic = np.asarray(morphology_image(morphs[-1], offset))
+            parts = morphs[-1] if isinstance(morphs[-1], tuple) else (morphs[-1],)
+            weights = BULGE_DISK_SPLIT if len(parts) == 2 else (1.0,)
+            intrinsic = sum(w * np.asarray(morphology_image(m, offset))
+                            for m, w in zip(parts, weights, strict=True))
             images.append(_np_convolve(intrinsic, frame.psf))
     spectra = _solve_spectra(frame, obs, centers, images)
     sources = []
     for i in range(n):
-        sources.append(Source(centers[i], Spectrum(spectra[i]), morphs[i], name=names[i]))
+        if isinstance(morphs[i], tuple):  # bulge + disk: the spectrum split between them
+            comps = [Component(Spectrum(w * spectra[i]), m)
+                     for w, m in zip(BULGE_DISK_SPLIT, morphs[i], strict=True)]
+            sources.append(Source(centers[i], components=comps, name=names[i]))
+        else:
+            sources.append(Source(centers[i], Spectrum(spectra[i]), morphs[i], name=names[i]))
     return sources
+
+
+BULGE_DISK_SPLIT = (0.3, 0.7)
+"""Initial shares of a bulge + disk source's spectrum (bulge, disk)."""
+
+BULGE_RE = 0.3
+"""Initial bulge half-light radius, in units of the whole galaxy's."""
+
+DISK_RE = 1.5
+"""Initial disk half-light radius, in units of the whole galaxy's (the bulge takes
+the centre, so the disk is larger than the whole galaxy's half-light radius; a disk
+started smaller leaves its wings to fainter neighbours)."""
+
+
+def bulge_disk_morphologies(r_e: float, ellipticity, shape: int, oversample: int = 4):
+    """A de Vaucouleurs bulge and an exponential disk started from one profile's size and shape.
+
+    Parameters
+    ----------
+    r_e : float
+        Half-light radius (pixels) of the whole galaxy (e.g. a one-Sersic fit).
+    ellipticity : (e1, e2)
+        The whole galaxy's ellipticity; the disk starts with it, the bulge
+        with half of it.
+    shape : int
+        Box size of both components.
+    oversample : int
+        Sub-pixel samples per axis outside the finely sampled centre.
+
+    Returns
+    -------
+    (SersicMorphology, SersicMorphology)
+        Bulge (index fixed at 4, half-light radius :data:`BULGE_RE` ``r_e``)
+        and disk (index fixed at 1, :data:`DISK_RE` ``r_e``).
+    """
+    ell = np.asarray(ellipticity, float)
+    bulge = SersicMorphology(Parameter(4.0, fixed=True), max(BULGE_RE * r_e, 0.3), tuple(0.5 * ell),
+                             shape=shape, oversample=oversample)
+    disk = SersicMorphology(Parameter(1.0, fixed=True), DISK_RE * r_e, tuple(ell), shape=shape,
+                            oversample=oversample)
+    return bulge, disk
 
 
 def _observed_psf_variance(obs, frame) -> float:
