@@ -295,3 +295,19 @@ def test_previous_version_file_loads_through_the_migration(tmp_path):
     desc3, _ = _desc(new)
     assert desc3["version"] == 3 and "scarlet_xr:SersicMorphology" in _classes(desc3)
     _assert_same(sx.load_scene(new), scene)
+
+
+def test_default_path_bulge_plus_disk_scene_round_trips(tmp_path):
+    """A scene from the default path (bulge + disk: two Sersics with fixed indices) saves and loads."""
+    from _sim_isolated import colour_gradient_galaxy
+
+    from scarlet_xr.xr import frame_from_observations, normalize_observations
+
+    obs, center, _ = colour_gradient_galaxy(1, size=41)
+    norm = normalize_observations(obs)
+    frame = frame_from_observations(norm)
+    scene = sx.fit_sources(frame, norm, [center - np.asarray(frame.origin, float)], max_steps=30)
+    assert scene.choices[0]["kind"] == "bulge+disk"
+    loaded = sx.load_scene(sx.save_scene(scene, tmp_path / "bd.npz"))
+    _assert_same(loaded, scene)
+    assert [c.morphology.n.fixed for c in loaded.sources[0].components] == [True, True]
