@@ -51,6 +51,10 @@ def add_parser(sub) -> None:
     p.add_argument("--out", required=True, metavar="PATH", help="output file ending in .nc or .zarr")
     p.add_argument("--overwrite", action="store_true",
                    help="replace --out even if it is not a scarlet_xr result (default: refuse)")
+    p.add_argument("--sky", choices=("none", "constant", "plane"), default="none",
+                   help="fit a background per band with the sources: 'constant' (a level) or "
+                        "'plane' (a level and a gradient), either sign; for images whose sky was "
+                        "not subtracted (default: none, the images are background-subtracted)")
     p.add_argument("--kind", default="auto",
                    help="source kind when the catalog has none: 'auto' (default: point source, "
                         "Sersic or bulge+disk, chosen per source from the data), free, monotonic, "
@@ -134,6 +138,12 @@ def run(args) -> int:
     inputs = [*args.files, *(args.psf or ()), args.sources, *planes]
     check_output(out, overwrite=args.overwrite, inputs=inputs)
     check_products(args)
+    sky = None if getattr(args, "sky", "none") == "none" else args.sky
+    if sky is not None and getattr(args, "prior", "none") == "learned":
+        raise ValueError("--sky is not supported with --prior learned; subtract the sky first")
+    if sky is not None and args.sample:
+        raise ValueError("--sky is not supported with --sample (the sampler has no sky); fit with --sky, "
+                         "or subtract the sky and sample")
     enable_compile_cache()
     from .. import Scene, frame_from_observations, initialize_sources
     from ..scene import detect_sources, fit_sources
@@ -160,8 +170,10 @@ def run(args) -> int:
         scene = with_morphology_prior(scene, learned_prior())
         fitted = scene.fit(obs, max_steps=args.max_steps, progress=True)
     else:
-        fitted = fit_sources(frame, obs, centers, kinds=kinds, max_steps=args.max_steps, progress=True)
-    tree = fitted.to_datatree(obs, extra_attrs={"inputs": ",".join(Path(f).name for f in args.files)},
+        fitted = fit_sources(frame, obs, centers, kinds=kinds, max_steps=args.max_steps, progress=True,
+                             sky=sky)
+    extra = {"inputs": ",".join(Path(f).name for f in args.files), "sky": sky or "none"}
+    tree = fitted.to_datatree(obs, extra_attrs=extra,
                               zero_points=parse_zero_points(args.zero_point))
     if args.sample < 0 or args.chains < 1:
         raise ValueError(f"--sample must be >= 0 and --chains >= 1; got {args.sample}, {args.chains}")

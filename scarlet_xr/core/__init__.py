@@ -15,6 +15,7 @@ from ._fft import convolve_fft as convolve_fft
 from ._fft import fast_size as fast_size
 from ._fft import fourier_shift as fourier_shift
 from ._likelihood import CorrelatedGaussianLikelihood as CorrelatedGaussianLikelihood
+from ._likelihood import SKY_MODELS as SKY_MODELS
 from ._likelihood import GaussianLikelihood as GaussianLikelihood
 from ._likelihood import noise_power_spectrum as noise_power_spectrum
 from ._model import SceneModel as SceneModel
@@ -68,6 +69,7 @@ __all__ = [
     "CorrelatedGaussianLikelihood",
     "FreeFormMorphology",
     "GaussianLikelihood",
+    "SKY_MODELS",
     "GaussianMorphology",
     "Identity",
     "Interval",

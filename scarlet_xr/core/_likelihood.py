@@ -9,7 +9,11 @@ import numpy as np
 
 from ._render import AbstractRenderer
 
-__all__ = ["GaussianLikelihood", "CorrelatedGaussianLikelihood", "noise_power_spectrum"]
+__all__ = ["GaussianLikelihood", "CorrelatedGaussianLikelihood", "noise_power_spectrum", "SKY_MODELS"]
+
+SKY_MODELS = ("constant", "plane")
+"""Fitted backgrounds a likelihood can profile out: a level per band, or a level and a
+gradient (a plane) per band."""
 
 
 class GaussianLikelihood(eqx.Module):
@@ -26,13 +30,20 @@ class GaussianLikelihood(eqx.Module):
         Inverse variance; 0 masks a pixel.
     renderer : AbstractRenderer
         Maps the model cube into this observation.
+    sky : {None, "constant", "plane"}
+        A background per band fitted with the model, of either sign: for any
+        model the weighted least-squares sky of the residual (a level, or a
+        level and a gradient in y and x) is subtracted before chi^2 (the sky
+        is profiled out: exact for a Gaussian likelihood, no extra
+        parameters). Default None: no sky (the data are background-subtracted).
     """
 
     data: jax.Array
     weights: jax.Array
     renderer: AbstractRenderer
+    sky: str | None = eqx.field(static=True)
 
-    def __init__(self, data, weights, renderer):
+    def __init__(self, data, weights, renderer, sky: str | None = None):
         data = np.asarray(data, dtype=float)
         weights = np.asarray(weights, dtype=float)
         if data.ndim != 3:
@@ -52,10 +63,56 @@ class GaussianLikelihood(eqx.Module):
         self.data = jnp.asarray(np.where(bad, 0.0, data), dtype=dt)
         self.weights = jnp.asarray(weights, dtype=dt)
         self.renderer = renderer
+        if sky is not None and sky not in SKY_MODELS:
+            raise ValueError(f"sky must be None or one of {SKY_MODELS}; got {sky!r}")
+        self.sky = sky
+
+    def _sky_basis(self):
+        """Sky basis images ``(k, y, x)``: ones (and centred y, x in units of the image size)."""
+        ny, nx = self.data.shape[-2:]
+        dt = self.data.dtype
+        ones = jnp.ones((ny, nx), dt)
+        if self.sky == "constant":
+            return ones[None]
+        y = (jnp.arange(ny, dtype=dt) - (ny - 1) / 2) / max(ny, 1)
+        x = (jnp.arange(nx, dtype=dt) - (nx - 1) / 2) / max(nx, 1)
+        return jnp.stack([ones, jnp.broadcast_to(y[:, None], (ny, nx)),
+                          jnp.broadcast_to(x[None, :], (ny, nx))])
+
+    def _fit_sky(self, r):
+        """Weighted least-squares sky of the residual ``r``: coefficients ``(band, k)``, image."""
+        basis = self._sky_basis()
+        w = self.weights
+        a = jnp.einsum("byx,iyx,jyx->bij", w, basis, basis)
+        rhs = jnp.einsum("byx,iyx,byx->bi", w, basis, r)
+        # a fully masked band has no sky (a tiny ridge keeps the solve finite)
+        ridge = 1e-9 * (jnp.max(jnp.diagonal(a, axis1=1, axis2=2), axis=1) + 1e-30)
+        a = a + ridge[:, None, None] * jnp.eye(basis.shape[0], dtype=a.dtype)
+        coef = jnp.linalg.solve(a, rhs[..., None])[..., 0]
+        return coef, jnp.einsum("bi,iyx->byx", coef, basis)
+
+    def sky_coefficients(self, model_cube):
+        """The fitted sky per band for ``model_cube``: ``(band, k)``.
+
+        ``k`` = 1 (level) for ``sky="constant"``; 3 (level, then the change
+        across the image height and width) for ``"plane"``. Zeros without a sky.
+        """
+        if self.sky is None:
+            return jnp.zeros((self.data.shape[0], 1), self.data.dtype)
+        return self._fit_sky(self.data - self.renderer(model_cube))[0]
+
+    def sky_image(self, model_cube):
+        """The fitted sky for ``model_cube`` on the observation grid ``(band, y, x)``."""
+        if self.sky is None:
+            return jnp.zeros_like(self.data)
+        return self._fit_sky(self.data - self.renderer(model_cube))[1]
 
     def residual(self, model_cube):
-        """Return ``data - R(model)`` on the observation grid."""
-        return self.data - self.renderer(model_cube)
+        """Return ``data - R(model)`` (less the fitted sky, when there is one) on the observation grid."""
+        r = self.data - self.renderer(model_cube)
+        if self.sky is None:
+            return r
+        return r - self._fit_sky(r)[1]
 
     def chi2(self, model_cube):
         """Return ``sum w (d - R(m))^2``."""
@@ -175,8 +232,8 @@ class CorrelatedGaussianLikelihood(GaussianLikelihood):
     kernel: jax.Array
     inverse_power: jax.Array
 
-    def __init__(self, data, weights, renderer, kernel):
-        super().__init__(data, weights, renderer)
+    def __init__(self, data, weights, renderer, kernel, sky: str | None = None):
+        super().__init__(data, weights, renderer, sky=sky)
         k = np.asarray(kernel, dtype=float)
         nb = self.data.shape[0]
         if k.ndim != 3 or k.shape[0] != nb:

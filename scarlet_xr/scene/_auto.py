@@ -43,6 +43,7 @@ import numpy as np
 
 from ..core import (
     Component,
+    GaussianLikelihood,
     MonotonicMorphology,
     NormalPrior,
     Parameter,
@@ -171,6 +172,7 @@ def fit_sources(
     progress: bool = False,
     max_box: int = BOX_SIZES[-4],
     center_sigma: float = CENTER_SIGMA,
+    sky: str | None = None,
 ) -> Scene:
     """Initialise, choose models for and fit sources at ``centers``; return the fitted Scene.
 
@@ -204,16 +206,24 @@ def fit_sources(
         source's centre near its given position during the fit (so that
         neighbours cannot swap identities), walled at :data:`CENTER_LIMIT`;
         dropped from the returned scene.
+    sky : {None, "constant", "plane"}
+        Fit a background per band and observation with the sources (a level,
+        or a level and a gradient; either sign), for images whose background
+        was not subtracted (or was subtracted badly). Default None: the
+        images are background-subtracted. The linear flux solve and the
+        measurements use the data less the fitted sky.
 
     Returns
     -------
     Scene
         Fitted; ``scene.choices`` lists per source ``kind``, ``reason``,
-        ``delta_chi2_point`` and ``box_truncated``.
+        ``delta_chi2_point`` and ``box_truncated``; with ``sky``,
+        ``scene.sky`` maps each observation's name to its fitted sky image
+        ``(band, y, x)`` and ``scene.sky_coefficients`` to ``(band, k)``.
     """
     obs = normalize_observations(observations)
-    sky = sky_positions_to_pixels(frame, centers)
-    centers = np.atleast_2d(np.asarray(centers if sky is None else sky, float))
+    from_sky = sky_positions_to_pixels(frame, centers)
+    centers = np.atleast_2d(np.asarray(centers if from_sky is None else from_sky, float))
     n = len(centers)
     kinds = [kinds] * n if isinstance(kinds, str) else list(kinds)
     if len(kinds) != n:
@@ -227,7 +237,8 @@ def fit_sources(
         )
     auto_idx = [i for i, k in enumerate(kinds) if k == "auto"]
     init_kinds = ["sersic" if k == "auto" else k for k in kinds]
-    liks = [likelihood_for(ds, frame) for ds in obs.values()]
+    fit_liks = [likelihood_for(ds, frame, sky=sky) for ds in obs.values()]
+    liks = fit_liks
     t0 = time.perf_counter()
     centers, moved = refine_centers(frame, obs, centers)
     with Scene(frame) as scene:
@@ -255,27 +266,30 @@ def fit_sources(
     model = type(scene.model())(sources, frame.cube_shape, psf=frame.psf)
     losses, steps = [], 0
     if auto_idx:
-        model, hist = _fit(model, liks, optimizer=_optimizer_for(model, optimizer),
+        model, hist = _fit(model, fit_liks, optimizer=_optimizer_for(model, optimizer),
                            max_steps=min(_STAGE1_STEPS, max_steps), e_rel=max(e_rel, _STAGE1_E_REL),
                            progress=progress)
         losses.append(hist.loss)
         steps += hist.num_steps
+        liks = _without_sky(fit_liks, model)
         model = _choose(model, liks, frame, auto_idx, choices)
         model = _grow_boxes(model, auto_idx, choices, max_box, frame.psf)
         model = _bulge_disk(model, liks, frame, auto_idx, choices, max_box)
-    model, hist = _fit(model, liks, optimizer=_optimizer_for(model, optimizer), max_steps=max_steps,
+    model, hist = _fit(model, fit_liks, optimizer=_optimizer_for(model, optimizer), max_steps=max_steps,
                        e_rel=e_rel, progress=progress)
     losses.append(hist.loss)
     steps += hist.num_steps
+    liks = _without_sky(fit_liks, model)
     _flag_truncated(model, auto_idx, choices, max_box)
     sol = solve_linear(model, liks, frame.psf)
     model = set_spectra(model, sol.amplitudes)
     upgraded = _free_form_misfits(model, liks, frame, auto_idx, choices, centers)
     if upgraded is not None:
-        model, hist = _fit(upgraded, liks, optimizer=_optimizer_for(upgraded, optimizer),
+        model, hist = _fit(upgraded, fit_liks, optimizer=_optimizer_for(upgraded, optimizer),
                            max_steps=max_steps, e_rel=e_rel, progress=progress)
         losses.append(hist.loss)
         steps += hist.num_steps
+        liks = _without_sky(fit_liks, model)
         sol = solve_linear(model, liks, frame.psf)
         model = set_spectra(model, sol.amplitudes)
     model = _drop_center_priors(model, auto_idx)
@@ -285,7 +299,22 @@ def fit_sources(
     fitted.choices = choices
     fitted.measured_flux = _per_source(model, sol.flux)
     fitted.measured_flux_err = np.sqrt(_per_source(model, sol.flux_variance))
+    if sky is not None:
+        cube = model()
+        fitted.sky = {name: np.asarray(lik.sky_image(cube), float)
+                      for name, lik in zip(obs, fit_liks, strict=True)}
+        fitted.sky_coefficients = {name: np.asarray(lik.sky_coefficients(cube), float)
+                                   for name, lik in zip(obs, fit_liks, strict=True)}
     return fitted
+
+
+def _without_sky(likelihoods, model):
+    """The likelihoods of the data less the sky fitted with ``model`` (for the linear steps)."""
+    if all(getattr(lik, "sky", None) is None for lik in likelihoods):
+        return likelihoods
+    cube = model()
+    return [GaussianLikelihood(np.asarray(lik.data - lik.sky_image(cube)), np.asarray(lik.weights),
+                               lik.renderer) for lik in likelihoods]
 
 
 def refine_centers(frame: Frame, observations, centers, radius: float = REFINE_RADIUS,

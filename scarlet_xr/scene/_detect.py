@@ -78,6 +78,7 @@ def fit_observations(
     optimizer=None,
     detect_threshold: float = 3.0,
     progress: bool = False,
+    sky: str | None = None,
 ):
     """Detect (if needed), initialise and fit sources; return the results DataTree.
 
@@ -97,6 +98,10 @@ def fit_observations(
         See :meth:`scarlet_xr.Scene.fit`.
     detect_threshold : float
         Detection threshold (noise units) when ``centers`` is None.
+    sky : {None, "constant", "plane"}
+        Fit a background per band with the sources (see
+        :func:`scarlet_xr.scene.fit_sources`); stored as ``sky`` in each
+        ``/observations/<name>`` (and included in its ``model``).
 
     Returns
     -------
@@ -119,5 +124,5 @@ def fit_observations(
     else:
         frame_centers = np.atleast_2d(np.asarray(centers, float)) - np.asarray(frame.origin, float)
     fitted = fit_sources(frame, obs, frame_centers, kinds=kinds, max_steps=max_steps, e_rel=e_rel,
-                         optimizer=optimizer, progress=progress)
+                         optimizer=optimizer, progress=progress, sky=sky)
     return fitted.to_datatree(obs)

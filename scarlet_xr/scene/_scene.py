@@ -14,7 +14,7 @@ from ..core import SceneModel, Source, collecting, filter_jit
 from ..infer import FitHistory
 from ..infer import fit as _fit
 from ..wcs import Frame
-from ..xr import build_result_tree, likelihood_for, normalize_observations
+from ..xr import BAND, build_result_tree, likelihood_for, normalize_observations
 from ._init import sky_positions_to_pixels
 
 __all__ = ["Scene"]
@@ -63,6 +63,8 @@ class Scene:
         self.choices: list[dict] | None = None
         self.measured_flux: np.ndarray | None = None
         self.measured_flux_err: np.ndarray | None = None
+        self.sky: dict[str, np.ndarray] | None = None
+        self.sky_coefficients: dict[str, np.ndarray] | None = None
 
     # -- building ---------------------------------------------------------
     def __enter__(self) -> Scene:
@@ -201,6 +203,14 @@ class Scene:
         groups, fluxes, rendered, centers = _evaluate(model, renderers)
         fluxes, centers = np.asarray(fluxes), np.asarray(centers)
         rendered = [np.asarray(r) for r in rendered]
+        sky = self._sky_for(obs)
+        if sky is not None:
+            # the stored model includes the fitted sky (data - model is the residual); the
+            # measurements and deblended images use the data less the sky
+            rendered = [r + sky[name].astype(r.dtype) for r, name in zip(rendered, obs, strict=True)]
+            obs_meas = {name: ds.assign(data=ds["data"] - sky[name]) for name, ds in obs.items()}
+        else:
+            obs_meas = obs
         stamps = scene_stamps(model, groups)
         obs_items = [(name, ds, r) for (name, ds), r in zip(obs.items(), rendered, strict=True)]
         centers = centers.astype(float)
@@ -246,7 +256,7 @@ class Scene:
         if measure:
             from ._measure import measure_scene
 
-            meas = measure_scene(self, obs, zero_points=zero_points, stamps=stamps,
+            meas = measure_scene(self, obs_meas, zero_points=zero_points, stamps=stamps,
                                  model_flux=fluxes, renderers=renderers)
             for name, (dims, values, var_attrs) in meas.sources.items():
                 src[name] = xr.Variable(dims, values, var_attrs)
@@ -259,9 +269,36 @@ class Scene:
                 box_truncated=("source", [bool(c["box_truncated"]) for c in self.choices]),
             )
         tree["sources"] = src
+        if sky is not None:
+            for name in obs:
+                node = tree[f"observations/{name}"].to_dataset()
+                node["sky"] = xr.DataArray(sky[name].astype(node["data"].dtype), dims=node["data"].dims,
+                                           coords=node["data"].coords,
+                                           attrs={"description": "background fitted with the model "
+                                                                 "(included in model)"})
+                node["sky_coefficients"] = xr.DataArray(
+                    self.sky_coefficients[name], dims=(BAND, "sky_term"),
+                    coords={BAND: node[BAND].values},
+                    attrs={"description": "sky level per band (then the change across the image "
+                                          "height and width, for a plane)"})
+                tree[f"observations/{name}"] = xr.DataTree(node)
         if deblended is not None:
             tree["deblended"] = xr.DataTree(children={k: xr.DataTree(v) for k, v in deblended.items()})
         return tree
+
+    def _sky_for(self, obs) -> dict | None:
+        """The fitted sky images of the observations ``obs`` (by name), or None without a sky."""
+        if self.sky is None:
+            return None
+        missing = [name for name in obs if name not in self.sky]
+        if missing:
+            raise ValueError(f"no fitted sky for observation(s) {missing}; the scene's sky was fitted "
+                             f"to {sorted(self.sky)}")
+        for name, ds in obs.items():
+            if self.sky[name].shape != ds["data"].shape:
+                raise ValueError(f"observation {name!r}: data shape {ds['data'].shape} does not match "
+                                 f"its fitted sky {self.sky[name].shape}")
+        return self.sky
 
     def __repr__(self) -> str:
         kinds = ", ".join(s.kind for s in self._sources)

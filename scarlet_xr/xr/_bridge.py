@@ -74,7 +74,7 @@ def grid_offset(ds, frame: Frame):
     return (int(np.round(off[0, 0])), int(np.round(off[1, 0])))
 
 
-def likelihood_for(ds, frame: Frame) -> GaussianLikelihood:
+def likelihood_for(ds, frame: Frame, sky: str | None = None) -> GaussianLikelihood:
     """Build the likelihood term of observation ``ds`` for a model on ``frame``.
 
     Observations on the frame's pixel grid (same pixel scale and orientation,
@@ -84,6 +84,8 @@ def likelihood_for(ds, frame: Frame) -> GaussianLikelihood:
     ``noise_correlation`` variable (:func:`with_noise_correlation`) gets a
     :class:`~scarlet_xr.core.CorrelatedGaussianLikelihood` (on the frame's
     grid; a resampled observation keeps the white likelihood, with a warning).
+    ``sky`` (``"constant"`` or ``"plane"``) fits a background per band with
+    the model (see :class:`~scarlet_xr.core.GaussianLikelihood`).
 
     Raises
     ------
@@ -101,7 +103,7 @@ def likelihood_for(ds, frame: Frame) -> GaussianLikelihood:
         if "noise_correlation" in ds:
             logger.warning("%s: noise_correlation is not used for observations resampled to the frame",
                            ds.attrs.get("name", ""))
-        return resampling_likelihood(ds, frame, idx)
+        return resampling_likelihood(ds, frame, idx, sky=sky)
     w_obs = psf_core_width(ds["psf"].values)
     w_mod = float(psf_core_width(frame.psf)[0])
     if np.any(w_obs <= w_mod):
@@ -120,8 +122,8 @@ def likelihood_for(ds, frame: Frame) -> GaussianLikelihood:
     )
     if "noise_correlation" in ds:
         return CorrelatedGaussianLikelihood(ds["data"].values, ds["weight"].values, renderer,
-                                            ds["noise_correlation"].values)
-    return GaussianLikelihood(ds["data"].values, ds["weight"].values, renderer)
+                                            ds["noise_correlation"].values, sky=sky)
+    return GaussianLikelihood(ds["data"].values, ds["weight"].values, renderer, sky=sky)
 
 
 def _grid(ds):

@@ -36,7 +36,7 @@ def observation_coords(ds, frame: Frame) -> np.ndarray:
     return np.stack([np.asarray(fy, float), np.asarray(fx, float)])
 
 
-def resampling_likelihood(ds, frame: Frame, band_index) -> GaussianLikelihood:
+def resampling_likelihood(ds, frame: Frame, band_index, sky: str | None = None) -> GaussianLikelihood:
     """Gaussian likelihood of an observation on its own grid, rendered by resampling.
 
     Observation pixels whose centres fall outside the model frame are masked
@@ -50,6 +50,8 @@ def resampling_likelihood(ds, frame: Frame, band_index) -> GaussianLikelihood:
         Model frame with a WCS.
     band_index : sequence of int
         Index in the frame of each observation band.
+    sky : {None, "constant", "plane"}
+        Background fitted with the model (see :class:`~scarlet_xr.core.GaussianLikelihood`).
 
     Returns
     -------
@@ -77,4 +79,4 @@ def resampling_likelihood(ds, frame: Frame, band_index) -> GaussianLikelihood:
         frame.cube_shape, ds["data"].shape, band_index, ds["psf"].values, frame.psf, coords
     )
     weights = np.where(inside[None], ds["weight"].values, 0.0)
-    return GaussianLikelihood(ds["data"].values, weights, renderer)
+    return GaussianLikelihood(ds["data"].values, weights, renderer, sky=sky)
