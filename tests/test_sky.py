@@ -73,6 +73,7 @@ def test_fitted_sky_recovers_fluxes_and_the_sky(blend, kind):
     chi2 = float((((node["data"] - node["model"]) ** 2) * node["weight"]).sum() / node["weight"].size)
     assert 0.85 < chi2 < 1.15, chi2
     pulls = (src["flux"].values - fluxes) / src["flux_err"].values
+    assert tree.attrs["sky"] == kind
     # measured: median 0.025 (constant), 0.034 (plane); the same blend without a sky, fitted
     # without one: 0.058 (flux errors are conditional on the shapes: pulls of 1-4)
     rel = np.abs(src["flux"].values / fluxes - 1)
@@ -121,3 +122,14 @@ def test_cli_sky_flag_and_refusals(tmp_path, capsys):
     assert main(["fit", str(d / "sky.fits"), "--sources", str(d / "positions.ecsv"), "--sky", "constant",
                  "--sample", "10", "--out", str(tmp_path / "b.nc")]) == 2
     assert "--sky is not supported with --sample" in capsys.readouterr().err
+
+
+def test_refit_from_the_tree_keeps_the_sky_model(blend):
+    obs, centers, _ = blend
+    sky = np.broadcast_to(LEVEL[:, None, None], (5, obs.sizes["y"], obs.sizes["x"]))
+    tree = _with(obs, sky).scarlet.fit(centers, sky="constant", max_steps=200)
+    again = tree.scarlet.fit(max_steps=200)
+    assert again.attrs["sky"] == "constant"
+    name = obs.attrs["name"]
+    np.testing.assert_allclose(again[f"observations/{name}"]["sky_coefficients"].values[:, 0], LEVEL,
+                               atol=0.2 * NOISE.max())

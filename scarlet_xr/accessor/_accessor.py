@@ -148,7 +148,8 @@ class ScarletDatasetAccessor:
         return np.asarray(ra), np.asarray(dec)
 
     def fit(self, centers=None, *, kinds="auto", max_steps: int = 1000, e_rel: float = 1e-6,
-            optimizer=None, detect_threshold: float = 3.0, progress: bool = False) -> xr.DataTree:
+            optimizer=None, detect_threshold: float = 3.0, progress: bool = False,
+            sky: str | None = None) -> xr.DataTree:
         """Detect (if needed), initialise and fit sources; return the results tree.
 
         The input Dataset is never modified.
@@ -160,12 +161,16 @@ class ScarletDatasetAccessor:
             (values of its ``y``/``x`` coords). Default: detected with ``sep``
             on the detection image (:func:`scarlet_xr.scene.detect_sources`).
         kinds : str or sequence of str
-            ``"auto"`` (default: point source or Sersic per source, chosen
-            from the data) or kinds of :func:`scarlet_xr.initialize_sources`.
+            ``"auto"`` (default: point source, Sersic or bulge + disk per
+            source, chosen from the data) or kinds of
+            :func:`scarlet_xr.initialize_sources`.
         max_steps, e_rel, optimizer, progress
             See :meth:`scarlet_xr.Scene.fit`.
         detect_threshold : float
             Detection threshold in units of the detection-image noise.
+        sky : {None, "constant", "plane"}
+            Fit a background per band with the sources (see
+            :func:`scarlet_xr.scene.fit_sources`).
 
         Returns
         -------
@@ -175,7 +180,7 @@ class ScarletDatasetAccessor:
 
         return fit_observations(
             self._obj, centers, kinds=kinds, max_steps=max_steps, e_rel=e_rel,
-            optimizer=optimizer, detect_threshold=detect_threshold, progress=progress,
+            optimizer=optimizer, detect_threshold=detect_threshold, progress=progress, sky=sky,
         )
 
 
@@ -233,7 +238,8 @@ class ScarletDataTreeAccessor:
         Sources are re-initialised at their centre parameters (``/sources``
         ``anchor_y``, ``anchor_x``; ``y``, ``x`` in trees without them) with
         their kinds (kinds the default path chose, per ``kind_reason``, are
-        chosen again).
+        chosen again), and the sky model of the first fit (root attribute
+        ``sky``).
 
         Returns
         -------
@@ -254,9 +260,10 @@ class ScarletDataTreeAccessor:
         if "kind_reason" in src:  # kinds the default path chose are chosen again
             kinds = [k if str(r).startswith("given") else "auto"
                      for k, r in zip(kinds, src["kind_reason"].values, strict=True)]
+        sky = self._obj.attrs.get("sky", "none")
         return fit_observations(
             list(self.observations().values()), centers, kinds=kinds, max_steps=max_steps,
-            e_rel=e_rel, optimizer=optimizer, progress=progress,
+            e_rel=e_rel, optimizer=optimizer, progress=progress, sky=None if sky == "none" else sky,
         )
 
 

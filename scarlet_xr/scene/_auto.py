@@ -300,6 +300,7 @@ def fit_sources(
     fitted.measured_flux = _per_source(model, sol.flux)
     fitted.measured_flux_err = np.sqrt(_per_source(model, sol.flux_variance))
     if sky is not None:
+        fitted.sky_model = sky
         cube = model()
         fitted.sky = {name: np.asarray(lik.sky_image(cube), float)
                       for name, lik in zip(obs, fit_liks, strict=True)}

@@ -65,6 +65,7 @@ class Scene:
         self.measured_flux_err: np.ndarray | None = None
         self.sky: dict[str, np.ndarray] | None = None
         self.sky_coefficients: dict[str, np.ndarray] | None = None
+        self.sky_model: str | None = None
 
     # -- building ---------------------------------------------------------
     def __enter__(self) -> Scene:
@@ -225,6 +226,7 @@ class Scene:
         attrs = dict(extra_attrs or {})
         if self.fit_time is not None:
             attrs["fit_time_s"] = float(self.fit_time)
+        attrs.setdefault("sky", self.sky_model if self.sky is not None and self.sky_model else "none")
         tree = build_result_tree(
             bands=self.frame.bands,
             frame_y=fy,
