@@ -7,12 +7,14 @@ import plotting or widget libraries.
 from ._version import __version__ as __version__
 from .core import AbstractMorphology as AbstractMorphology
 from .core import AbstractSpectrum as AbstractSpectrum
+from .core import LightCurve as LightCurve
 from .core import AutoMorphology as AutoMorphology
 from .core import Component as Component
 from .core import FreeFormMorphology as FreeFormMorphology
 from .core import GaussianMorphology as GaussianMorphology
 from .core import Identity as Identity
 from .core import Interval as Interval
+from .core import FlatPrior as FlatPrior
 from .core import NormalPrior as NormalPrior
 from .core import LogPositive as LogPositive
 from .core import Parameter as Parameter
@@ -55,6 +57,7 @@ __all__ = [
     "AbstractMorphology",
     "AbstractPrior",
     "AbstractSpectrum",
+    "LightCurve",
     "attach_posterior",
     "AutoMorphology",
     "catalog_from_tree",
@@ -77,6 +80,7 @@ __all__ = [
     "LogPositive",
     "make_observation",
     "measure_scene",
+    "FlatPrior",
     "NormalPrior",
     "observation_wcs",
     "open_observation",

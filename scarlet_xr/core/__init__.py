@@ -36,6 +36,7 @@ from ._render import ConvolutionRenderer as ConvolutionRenderer
 from ._source import Component as Component
 from ._source import Source as Source
 from ._spectrum import AbstractSpectrum as AbstractSpectrum
+from ._spectrum import LightCurve as LightCurve
 from ._spectrum import Spectrum as Spectrum
 from ._monotonic import MonotonicMorphology as MonotonicMorphology
 from ._batch_model import ActiveSceneModel as ActiveSceneModel
@@ -44,6 +45,7 @@ from ._resample import affine_from_coords as affine_from_coords
 from ._resample import psf_core_width as psf_core_width
 from ._resample import psf_spectrum as psf_spectrum
 from ._prior import AbstractPrior as AbstractPrior
+from ._prior import FlatPrior as FlatPrior
 from ._prior import NormalPrior as NormalPrior
 from ._prior import ScorePrior as ScorePrior
 from ._prior import score_surrogate as score_surrogate
@@ -62,6 +64,7 @@ __all__ = [
     "AbstractPrior",
     "AbstractRenderer",
     "AbstractSpectrum",
+    "LightCurve",
     "ActiveSceneModel",
     "AutoMorphology",
     "Component",
@@ -75,6 +78,7 @@ __all__ = [
     "Interval",
     "LogPositive",
     "MonotonicMorphology",
+    "FlatPrior",
     "NormalPrior",
     "Parameter",
     "PointSourceMorphology",

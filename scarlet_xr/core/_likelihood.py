@@ -36,14 +36,20 @@ class GaussianLikelihood(eqx.Module):
         level and a gradient in y and x) is subtracted before chi^2 (the sky
         is profiled out: exact for a Gaussian likelihood, no extra
         parameters). Default None: no sky (the data are background-subtracted).
+    epoch : int, optional
+        Index of this observation's epoch in the model's epochs: a model with
+        variable sources is ``(epoch, band, y, x)`` and this likelihood uses
+        ``model[epoch]``. None: the observation has no epoch (a model with
+        an epoch axis is then refused).
     """
 
     data: jax.Array
     weights: jax.Array
     renderer: AbstractRenderer
     sky: str | None = eqx.field(static=True)
+    epoch: int | None = eqx.field(static=True)
 
-    def __init__(self, data, weights, renderer, sky: str | None = None):
+    def __init__(self, data, weights, renderer, sky: str | None = None, epoch: int | None = None):
         data = np.asarray(data, dtype=float)
         weights = np.asarray(weights, dtype=float)
         if data.ndim != 3:
@@ -66,6 +72,23 @@ class GaussianLikelihood(eqx.Module):
         if sky is not None and sky not in SKY_MODELS:
             raise ValueError(f"sky must be None or one of {SKY_MODELS}; got {sky!r}")
         self.sky = sky
+        if epoch is not None and (int(epoch) != epoch or epoch < 0):
+            raise ValueError(f"epoch must be a non-negative index; got {epoch!r}")
+        self.epoch = None if epoch is None else int(epoch)
+
+    def render(self, model_cube):
+        """The model in this observation: ``R(model)`` (of this epoch's model for a time-resolved model)."""
+        if model_cube.ndim == 4:
+            if self.epoch is None:
+                raise ValueError(
+                    "the model has an epoch axis (variable sources) but this observation has no epoch; "
+                    "give every observation an `epoch` coordinate"
+                )
+            if self.epoch >= model_cube.shape[0]:
+                raise ValueError(f"observation epoch index {self.epoch} is outside the model's "
+                                 f"{model_cube.shape[0]} epochs")
+            model_cube = model_cube[self.epoch]
+        return self.renderer(model_cube)
 
     def _sky_basis(self):
         """Sky basis images ``(k, y, x)``: ones (and centred y, x in units of the image size)."""
@@ -99,17 +122,17 @@ class GaussianLikelihood(eqx.Module):
         """
         if self.sky is None:
             return jnp.zeros((self.data.shape[0], 1), self.data.dtype)
-        return self._fit_sky(self.data - self.renderer(model_cube))[0]
+        return self._fit_sky(self.data - self.render(model_cube))[0]
 
     def sky_image(self, model_cube):
         """The fitted sky for ``model_cube`` on the observation grid ``(band, y, x)``."""
         if self.sky is None:
             return jnp.zeros_like(self.data)
-        return self._fit_sky(self.data - self.renderer(model_cube))[1]
+        return self._fit_sky(self.data - self.render(model_cube))[1]
 
     def residual(self, model_cube):
         """Return ``data - R(model)`` (less the fitted sky, when there is one) on the observation grid."""
-        r = self.data - self.renderer(model_cube)
+        r = self.data - self.render(model_cube)
         if self.sky is None:
             return r
         return r - self._fit_sky(r)[1]
@@ -232,8 +255,8 @@ class CorrelatedGaussianLikelihood(GaussianLikelihood):
     kernel: jax.Array
     inverse_power: jax.Array
 
-    def __init__(self, data, weights, renderer, kernel, sky: str | None = None):
-        super().__init__(data, weights, renderer, sky=sky)
+    def __init__(self, data, weights, renderer, kernel, sky: str | None = None, epoch: int | None = None):
+        super().__init__(data, weights, renderer, sky=sky, epoch=epoch)
         k = np.asarray(kernel, dtype=float)
         nb = self.data.shape[0]
         if k.ndim != 3 or k.shape[0] != nb:

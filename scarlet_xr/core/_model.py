@@ -191,6 +191,11 @@ class SceneModel(eqx.Module):
         :data:`PAD_MARGIN`); a box that would stick out of the padded frame
         (a centre more than ``PAD_MARGIN`` pixels outside the frame) is moved
         inside it.
+    num_epochs : int
+        Epochs of the observations (0: no time axis). With variable sources
+        (:class:`~scarlet_xr.core.LightCurve` spectra) the model is
+        ``(epoch, band, y, x)``: the static sources plus each epoch's
+        variable light; a likelihood picks its observation's epoch.
     """
 
     sources: tuple[Source, ...]
@@ -199,16 +204,23 @@ class SceneModel(eqx.Module):
     shape: tuple[int, int, int] = eqx.field(static=True)
     pad: int = eqx.field(static=True)
     fft_shape: tuple[int, int] = eqx.field(static=True)
+    num_epochs: int = eqx.field(static=True)
 
-    def __init__(self, sources, shape, *, psf=None, pad: int | None = None):
+    def __init__(self, sources, shape, *, psf=None, pad: int | None = None, num_epochs: int = 0):
         self.sources = tuple(sources)
         self.shape = tuple(int(s) for s in shape)
+        self.num_epochs = int(num_epochs)
         if len(self.shape) != 3:
             raise ValueError(f"model shape must be (band, y, x); got {shape}")
         for i, s in enumerate(self.sources):
             if s.num_bands != self.shape[0]:
                 raise ValueError(
                     f"source {i} has {s.num_bands} bands but the model frame has {self.shape[0]}"
+                )
+            if s.num_epochs and s.num_epochs != self.num_epochs:
+                raise ValueError(
+                    f"source {i} has a light curve of {s.num_epochs} epochs but the model has "
+                    f"{self.num_epochs} (the frame's epochs, from the observations' epoch coordinate)"
                 )
         boxes = [max(c.morphology.shape) for s in self.sources for c in s.components]
         # boxes are centred on their sources, which lie in or near the frame: half the largest
@@ -228,15 +240,45 @@ class SceneModel(eqx.Module):
             self.psf_fft = jnp.asarray(k, dtype=jnp.result_type(jnp.asarray(0.0).dtype, jnp.complex64))
             self.psf = jnp.asarray(psf / psf.sum(), dtype=jnp.asarray(0.0).dtype)
 
+    @property
+    def variable(self) -> tuple[bool, ...]:
+        """Per source: whether it is variable (has light curves)."""
+        return tuple(bool(s.num_epochs) for s in self.sources)
+
     def __call__(self) -> jax.Array:
-        """Return the model cube (band, y, x)."""
-        return _render(self.sources, self.shape, self.pad, self.psf_fft, self.fft_shape)
+        """Return the model cube ``(band, y, x)``; ``(epoch, band, y, x)`` with variable sources."""
+        if not any(self.variable):
+            return _render(self.sources, self.shape, self.pad, self.psf_fft, self.fft_shape)
+        static = [s for s, v in zip(self.sources, self.variable, strict=True) if not v]
+        varying = [s for s, v in zip(self.sources, self.variable, strict=True) if v]
+        b, hh, ww = self.shape
+        e = self.num_epochs
+        # a variable component renders all its epochs at once, as bands of a longer spectrum
+        light = _render(varying, (e * b, hh, ww), self.pad, self.psf_fft, self.fft_shape)
+        light = light.reshape(e, b, hh, ww)
+        if not static:
+            return light
+        return _render(static, self.shape, self.pad, self.psf_fft, self.fft_shape)[None] + light
+
+    def light_curves(self) -> jax.Array:
+        """Flux per source, epoch and band ``(source, epoch, band)``; static sources repeat their flux."""
+        e = max(self.num_epochs, 1)
+        return jnp.stack([s.light_curve() if s.num_epochs else jnp.broadcast_to(s.flux(), (e, self.shape[0]))
+                          for s in self.sources])
 
     def render_sources(self) -> jax.Array:
-        """Return each source rendered alone, ``(source, band, y, x)``."""
-        return jnp.stack(
-            [_render([s], self.shape, self.pad, self.psf_fft, self.fft_shape) for s in self.sources]
-        )
+        """Return each source rendered alone, ``(source, band, y, x)`` (variable: mean over epochs)."""
+        return jnp.stack([
+            _render([s], self.shape, self.pad, self.psf_fft, self.fft_shape) if not s.num_epochs
+            else self._mean_render(s) for s in self.sources
+        ])
+
+    def _mean_render(self, source):
+        """A variable source rendered with its light curve's mean over epochs ``(band, y, x)``."""
+        b, hh, ww = self.shape
+        e = source.num_epochs
+        out = _render([source], (e * b, hh, ww), self.pad, self.psf_fft, self.fft_shape)
+        return out.reshape(e, b, hh, ww).mean(axis=0)
 
     def component_stamps(self):
         """Each component's image with the model PSF, on its own box, group by group.
@@ -252,10 +294,14 @@ class SceneModel(eqx.Module):
             ``members``: component indices (source order, then component
             order); ``centers`` ``(m, 2)``: the sources' centres (each image is
             centred on the pixel nearest its centre); ``images`` ``(m, band,
-            h, w)``.
+            h, w)`` (a variable component: its light curve's mean over epochs).
         """
         out = []
         for members, centers, boxes, intrinsic in _component_groups(self.sources):
+            if boxes.shape[1] != self.shape[0]:
+                # variable components (epoch * band): their mean over epochs
+                m, eb, h, w = boxes.shape
+                boxes = boxes.reshape(m, eb // self.shape[0], self.shape[0], h, w).mean(axis=1)
             if intrinsic and self.psf is not None:
                 ph, pw = self.psf.shape
                 _, _, h, w = boxes.shape
@@ -267,7 +313,11 @@ class SceneModel(eqx.Module):
         return out
 
     def fluxes(self) -> jax.Array:
-        """Total flux per source and band ``(source, band)`` (one ``vmap``-ed call per component group)."""
+        """Total flux per source and band ``(source, band)`` (one ``vmap``-ed call per component group).
+
+        A variable source's flux is the mean of its light curve over epochs
+        (see :meth:`light_curves`).
+        """
         per_comp = [None] * sum(len(s.components) for s in self.sources)
         for members, stacked, _ in _group_components(self.sources):
             vals = _group_map(lambda c: c.flux(), members, stacked)

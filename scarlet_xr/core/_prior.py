@@ -24,7 +24,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["AbstractPrior", "NormalPrior", "ScorePrior", "score_surrogate", "score_line_integral"]
+__all__ = ["AbstractPrior", "FlatPrior", "NormalPrior", "ScorePrior", "score_surrogate",
+           "score_line_integral"]
 
 
 def score_surrogate(x: jax.Array, score: jax.Array, value=None) -> jax.Array:
@@ -264,3 +265,24 @@ class NormalPrior(AbstractPrior):
         if self.limit is not None:
             out = out - 1e6 * jnp.sum(((x - self.mean) / self.limit) ** 16)
         return out
+
+
+class FlatPrior(AbstractPrior):
+    """A flat (improper) prior: ``log_prob = 0`` for every value.
+
+    For parameters the likelihood alone constrains, such as amplitudes that
+    enter the model linearly (a :class:`~scarlet_xr.core.LightCurve`, which
+    uses it by default): the posterior is then proper, and a sampler does not
+    put the default normal prior of unbounded parameters on them (see
+    :mod:`scarlet_xr.infer`).
+
+    Examples
+    --------
+    >>> import jax.numpy as jnp
+    >>> float(FlatPrior().log_prob(jnp.array([1.0, -3.0])))
+    0.0
+    """
+
+    def log_prob(self, x):
+        """Return 0."""
+        return jnp.zeros((), jnp.asarray(x).dtype)

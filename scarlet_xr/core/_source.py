@@ -11,7 +11,7 @@ from ._constraints import Identity
 from ._context import active_collector, active_position_converter
 from ._morphology import AbstractMorphology
 from ._parameter import Parameter
-from ._spectrum import AbstractSpectrum, Spectrum
+from ._spectrum import AbstractSpectrum, Spectrum, num_epochs_of
 
 __all__ = ["Component", "Source"]
 
@@ -49,11 +49,28 @@ class Component(eqx.Module):
         self.morphology = morphology
 
     def __call__(self, offset):
-        """Return the ``(band, h, w)`` model of this component."""
+        """Return the ``(band, h, w)`` model of this component (``(epoch * band, h, w)`` if variable)."""
         return self.spectrum()[:, None, None] * self.morphology(offset)[None]
 
+    @property
+    def num_epochs(self) -> int:
+        """Epochs of a variable component (a :class:`~scarlet_xr.core.LightCurve` spectrum); 0 if static."""
+        return num_epochs_of(self.spectrum)
+
+    @property
+    def num_bands(self) -> int:
+        """Number of bands of the spectrum (per epoch for a variable component)."""
+        n = self.spectrum().shape[0]
+        return int(n // self.num_epochs) if self.num_epochs else int(n)
+
+    def light_curve(self):
+        """Flux per epoch and band inside the box, ``(epoch, band)`` (variable components only)."""
+        return self.spectrum.epochs() * jnp.sum(self.morphology(jnp.zeros(2)))
+
     def flux(self):
-        """Flux per band inside the box."""
+        """Flux per band inside the box (a variable component: its mean over epochs)."""
+        if self.num_epochs:
+            return jnp.mean(self.light_curve(), axis=0)
         return self.spectrum() * jnp.sum(self.morphology(jnp.zeros(2)))
 
 
@@ -107,9 +124,16 @@ class Source(eqx.Module):
             comps = tuple(c if isinstance(c, Component) else Component(*c) for c in components)
             if not comps:
                 raise ValueError("components must not be empty")
-        nb = {c.spectrum().shape[0] for c in comps}
+        nb = {c.num_bands for c in comps}
         if len(nb) != 1:
             raise ValueError(f"all components must have the same number of bands; got {sorted(nb)}")
+        ne = {c.num_epochs for c in comps}
+        if len(ne) != 1:
+            raise ValueError(
+                "the components of a source must all be static or all have light curves of the same "
+                f"number of epochs; got epochs {sorted(ne)} (0: static). Make a transient on a static "
+                "host its own Source"
+            )
         if fix_center is None:
             fix_center = all(c.morphology.pixel_anchored for c in comps)
         if isinstance(center, Parameter):
@@ -130,7 +154,18 @@ class Source(eqx.Module):
     @property
     def num_bands(self) -> int:
         """Number of bands of the spectra."""
-        return int(self.components[0].spectrum().shape[0])
+        return self.components[0].num_bands
+
+    @property
+    def num_epochs(self) -> int:
+        """Epochs of a variable source's light curves; 0 for a static source."""
+        return self.components[0].num_epochs
+
+    def light_curve(self) -> jax.Array:
+        """Flux per epoch and band ``(epoch, band)`` of a variable source (sum over components)."""
+        if not self.num_epochs:
+            raise ValueError("a static source has no light curve; its flux is flux()")
+        return sum(c.light_curve() for c in self.components)
 
     @property
     def kind(self) -> str:
@@ -138,5 +173,5 @@ class Source(eqx.Module):
         return "+".join(c.morphology.kind for c in self.components)
 
     def flux(self) -> jax.Array:
-        """Total flux per band (sum over components)."""
+        """Total flux per band (sum over components; a variable source: mean over epochs)."""
         return sum(c.flux() for c in self.components)

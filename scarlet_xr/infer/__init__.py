@@ -5,6 +5,7 @@ from ._fit import FitHistory as FitHistory
 from ._fit import default_optimizer as default_optimizer
 from ._fit import fit as fit
 from ._fit import loss_function as loss_function
+from ._fit import newton_step as newton_step
 from ._fit import settling_optimizer as settling_optimizer
 from ._params import free_filter as free_filter
 from ._params import log_prior as log_prior
@@ -28,6 +29,7 @@ __all__ = [
     "log_density",
     "log_prior",
     "loss_function",
+    "newton_step",
     "partition_free",
     "sample",
     "settling_optimizer",

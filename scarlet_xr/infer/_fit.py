@@ -17,6 +17,7 @@ from ..core import filter_jit
 from ._params import log_prior, partition_free, step_tree
 
 __all__ = [
+    "newton_step",
     "fit", "FitHistory", "FitDivergedError", "default_optimizer", "settling_optimizer", "loss_function",
 ]
 
@@ -277,3 +278,60 @@ def fit(
             raise FitDivergedError(msg)
         logger.warning(msg)
     return fitted, hist
+
+
+@eqx.filter_jit
+def _newton_parts(x, model, likelihoods, get, unravel):
+    def loss_x(v):
+        return loss_function(eqx.tree_at(get, model, unravel(v)), likelihoods)
+
+    return loss_x(x), jax.grad(loss_x)(x), jax.hessian(loss_x)(x)
+
+
+def newton_step(model, likelihoods, get):
+    """One Newton step on some raw parameter arrays of ``model``; exact for parameters entering linearly.
+
+    For amplitudes that enter the model linearly (an
+    :class:`~scarlet_xr.core.LightCurve` of either sign, a spectrum in its
+    value space) under a Gaussian likelihood and a flat or Gaussian prior,
+    the loss is quadratic in them and one step lands on their optimum given
+    everything else. The step is kept only when the loss decreases.
+
+    Parameters
+    ----------
+    model : equinox.Module
+        E.g. a :class:`~scarlet_xr.core.SceneModel`.
+    likelihoods : sequence of callables
+        As for :func:`fit`.
+    get : callable
+        ``get(model)`` returns the list of raw arrays to solve for (as for
+        ``equinox.tree_at``).
+
+    Returns
+    -------
+    model : same type as ``model``
+        With the solved arrays (or unchanged if the step did not help).
+    improved : bool
+    gain : float
+        Decrease of the loss (0 when the step was not kept).
+    """
+    leaves = get(model)
+    if not leaves:
+        return model, False, 0.0
+    x0, unravel = ravel_pytree(list(leaves))
+    loss0, g, h = _newton_parts(x0, model, tuple(likelihoods), get, unravel)
+    h = np.asarray(h, np.float64)
+    g = np.asarray(g, np.float64)
+    if not (np.all(np.isfinite(h)) and np.all(np.isfinite(g))):
+        return model, False, 0.0
+    ridge = 1e-10 * max(float(np.abs(np.diag(h)).max()), 1e-30)
+    try:
+        dx = np.linalg.solve(h + ridge * np.eye(len(g)), g)
+    except np.linalg.LinAlgError:
+        return model, False, 0.0
+    x1 = (np.asarray(x0, np.float64) - dx).astype(np.asarray(x0).dtype)
+    new = eqx.tree_at(get, model, unravel(jnp.asarray(x1)))
+    loss1 = loss_function(new, tuple(likelihoods))
+    if not (np.isfinite(float(loss1)) and float(loss1) <= float(loss0)):
+        return model, False, 0.0
+    return new, True, float(loss0) - float(loss1)

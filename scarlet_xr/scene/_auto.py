@@ -315,7 +315,7 @@ def _without_sky(likelihoods, model):
         return likelihoods
     cube = model()
     return [GaussianLikelihood(np.asarray(lik.data - lik.sky_image(cube)), np.asarray(lik.weights),
-                               lik.renderer) for lik in likelihoods]
+                               lik.renderer, epoch=lik.epoch) for lik in likelihoods]
 
 
 def refine_centers(frame: Frame, observations, centers, radius: float = REFINE_RADIUS,

@@ -67,16 +67,49 @@ def _check_source(src, frame: Frame, where: str) -> None:
         for k, comp in enumerate(src.components):
             got = jax.eval_shape(lambda c=comp: c(jnp.zeros(2)))
             box = tuple(getattr(comp.morphology, "shape", ()))
-            want = (nb, *box)
+            ne = comp.num_epochs
+            want = (nb * max(ne, 1), *box)
             if tuple(got.shape) != want:
                 raise ValueError(
                     f"{where}.components[{k}] renders shape {tuple(got.shape)}; expected {want} "
-                    f"({nb} bands of the frame, the morphology's box {box})"
+                    f"({nb} bands of the frame{f' x {ne} epochs' if ne else ''}, the morphology's box {box})"
                 )
     except ValueError:
         raise
     except Exception as err:  # a hand-edited tree can fail anywhere while tracing
         raise ValueError(f"{where} cannot be evaluated: {type(err).__name__}: {err}") from err
+
+
+def _encode_epochs(epochs) -> list:
+    """Epochs as JSON: ``{"mjd": "..."}`` numbers, ``{"date": "..."}`` datetime64, labels as strings."""
+    out = []
+    for e in epochs:
+        if isinstance(e, str):
+            out.append(e)
+        elif isinstance(e, np.datetime64):
+            out.append({"date": str(e)})
+        else:
+            out.append({"number": repr(float(e))})
+    return out
+
+
+def _decode_epochs(items) -> list:
+    if not isinstance(items, list):
+        raise ValueError(f"scene file entry 'frame.epochs': expected a list; got {items!r:.80}")
+    out = []
+    for e in items:
+        try:
+            if isinstance(e, str):
+                out.append(e)
+            elif isinstance(e, dict) and set(e) == {"date"}:
+                out.append(np.datetime64(str(e["date"]), "ns"))
+            elif isinstance(e, dict) and set(e) == {"number"}:
+                out.append(float(e["number"]))
+            else:
+                raise ValueError("not a number, date or label")
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"scene file entry 'frame.epochs': bad epoch {e!r:.80} ({err})") from None
+    return out
 
 
 def _frame(fd) -> Frame:
@@ -108,8 +141,9 @@ def _frame(fd) -> Frame:
             wcs = WCS(fits.Header.fromstring(str(fd["wcs_header"])), relax=True)
         except Exception as err:  # astropy raises many types for bad headers
             raise ValueError(f"scene file entry 'frame.wcs_header' is not a valid WCS header: {err}") from err
+    epochs = _decode_epochs(fd.get("epochs", []))
     try:
-        return Frame(bands, tuple(shape), wcs=wcs, origin=tuple(origin), psf_sigma=psf_sigma)
+        return Frame(bands, tuple(shape), wcs=wcs, origin=tuple(origin), psf_sigma=psf_sigma, epochs=epochs)
     except ValueError as err:
         raise ValueError(f"scene file entry 'frame': {err}") from err
 
@@ -173,6 +207,7 @@ def save_scene(scene: Scene, path) -> Path:
             "origin": list(frame.origin),
             "psf_sigma": repr(frame.psf_sigma),
             "wcs_header": None if frame.wcs is None else frame.wcs.to_header_string(relax=True),
+            "epochs": _encode_epochs(frame.epochs),
         },
         "sources": [w.encode(s, f"source {i}") for i, s in enumerate(scene.sources)],
     }
@@ -257,9 +292,12 @@ def load_scene(path) -> Scene:
             raise ValueError(
                 f"{path.name!r}: the scene cannot be rendered: {type(err).__name__}: {err}"
             ) from err
-        if tuple(got.shape) != frame.cube_shape:
+        want = frame.cube_shape
+        if any(s.num_epochs for s in scene.sources):
+            want = (len(frame.epochs), *want)
+        if tuple(got.shape) != want:
             raise ValueError(
                 f"{path.name!r}: the scene renders shape {tuple(got.shape)}; expected the frame's "
-                f"{frame.cube_shape}"
+                f"{want}"
             )
     return scene

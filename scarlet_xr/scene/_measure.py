@@ -16,6 +16,7 @@ import equinox as eqx
 import numpy as np
 import xarray as xr
 
+from ..core import Source, Spectrum, collecting
 from ..xr import (
     FLAGS,
     MASKED_FRACTION_LIMIT,
@@ -29,6 +30,7 @@ from ..xr import (
     image_moments,
     likelihood_for,
     normalize_observations,
+    observation_epoch,
     pack_stamps,
     resolve_zero_points,
     shape_from_moments,
@@ -63,6 +65,35 @@ class Measurements:
 @eqx.filter_jit
 def _component_stamps(model):
     return model.component_stamps(), model.fluxes()
+
+
+@eqx.filter_jit
+def _light_curves(model):
+    return model.light_curves()
+
+
+def _static_stand_in(model):
+    """The model with each variable source's light curves replaced by a positive static spectrum.
+
+    The spectrum is the mean over epochs of ``|light curve|`` per band (a
+    tiny floor keeps it positive): the source's shape and centroid, and its
+    unit-flux templates, do not depend on the light curve's sign or on an
+    epoch without light.
+    """
+    sources = []
+    with collecting(lambda s: None):
+        for src in model.sources:
+            if not src.num_epochs:
+                sources.append(src)
+                continue
+            comps = []
+            for comp in src.components:
+                lc = np.abs(np.asarray(comp.spectrum.epochs(), float)).mean(axis=0)
+                lc = np.maximum(lc, 1e-12 * max(float(lc.max()), 1e-30))
+                comps.append((Spectrum(lc), comp.morphology))
+            sources.append(Source(src.center, components=comps, name=src.name))
+    stand = type(model)(sources, model.shape, psf=model.psf, pad=model.pad)
+    return stand
 
 
 def scene_stamps(model, groups=None):
@@ -216,12 +247,16 @@ def _observed(renderer, stamps, cube_shape, band_index, model_flux):
 
 
 def _fisher_blocks(obs_list, ns, nb):
-    """Fisher blocks (see :func:`~scarlet_xr.xr.fisher_covariance`) summed over observations."""
+    """Fisher blocks (see :func:`~scarlet_xr.xr.fisher_covariance`) summed over observations.
+
+    ``ns`` flux templates come first in each observation's list, the shape templates after them.
+    """
     from ._init import _gram
 
+    nshape = len(obs_list[0][0]) - ns
     ff = np.zeros((nb, ns, ns))
-    fs = np.zeros((nb, ns, 3 * ns))
-    ss = np.zeros((3 * ns, 3 * ns))
+    fs = np.zeros((nb, ns, nshape))
+    ss = np.zeros((nshape, nshape))
     for templates, data, w, band_index in obs_list:
         a, _, _ = _gram(templates, data, w, band_index, nb)
         ff += a[:, :ns, :ns]
@@ -346,14 +381,39 @@ def measure_scene(scene, observations, *, zero_points=None, stamps=None, model_f
     frame = scene.frame
     model = scene.model()
     ns, nb = len(scene.sources), len(frame.bands)
-    if stamps is None and per_source is not None:
+    variable = np.array([bool(s.num_epochs) for s in scene.sources])
+    epochs = [frame.epoch_index(observation_epoch(ds)) for ds in obs.values()]
+    light = None
+    if variable.any():
+        # variable sources: their shape from a positive static stand-in; fluxes per epoch
+        light = np.asarray(_light_curves(model), np.float64)
+        model_flux = np.asarray(_component_stamps(model)[1], np.float64)
+        model = _static_stand_in(model)
+        groups, stand_flux = _component_stamps(model)
+        stamps = scene_stamps(model, groups)
+        stand_flux = np.asarray(stand_flux, np.float64)
+    elif stamps is None and per_source is not None:
         stamps = cube_to_stamps(np.asarray(per_source))
     if stamps is None or model_flux is None:
         groups, fl = _component_stamps(model)
         stamps = scene_stamps(model, groups) if stamps is None else stamps
         model_flux = fl if model_flux is None else model_flux
     model_flux = np.asarray(model_flux, np.float64)
+    if light is None:
+        stand_flux = model_flux
     flux = model_flux if scene.measured_flux is None else np.asarray(scene.measured_flux, float)
+    # flux parameters of the Fisher matrix: one per static source and band, one per variable
+    # source, epoch and band (an observation sees the slot of its epoch)
+    ne = max(len(frame.epochs), 1)
+    slot = np.zeros((ns, ne), int)
+    nflux = 0
+    for k in range(ns):
+        if variable[k]:
+            slot[k] = np.arange(nflux, nflux + ne)
+            nflux += ne
+        else:
+            slot[k] = nflux
+            nflux += 1
     kinds = [s.kind for s in scene.sources]
     extended = np.array([k != "point" for k in kinds])
 
@@ -376,7 +436,7 @@ def measure_scene(scene, observations, *, zero_points=None, stamps=None, model_f
     # -- per observation: models, templates, deblended images ----------------------------
     # everything is rendered as stamps (each source's box plus the PSF's reach), so memory
     # follows the sources, not the frame
-    stamps = _source_stamps(stamps, model_flux, centroid)
+    stamps = _source_stamps(stamps, stand_flux, centroid)
     fisher_in, deblended = [], {}
     masked_px = np.zeros(ns)
     foot_px = np.zeros(ns)
@@ -384,11 +444,24 @@ def measure_scene(scene, observations, *, zero_points=None, stamps=None, model_f
     blendedness = None
     if renderers is None:
         renderers = [likelihood_for(ds, frame).renderer for ds in obs.values()]
-    for (name, ds), renderer in zip(obs.items(), renderers, strict=True):
+    for (name, ds), renderer, epoch in zip(obs.items(), renderers, epochs, strict=True):
         band_index = list(getattr(renderer, "band_index", frame.band_index(list(ds["band"].values))))
         w = np.asarray(ds["weight"].values, np.float64)
         data = np.asarray(ds["data"].values, np.float64)
-        models, templates = _observed(renderer, stamps, frame.cube_shape, band_index, model_flux)
+        e = 0 if epoch is None else epoch
+        st_o, flux_o = stamps, model_flux
+        if light is not None:
+            # this epoch's light of the variable sources (rendering is linear in each band)
+            flux_o = np.where(variable[:, None], light[:, e], model_flux)
+            st_o = [st if st is None or not variable[k] else
+                    dict(st, bands=(st["bands"] * (light[k, e] / stand_flux[k])[:, None, None])
+                         .astype(np.float32))
+                    for k, st in enumerate(stamps)]
+        models, templates = _observed(renderer, st_o, frame.cube_shape, band_index, flux_o)
+        unit = [None] * nflux
+        for k in range(ns):
+            unit[slot[k, e]] = templates[k]
+        templates = unit + templates[ns:]
         fisher_in.append((templates, data, w, band_index))
         node, stats = _deblend_observation(ds, data, w, models)
         masked_px += stats["masked_px"]
@@ -397,9 +470,20 @@ def measure_scene(scene, observations, *, zero_points=None, stamps=None, model_f
         if blendedness is None:
             blendedness = stats["blendedness"]
         deblended[str(name)] = node
-    flux_var, center_cov = fisher_covariance(_fisher_blocks(fisher_in, ns, nb), ns, nb, extended)
+    flux_var, center_cov, flux_cov = fisher_covariance(_fisher_blocks(fisher_in, nflux, nb), ns, nb, extended,
+                                                       num_flux=nflux, flux_covariance=True)
     # correlated noise (issue 17 item 3; docs/noise.md): sandwich factor of the white-weighted flux solve
-    flux_var = flux_var * flux_variance_factor(fisher_in, list(obs.values()), ns, nb)
+    factor = flux_variance_factor(fisher_in, list(obs.values()), nflux, nb)
+    slot_var = flux_var * factor
+    flux_var = slot_var[slot[:, 0]]
+    light_err = None
+    if light is not None:
+        light_err = np.sqrt(slot_var[slot])  # (source, epoch, band)
+        for k in np.flatnonzero(variable):
+            # the mean over epochs: (1/E^2) sum of the epochs' covariances (Fisher, per band)
+            idx = slot[k]
+            cov = flux_cov[:, idx][:, :, idx] * np.sqrt(factor[idx].T[:, :, None] * factor[idx].T[:, None, :])
+            flux_var[k] = np.nansum(cov, axis=(1, 2)) / ne**2
     flux_err = np.sqrt(flux_var)
     masked_fraction = np.where(foot_px > 0, masked_px / np.maximum(foot_px, 1), np.nan)
 
@@ -452,6 +536,16 @@ def measure_scene(scene, observations, *, zero_points=None, stamps=None, model_f
             "flag_meanings": " ".join(k.lower() for k in FLAGS),
         }),
     }
+    if light is not None:
+        out["light_curve"] = (("source", "epoch", "band"), np.where(variable[:, None, None], light,
+                                                                   flux[:, None, :]), {
+            "description": "flux per epoch and band: a variable source's light curve; a static "
+                           "source's flux at every epoch"})
+        out["light_curve_err"] = (("source", "epoch", "band"), np.where(variable[:, None, None], light_err,
+                                                                       flux_err[:, None, :]), {
+            "description": "1-sigma error of light_curve (Fisher, as flux_err; a static source: its "
+                           "flux_err)"})
+        out["variable"] = ("source", variable, {"description": "the source has a light curve"})
     if frame.wcs is not None:
         _add_sky(out, frame, centroid, center_cov, r_half, theta)
     out.setdefault("r_half", ("source", r_half, {"units": "pix", "description":

@@ -14,7 +14,8 @@ With ``fix_morphology=False`` the scene's own model is sampled: every free
 parameter, morphology parameters included (free-form pixels then need a
 prior, see :func:`sample_scene`).
 
-The posterior group holds, per draw: ``flux (source, band)``, and when the
+The posterior group holds, per draw: ``flux (source, band)`` (with variable
+sources also ``light_curve (source, epoch, band)``), and when the
 centres are sampled ``y, x (source)`` in the frame's pixel coordinates (as in
 ``/sources``) plus ``ra, dec (source)`` in degrees when the frame has a WCS.
 """
@@ -31,6 +32,7 @@ from .._version import __version__
 from ..core import (
     FreeFormMorphology,
     Identity,
+    LightCurve,
     Parameter,
     SceneModel,
     Source,
@@ -62,27 +64,47 @@ class _FrozenScene(eqx.Module):
     shape: tuple[int, int, int] = eqx.field(static=True)
     grid: tuple[int, int] = eqx.field(static=True)
     margin: int = eqx.field(static=True)
+    num_epochs: int = eqx.field(static=True, default=0)
 
     def _shifts(self):
         return jnp.stack([c.value for c in self.centers]) - self.fit_centers
 
+    def _epoch_spectra(self):
+        """Per component ``(epoch, band)``: a light curve, or a static spectrum repeated."""
+        e = max(self.num_epochs, 1)
+        return jnp.stack([s.epochs() if isinstance(s, LightCurve)
+                          else jnp.broadcast_to(s(), (e, self.shape[0]))
+                          for s in self.spectra])
+
     def __call__(self):
-        """Return the model cube (band, y, x)."""
+        """Return the model cube (band, y, x); ``(epoch, band, y, x)`` with variable sources."""
         gh, gw = self.grid
         ky = jnp.fft.fftfreq(gh)[:, None]
         kx = jnp.fft.rfftfreq(gw)[None, :]
         d = self._shifts()[jnp.asarray(self.owner)]
         phase = jnp.exp(-2j * jnp.pi * (ky[None] * d[:, 0, None, None] + kx[None] * d[:, 1, None, None]))
+        b, h, w = self.shape
+        m = self.margin
+        if self.num_epochs and any(isinstance(s, LightCurve) for s in self.spectra):
+            spec = self._epoch_spectra()
+            hat = jnp.einsum("ceb,cyx->ebyx", spec.astype(self.templates.dtype), self.templates * phase)
+            cube = jnp.fft.irfft2(hat, s=self.grid)
+            return cube[:, :, m : m + h, m : m + w].astype(self.fit_centers.dtype)
         spec = jnp.stack([s() for s in self.spectra])
         hat = jnp.einsum("cb,cyx->byx", spec.astype(self.templates.dtype), self.templates * phase)
         cube = jnp.fft.irfft2(hat, s=self.grid)
-        b, h, w = self.shape
-        m = self.margin
         return cube[:, m : m + h, m : m + w].astype(self.fit_centers.dtype)
 
     def fluxes(self):
-        """Total flux per source and band ``(source, band)``."""
-        spec = jnp.stack([s() for s in self.spectra]) * self.flux_factor[:, None]
+        """Total flux per source and band ``(source, band)`` (a variable source: mean over epochs)."""
+        spec = jnp.stack([s.epochs().mean(axis=0) if isinstance(s, LightCurve) else s()
+                          for s in self.spectra])
+        spec = spec * self.flux_factor[:, None]
+        return jax.ops.segment_sum(spec, jnp.asarray(self.owner), num_segments=len(self.centers))
+
+    def light_curves(self):
+        """Flux per source, epoch and band ``(source, epoch, band)``."""
+        spec = self._epoch_spectra() * self.flux_factor[:, None, None]
         return jax.ops.segment_sum(spec, jnp.asarray(self.owner), num_segments=len(self.centers))
 
     def center_values(self):
@@ -109,7 +131,7 @@ def _frozen_scene(sources, frame, *, fix_centers: bool, selected=None, margin: i
             centers.append(center)
             for comp in src.components:
                 one = Source(c0 + margin, Spectrum(np.ones(b)), comp.morphology, fix_center=True)
-                img = np.asarray(SceneModel([one], (b,) + grid)()[0], np.float64)
+                img = np.asarray(SceneModel([one], (b,) + grid, psf=frame.psf)()[0], np.float64)
                 templates.append(np.fft.rfft2(img))
                 factors.append(float(jnp.sum(comp.morphology(jnp.zeros(2)))))
                 spectra.append(comp.spectrum if chosen else _fix_all(comp.spectrum))
@@ -126,6 +148,7 @@ def _frozen_scene(sources, frame, *, fix_centers: bool, selected=None, margin: i
         shape=(b, h, w),
         grid=grid,
         margin=margin,
+        num_epochs=len(frame.epochs),
     )
 
 
@@ -167,11 +190,17 @@ def _check_degenerate(sources) -> None:
 
 
 def _derived_frozen(model: _FrozenScene) -> dict:
-    return {"flux": model.fluxes(), "center": model.center_values()}
+    out = {"flux": model.fluxes(), "center": model.center_values()}
+    if model.num_epochs:
+        out["light_curve"] = model.light_curves()
+    return out
 
 
 def _derived_full(model: SceneModel) -> dict:
-    return {"flux": model.fluxes(), "center": jnp.stack([s.center.value for s in model.sources])}
+    out = {"flux": model.fluxes(), "center": jnp.stack([s.center.value for s in model.sources])}
+    if model.num_epochs:
+        out["light_curve"] = model.light_curves()
+    return out
 
 
 def sample_scene(
@@ -257,7 +286,7 @@ def sample_scene(
     else:
         srcs = _fix_sources(all_sources, fix_centers=fix_centers, selected=set(selected))
         _check_degenerate(srcs)
-        model = SceneModel(srcs, frame.cube_shape)
+        model = SceneModel(srcs, frame.cube_shape, psf=frame.psf, num_epochs=len(frame.epochs))
         derived = _derived_full
         sampled_centers = any(not srcs[i].center.fixed for i in selected)
     liks = [likelihood_for(ds, frame) for ds in obs.values()]
@@ -268,6 +297,9 @@ def sample_scene(
     sel = np.asarray(selected)
     post = {"flux": res.derived["flux"].astype(np.float64)[:, :, sel]}
     dims = {"flux": ["source", BAND]}
+    if "light_curve" in res.derived and any(all_sources[i].num_epochs for i in selected):
+        post["light_curve"] = res.derived["light_curve"].astype(np.float64)[:, :, sel]
+        dims["light_curve"] = ["source", "epoch", BAND]
     if sampled_centers:
         c = res.derived["center"].astype(np.float64)[:, :, sel]
         post["y"] = c[..., 0] + frame.origin[0]
@@ -278,6 +310,8 @@ def sample_scene(
             post["ra"], post["dec"] = np.asarray(ra), np.asarray(dec)
             dims["ra"] = dims["dec"] = ["source"]
     coords = {"source": sel, BAND: list(frame.bands)}
+    if "light_curve" in post:
+        coords["epoch"] = list(frame.epochs)
     attrs = {
         "inference_library": "numpyro",
         "sampler": "NUTS (scarlet_xr.infer.sample, whitened at the mode)",
@@ -292,7 +326,8 @@ def sample_scene(
     tree = from_dict({"posterior": post, "sample_stats": dict(res.sample_stats)},
                      dims=dims, coords=coords, attrs={"posterior": attrs, "sample_stats": attrs})
     ds = tree["posterior"].to_dataset().assign_coords(name=("source", names))
-    units = {"flux": "model flux units", "y": "pixel", "x": "pixel", "ra": "deg", "dec": "deg"}
+    units = {"flux": "model flux units", "light_curve": "model flux units", "y": "pixel", "x": "pixel",
+             "ra": "deg", "dec": "deg"}
     for v, u in units.items():
         if v in ds.data_vars:
             ds[v].attrs["units"] = u

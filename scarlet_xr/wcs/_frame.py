@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 from collections.abc import Sequence
@@ -11,7 +12,8 @@ from astropy.wcs import WCS
 
 from ..core import gaussian_psf_image
 
-__all__ = ["Frame", "DEFAULT_MODEL_PSF_SIGMA", "celestial_frame", "is_icrs_like"]
+__all__ = ["Frame", "DEFAULT_MODEL_PSF_SIGMA", "celestial_frame", "is_icrs_like", "normalize_epochs",
+           "observation_epochs"]
 
 logger = logging.getLogger(__name__)
 
@@ -99,6 +101,11 @@ class Frame:
         frame).
     psf_sigma : float
         Width of the model PSF in pixels (default 0.8).
+    epochs : sequence, optional
+        Epochs of the observations (numbers such as MJD, ``numpy.datetime64``
+        or string labels), for scenes with variable sources (see
+        :class:`~scarlet_xr.core.LightCurve`); numbers and dates are sorted,
+        labels keep their order. Default: none (a static scene).
     """
 
     def __init__(
@@ -109,6 +116,7 @@ class Frame:
         wcs: WCS | None = None,
         origin: tuple[int, int] = (0, 0),
         psf_sigma: float = DEFAULT_MODEL_PSF_SIGMA,
+        epochs: Sequence | None = None,
     ):
         bands = tuple(str(b) for b in bands)
         if len(bands) == 0:
@@ -129,6 +137,36 @@ class Frame:
         self.psf_sigma = float(psf_sigma)
         size = 2 * int(math.ceil(4 * self.psf_sigma)) + 1
         self.psf = gaussian_psf_image(self.psf_sigma, max(size, 7))
+        self.epochs = normalize_epochs(epochs)
+        """Epochs of the observations (empty: no time axis)."""
+
+    def with_epochs(self, epochs) -> Frame:
+        """A copy of this frame with the given epochs (see the ``epochs`` parameter)."""
+        new = copy.copy(self)
+        new.epochs = normalize_epochs(epochs)
+        return new
+
+    def epoch_index(self, epoch) -> int | None:
+        """Index of ``epoch`` in :attr:`epochs`; None for None on a frame without epochs.
+
+        Raises
+        ------
+        ValueError
+            An observation without an epoch on a frame with epochs, one with an
+            epoch on a frame without, or an epoch that is not in the frame.
+        """
+        if epoch is None:
+            if self.epochs:
+                raise ValueError(
+                    f"the frame has epochs {list(self.epochs)} but an observation has no epoch: give "
+                    "every observation an `epoch` coordinate, or none"
+                )
+            return None
+        value = _epoch_value(epoch)
+        if value not in self.epochs:
+            raise ValueError(f"observation epoch {epoch!r} is not one of the frame's epochs "
+                             f"{list(self.epochs) or '(none)'}")
+        return self.epochs.index(value)
 
     @property
     def cube_shape(self) -> tuple[int, int, int]:
@@ -290,7 +328,8 @@ class Frame:
         elif hasattr(observations, "attrs"):
             observations = [observations]
         grids = [_grid_of(o) for o in observations]
-        return cls.from_grids(grids, resolution=resolution, coverage=coverage, psf_sigma=psf_sigma)
+        frame = cls.from_grids(grids, resolution=resolution, coverage=coverage, psf_sigma=psf_sigma)
+        return frame.with_epochs(observation_epochs(observations))
 
     @classmethod
     def from_grids(
@@ -315,10 +354,91 @@ class Frame:
 
 
     def __repr__(self) -> str:
+        ep = f", epochs={len(self.epochs)}" if self.epochs else ""
         return (
             f"Frame(bands={self.bands}, shape={self.shape}, origin={self.origin}, "
-            f"wcs={self.sky_frame_name or 'no'}, psf_sigma={self.psf_sigma})"
+            f"wcs={self.sky_frame_name or 'no'}, psf_sigma={self.psf_sigma}{ep})"
         )
+
+
+def _epoch_value(epoch):
+    """A hashable epoch: float for numbers, ``numpy.datetime64`` for dates, str for labels."""
+    e = np.asarray(epoch)
+    if e.ndim != 0:
+        raise ValueError(f"an epoch is one value; got an array of shape {e.shape}")
+    if e.dtype.kind in "iuf":
+        v = float(e)
+        if not np.isfinite(v):
+            raise ValueError(f"an epoch must be finite; got {v}")
+        return v
+    if e.dtype.kind == "M":
+        return np.datetime64(e[()], "ns")
+    if e.dtype.kind in "UO":
+        return str(e[()])
+    raise ValueError(f"an epoch must be a number (e.g. MJD), a datetime64 or a label; got dtype {e.dtype}")
+
+
+def observation_epochs(observations) -> tuple:
+    """The epochs of observations (their scalar ``epoch`` coordinate), all or none.
+
+    Parameters
+    ----------
+    observations : sequence of observations (duck-typed: ``obs.coords``)
+
+    Returns
+    -------
+    tuple
+        See :func:`normalize_epochs`; empty when no observation has an epoch.
+
+    Raises
+    ------
+    ValueError
+        When some observations have an epoch and others do not.
+    """
+    found = [o.coords["epoch"].values if "epoch" in getattr(o, "coords", {}) else None for o in observations]
+    have = [f is not None for f in found]
+    if any(have) and not all(have):
+        names = [str(o.attrs.get("name", i))
+                 for i, (o, h) in enumerate(zip(observations, have, strict=True)) if not h]
+        raise ValueError(f"observations {names} have no epoch coordinate but others do: give every "
+                         "observation an epoch, or none")
+    return normalize_epochs([f for f in found if f is not None])
+
+
+def normalize_epochs(epochs) -> tuple:
+    """Epochs as a tuple of unique values: numbers and dates sorted, labels in their order.
+
+    Parameters
+    ----------
+    epochs : sequence or None
+
+    Returns
+    -------
+    tuple
+
+    Raises
+    ------
+    ValueError
+        Mixed kinds (numbers with labels) or an epoch of another type.
+
+    Examples
+    --------
+    >>> normalize_epochs([59001.5, 59000.5, 59001.5])
+    (59000.5, 59001.5)
+    """
+    if epochs is None:
+        return ()
+    vals = []
+    for e in epochs:
+        v = _epoch_value(e)
+        if v not in vals:
+            vals.append(v)
+    kinds = {type(v) for v in vals}
+    if len(kinds) > 1:
+        raise ValueError(f"epochs must all be numbers, all dates or all labels; got {vals}")
+    if vals and not isinstance(vals[0], str):
+        vals.sort()
+    return tuple(vals)
 
 
 def _grid_of(obs):

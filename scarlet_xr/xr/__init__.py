@@ -5,6 +5,7 @@ from ._observation import X as X
 from ._observation import Y as Y
 from ._observation import check_observation as check_observation
 from ._observation import make_observation as make_observation
+from ._observation import observation_epoch as observation_epoch
 from ._observation import observation_wcs as observation_wcs
 from ._observation import wcs_to_header_string as wcs_to_header_string
 from ._bridge import frame_from_observations as frame_from_observations
@@ -84,6 +85,7 @@ __all__ = [
     "make_observation",
     "normalize_observations",
     "observation_coords",
+    "observation_epoch",
     "observation_wcs",
     "open_observation",
     "pack_stamps",

@@ -7,8 +7,8 @@ import logging
 import numpy as np
 
 from ..core import ConvolutionRenderer, CorrelatedGaussianLikelihood, GaussianLikelihood, psf_core_width
-from ..wcs import Frame
-from ._observation import BAND, X, Y, check_observation, observation_wcs
+from ..wcs import Frame, observation_epochs
+from ._observation import BAND, X, Y, check_observation, observation_epoch, observation_wcs
 
 logger = logging.getLogger(__name__)
 
@@ -96,6 +96,7 @@ def likelihood_for(ds, frame: Frame, sky: str | None = None) -> GaussianLikeliho
     check_observation(ds)
     bands = [str(b) for b in ds[BAND].values]
     idx = frame.band_index(bands)
+    epoch = frame.epoch_index(observation_epoch(ds))
     origin = grid_offset(ds, frame)
     if origin is None:
         from ._resample import resampling_likelihood  # multi-resolution path
@@ -103,7 +104,7 @@ def likelihood_for(ds, frame: Frame, sky: str | None = None) -> GaussianLikeliho
         if "noise_correlation" in ds:
             logger.warning("%s: noise_correlation is not used for observations resampled to the frame",
                            ds.attrs.get("name", ""))
-        return resampling_likelihood(ds, frame, idx, sky=sky)
+        return resampling_likelihood(ds, frame, idx, sky=sky, epoch=epoch)
     w_obs = psf_core_width(ds["psf"].values)
     w_mod = float(psf_core_width(frame.psf)[0])
     if np.any(w_obs <= w_mod):
@@ -122,8 +123,8 @@ def likelihood_for(ds, frame: Frame, sky: str | None = None) -> GaussianLikeliho
     )
     if "noise_correlation" in ds:
         return CorrelatedGaussianLikelihood(ds["data"].values, ds["weight"].values, renderer,
-                                            ds["noise_correlation"].values, sky=sky)
-    return GaussianLikelihood(ds["data"].values, ds["weight"].values, renderer, sky=sky)
+                                            ds["noise_correlation"].values, sky=sky, epoch=epoch)
+    return GaussianLikelihood(ds["data"].values, ds["weight"].values, renderer, sky=sky, epoch=epoch)
 
 
 def _grid(ds):
@@ -134,7 +135,7 @@ def _grid(ds):
 def frame_from_observations(
     observations, *, resolution: float | None = None, coverage: str = "union", psf_sigma=None
 ) -> Frame:
-    """Model frame for the given observations (union of their bands).
+    """Model frame for the given observations (union of their bands; their epochs, if any).
 
     Observations on one pixel grid give a frame on that grid covering all of
     them (with the WCS of the first). Observations on different grids (other
@@ -165,6 +166,7 @@ def frame_from_observations(
     """
     obs = normalize_observations(observations)
     kw = {} if psf_sigma is None else {"psf_sigma": psf_sigma}
-    return Frame.from_grids(
+    frame = Frame.from_grids(
         [_grid(ds) for ds in obs.values()], resolution=resolution, coverage=coverage, **kw
     )
+    return frame.with_epochs(observation_epochs(list(obs.values())))

@@ -193,34 +193,43 @@ def shape_from_moments(second, psf_second=None):
     return e1, e2, theta, np.sqrt(tr / 2)
 
 
-def fisher_covariance(blocks, num_sources: int, num_bands: int, extended):
+def fisher_covariance(blocks, num_sources: int, num_bands: int, extended, *, num_flux: int | None = None,
+                      flux_covariance: bool = False):
     """Covariance of fluxes, centres and sizes from summed Fisher blocks.
 
     Parameters
     ----------
     blocks : dict
-        ``ff (band, source, source)``: flux-flux terms per band;
-        ``fs (band, source, 3*source)``: flux-shape terms;
+        ``ff (band, flux, flux)``: flux-flux terms per band;
+        ``fs (band, flux, 3*source)``: flux-shape terms;
         ``ss (3*source, 3*source)``: shape-shape terms, shape parameters
         ordered ``(dy_0, dx_0, ds_0, dy_1, ...)``.
     num_sources, num_bands : int
     extended : bool array (source,)
         Sources with a size parameter; for the others it is left out.
+    num_flux : int, optional
+        Flux parameters per band (default ``num_sources``; more when a
+        variable source has one per epoch).
+    flux_covariance : bool
+        Also return the flux covariance per band.
 
     Returns
     -------
-    flux_var : (source, band)
+    flux_var : (flux, band)
         ``inf`` where a flux is not constrained (e.g. a fully masked band).
     center_cov : (source, 2, 2)
+    flux_cov : (band, flux, flux)
+        Only with ``flux_covariance=True`` (NaN where unconstrained).
     """
     ns, nb = num_sources, num_bands
+    nfl = ns if num_flux is None else int(num_flux)
     keep_shape = np.ones(3 * ns, bool)
     keep_shape[2::3] = np.asarray(extended, bool)
-    nf = ns * nb
+    nf = nfl * nb
     n = nf + 3 * ns
     f = np.zeros((n, n))
     for b in range(nb):
-        sl = slice(b * ns, (b + 1) * ns)
+        sl = slice(b * nfl, (b + 1) * nfl)
         f[sl, sl] = blocks["ff"][b]
         f[sl, nf:] = blocks["fs"][b]
         f[nf:, sl] = blocks["fs"][b].T
@@ -233,13 +242,16 @@ def fisher_covariance(blocks, num_sources: int, num_bands: int, extended):
     cov = np.full((n, n), np.nan)
     cov[np.ix_(idx, idx)] = cov_s / np.outer(scale, scale)
     diag = np.diag(cov)
-    flux_var = np.where(np.isfinite(diag[:nf]), diag[:nf], np.inf).reshape(nb, ns).T
+    flux_var = np.where(np.isfinite(diag[:nf]), diag[:nf], np.inf).reshape(nb, nfl).T
     center_cov = np.full((ns, 2, 2), np.inf)
     for k in range(ns):
         i = nf + 3 * k
         c = cov[i : i + 2, i : i + 2]
         if np.all(np.isfinite(c)):
             center_cov[k] = c
+    if flux_covariance:
+        fc = np.stack([cov[b * nfl : (b + 1) * nfl, b * nfl : (b + 1) * nfl] for b in range(nb)])
+        return flux_var, center_cov, fc
     return flux_var, center_cov
 
 

@@ -28,13 +28,14 @@ from astropy.io import fits
 from astropy.wcs import WCS
 
 from ..core import check_psf
-from ..wcs import celestial_frame, is_icrs_like
+from ..wcs import celestial_frame, is_icrs_like, normalize_epochs
 
 __all__ = [
     "BAND",
     "Y",
     "X",
     "make_observation",
+    "observation_epoch",
     "check_observation",
     "observation_wcs",
     "shift_wcs",
@@ -68,6 +69,7 @@ def make_observation(
     origin=(0, 0),
     noise_estimated: bool = False,
     noise_correlation=None,
+    epoch=None,
 ) -> xr.Dataset:
     """Build an observation Dataset from arrays, validating everything eagerly.
 
@@ -98,6 +100,11 @@ def make_observation(
         to estimate a 7x7 kernel from the source-free pixels; the fit then
         uses the correlated likelihood (see
         :func:`~scarlet_xr.xr.with_noise_correlation`, ``docs/noise.md``).
+    epoch : number, datetime64 or str, optional
+        When the image was taken (e.g. MJD), stored as the scalar coordinate
+        ``epoch``. Observations with epochs let variable sources
+        (:class:`~scarlet_xr.core.LightCurve`) have a flux per epoch; give
+        every observation of a scene an epoch, or none (``docs/time.md``).
 
     Returns
     -------
@@ -215,11 +222,38 @@ def make_observation(
     if "wcs_header" in attrs:
         # the image alone (``ds["data"]``) keeps its WCS too (DataArray accessor)
         ds["data"].attrs["wcs_header"] = header
+    if epoch is not None:
+        ds = ds.assign_coords(epoch=_checked_epoch(epoch, name))
     if noise_correlation is not None:
         from ._noise import with_noise_correlation
 
         ds = with_noise_correlation(ds, noise_correlation)
     return ds
+
+
+def _checked_epoch(epoch, name):
+    """The epoch as a 0-d array, or a ValueError naming the observation."""
+    try:
+        normalize_epochs([epoch])
+    except ValueError as err:
+        raise ValueError(f"observation {name!r}: bad epoch: {err}") from None
+    return np.asarray(epoch)
+
+
+def observation_epoch(ds):
+    """The observation's epoch (its scalar ``epoch`` coordinate), or None.
+
+    Parameters
+    ----------
+    ds : xarray.Dataset
+
+    Returns
+    -------
+    float, numpy.datetime64, str or None
+    """
+    if "epoch" not in ds.coords:
+        return None
+    return normalize_epochs([ds.coords["epoch"].values])[0]
 
 
 def check_observation(ds) -> xr.Dataset:
@@ -243,6 +277,8 @@ def check_observation(ds) -> xr.Dataset:
             "noise_correlation must have dims ('band', 'corr_y', 'corr_x'); "
             f"got {ds['noise_correlation'].dims}"
         )
+    if "epoch" in ds.coords:
+        _checked_epoch(ds.coords["epoch"].values, ds.attrs.get("name", ""))
     if ds["psf"].dims[0] != BAND:
         raise ValueError(f"psf must have dims ('band', psf_y, psf_x); got {ds['psf'].dims}")
     for ax in (Y, X):

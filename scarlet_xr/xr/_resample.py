@@ -36,7 +36,8 @@ def observation_coords(ds, frame: Frame) -> np.ndarray:
     return np.stack([np.asarray(fy, float), np.asarray(fx, float)])
 
 
-def resampling_likelihood(ds, frame: Frame, band_index, sky: str | None = None) -> GaussianLikelihood:
+def resampling_likelihood(ds, frame: Frame, band_index, sky: str | None = None,
+                          epoch: int | None = None) -> GaussianLikelihood:
     """Gaussian likelihood of an observation on its own grid, rendered by resampling.
 
     Observation pixels whose centres fall outside the model frame are masked
@@ -52,6 +53,8 @@ def resampling_likelihood(ds, frame: Frame, band_index, sky: str | None = None) 
         Index in the frame of each observation band.
     sky : {None, "constant", "plane"}
         Background fitted with the model (see :class:`~scarlet_xr.core.GaussianLikelihood`).
+    epoch : int, optional
+        Index of the observation's epoch in the frame's epochs.
 
     Returns
     -------
@@ -79,4 +82,4 @@ def resampling_likelihood(ds, frame: Frame, band_index, sky: str | None = None) 
         frame.cube_shape, ds["data"].shape, band_index, ds["psf"].values, frame.psf, coords
     )
     weights = np.where(inside[None], ds["weight"].values, 0.0)
-    return GaussianLikelihood(ds["data"].values, weights, renderer, sky=sky)
+    return GaussianLikelihood(ds["data"].values, weights, renderer, sky=sky, epoch=epoch)
