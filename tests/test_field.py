@@ -148,7 +148,7 @@ def test_killed_run_resumes_without_duplicates(field, cli_run, tmp_path):
     blends = cli_run["blends"]
     (tmp_path / "resume.zarr.blends" / str(blends["file"][blends["blend"] == 2][0])).unlink()
     cat = deblend_field(field["dir"] / "masked.fits", out=out, client="synchronous", progress=False,
-                        compile_cache=field["dir"] / "jax_cache")
+                        compile_cache=field["dir"] / "jax_cache", max_steps=300)
     after = xr.open_zarr(str(out), consolidated=False)
     assert after["status"].values.tolist() == [1] * len(t_before)
     t_after = after["fit_time"].values

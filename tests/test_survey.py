@@ -150,7 +150,9 @@ def test_survey_catalog_rows_flags_and_truth(survey, survey_store):
     assert bands == ["g", "r", "i", "z", "y"]
     failed = (cat["flags"] & FLAGS["FAILED"]) > 0
     assert failed.tolist() == [False] * (len(table) - 1) + [True]
-    assert cat["kind"][-1] == "none" and set(cat["kind"][:-1]) == {"freeform"}
+    # the default path chooses each source's model from its data (not free-form pixels)
+    assert cat["kind"][-1] == "none"
+    assert set(cat["kind"][:-1]) <= {"point", "sersic", "bulge+disk", "monotonic"}
     # the store read with xarray agrees (flags 0 are not decoded as missing)
     ds = xr.open_zarr(str(survey_store), consolidated=False)
     np.testing.assert_array_equal(ds["flags"].values, cat["flags"])
@@ -214,3 +216,28 @@ def test_old_store_without_measurements_is_refused(survey_store, tmp_path):
         survey_catalog(out)
     with pytest.raises(ValueError, match="not a survey store"):
         survey_catalog(tmp_path)
+
+
+def test_free_kind_runs_batched_and_a_store_keeps_its_kind(survey, survey_store, tmp_path):
+    path, table = survey
+    out = tmp_path / "free.zarr"
+    ds = deblend_catalog(path, out=out, kind="freeform", client="synchronous", max_steps=150, progress=False)
+    assert zarr.open_group(str(out), mode="r").attrs["source_kind"] == "freeform"
+    cat = survey_catalog(out)
+    assert set(cat["kind"][:-1]) == {"free"}
+    assert int((ds["status"].values == 1).sum()) == len(set(table["file"])) - 1
+    # the default path is the more accurate on the same blends (GalSim truth)
+    auto = survey_catalog(survey_store)
+    ok = (cat["flags"] & FLAGS["FAILED"]) == 0
+    truth = np.asarray(table["true_flux"])[ok]
+    bands = cat.meta["bands"]
+
+    def err(c):
+        return np.median(np.abs(np.stack([c[f"flux_{b}"][ok] for b in bands], 1) / truth - 1))
+
+    assert err(auto) < err(cat), (err(auto), err(cat))
+    # a store started with one kind is not resumed with another
+    with pytest.raises(ValueError, match="was started with kind 'freeform'"):
+        deblend_catalog(path, out=out, kind="auto", client="synchronous", progress=False)
+    with pytest.raises(ValueError, match="kind must be one of"):
+        deblend_catalog(path, out=tmp_path / "x.zarr", kind="pixels", client="synchronous", progress=False)

@@ -19,7 +19,12 @@ def add_parser(sub) -> None:
     p.add_argument("--workers", type=int, default=2, help="LocalCluster worker processes (default 2)")
     p.add_argument("--scheduler", default=None,
                    help="address of a running dask scheduler (default: start a LocalCluster)")
-    p.add_argument("--max-steps", type=int, default=300, help="maximum optimizer steps per blend")
+    p.add_argument("--kind", choices=["auto", "free", "freeform"], default="auto",
+                   help="source models: auto (default, as `scarlet-xr fit`: point source, Sersic or "
+                        "bulge+disk chosen per source from the data) or free (free-form pixels, fitted in "
+                        "vmapped batches: faster, less accurate on blends)")
+    p.add_argument("--max-steps", type=int, default=None,
+                   help="maximum optimizer steps per blend (default 1000 for --kind auto, 300 for free)")
     p.add_argument("--blends-per-task", type=int, default=8, help="blends per dask task")
     p.add_argument("--retry-failed", action="store_true", help="also redo blends recorded as failed")
     p.add_argument("--catalog", dest="catalog_out", default=None, metavar="FILE",
@@ -114,7 +119,8 @@ def run(args) -> int:
 
         client = Client(args.scheduler)
     runner = {"client": client, "n_workers": args.workers, "blends_per_task": args.blends_per_task,
-              "max_steps": args.max_steps, "retry_failed": args.retry_failed, "progress": True,
+              "max_steps": args.max_steps, "kind": args.kind, "retry_failed": args.retry_failed,
+              "progress": True,
               "compile_cache": None if cache.lower() in ("", "0", "off", "none") else cache}
     try:
         if field:

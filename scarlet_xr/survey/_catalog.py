@@ -131,7 +131,11 @@ def survey_catalog(store, *, zero_points=None, columns=None):
                 np.hypot(mag_err[:, j], mag_err[:, j + 1]), unit=u.mag,
                 description=f"1-sigma error of color_{b1}_{b2} (band errors added in quadrature)")
     kind = str(group.attrs.get("source_kind", "freeform"))
-    table["kind"] = Column(np.where(valid, kind, "none"), description="model kind ('none' without a fit)")
+    names = list(group.attrs.get("kind_codes", []))
+    codes = np.asarray(group["kind_code"][:], np.int64) if "kind_code" in group else np.full(len(valid), -1)
+    per_source = np.array([names[c] if 0 <= c < len(names) else kind for c in codes], dtype=object)
+    table["kind"] = Column(np.where(valid, per_source, "none").astype(str),
+                           description="model kind ('none' without a fit)")
     table["flags"] = Column(np.asarray(group["flags"][:], np.int64), unit=u.dimensionless_unscaled,
                             description="bitmask: " + "; ".join(f"{k}={v}" for k, v in FLAGS.items()))
     table.meta = {

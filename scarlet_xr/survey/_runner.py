@@ -32,6 +32,10 @@ __all__ = ["deblend_catalog", "read_catalog"]
 logger = logging.getLogger(__name__)
 
 
+SURVEY_KINDS = ("auto", "free")
+"""Source models of :func:`deblend_catalog`: the default path, or batched free-form sources."""
+
+
 def read_catalog(catalog):
     """Read a catalog (path to ECSV/FITS/CSV, or an astropy Table).
 
@@ -108,8 +112,9 @@ def deblend_catalog(
     n_workers: int = 2,
     blends_per_task: int = 8,
     batch_size: int | None = None,
-    max_steps: int = 300,
-    e_rel: float = 1e-4,
+    kind: str = "auto",
+    max_steps: int | None = None,
+    e_rel: float | None = None,
     max_sources: int = 8,
     retry_failed: bool = False,
     progress: bool = True,
@@ -120,9 +125,12 @@ def deblend_catalog(
     Rows are grouped into blends by their ``file`` (a FITS cutout, see
     :func:`scarlet_xr.survey.write_blend_fits`); rows without ``ra``/``dec``
     (or a catalog without those columns) mean: detect sources in that file.
-    Blends are padded into canonical buckets (:func:`bucket_key`) so the run
-    compiles once per bucket and worker, fitted with free-form sources, and
-    written by the worker that fitted them. Re-running with the same catalog
+    Each blend is fitted with the default path of ``scarlet-xr fit``
+    (``kind="auto"``: every source gets the model its data support, see
+    :func:`scarlet_xr.scene.fit_sources`), or with ``kind="free"`` as free-form
+    sources padded into canonical buckets (:func:`bucket_key`) and fitted in
+    vmapped batches (faster, less accurate on blends: ``docs/default_path.md``),
+    and written by the worker that fitted it. Re-running with the same catalog
     and ``out`` resumes: finished blends (done or failed) are skipped. A blend
     that fails (unreadable file, bad data, divergence) is recorded with its
     error and the run goes on; a worker that dies loses only its unfinished
@@ -144,10 +152,14 @@ def deblend_catalog(
     blends_per_task : int
         Blends of one bucket per dask task.
     batch_size : int, optional
-        Blends vmapped together inside a task. Default 1 on CPU (fastest
-        there), ``blends_per_task`` on GPU.
-    max_steps, e_rel
-        Optimizer settings (see :func:`scarlet_xr.infer.fit`).
+        Blends vmapped together inside a task (``kind="free"``). Default 1 on
+        CPU (fastest there), ``blends_per_task`` on GPU.
+    kind : {"auto", "free"}
+        The source models (see above; ``"freeform"`` is an alias of ``"free"``).
+        A store keeps the kind it was started with.
+    max_steps, e_rel : optional
+        Optimizer settings (see :func:`scarlet_xr.infer.fit`). Default 1000 and
+        1e-6 for ``"auto"`` (as ``scarlet-xr fit``), 300 and 1e-4 for ``"free"``.
     max_sources : int
         Sources kept per detected blend (brightest first).
     retry_failed : bool
@@ -173,6 +185,14 @@ def deblend_catalog(
     """
     if blends_per_task < 1:
         raise ValueError(f"blends_per_task must be >= 1; got {blends_per_task}")
+    kind = {"freeform": "free"}.get(str(kind), str(kind))
+    if kind not in SURVEY_KINDS:
+        raise ValueError(f"kind must be one of {SURVEY_KINDS} (or 'freeform'); got {kind!r}")
+    if max_steps is None:
+        max_steps = 1000 if kind == "auto" else 300
+    if e_rel is None:
+        e_rel = 1e-6 if kind == "auto" else 1e-4
+    store_kind = {"auto": "auto", "free": "freeform"}[kind]
     table, base = read_catalog(catalog)
     blends = _group(table, base)
     if not blends:
@@ -204,10 +224,15 @@ def deblend_catalog(
                 f"{fp[:12]}); choose another --out or delete it"
             )
         check_store(group)
+        if group.attrs.get("source_kind", "freeform") != store_kind:
+            raise ValueError(
+                f"{out} was started with kind {group.attrs.get('source_kind', 'freeform')!r}; resume it "
+                f"with that kind, or choose another --out for kind {store_kind!r}"
+            )
     else:
         group = create_store(out, files=[b["file"] for b in blends], bands=bands, slots=slots,
                              n_rows=n_rows, fingerprint=fp,
-                             attrs={"scarlet_xr_version": __version__, "source_kind": "freeform"})
+                             attrs={"scarlet_xr_version": __version__, "source_kind": store_kind})
         index = np.full(n_rows, -1, np.int64)
         for i, b in enumerate(blends):
             index[b["rows"]] = i
@@ -234,7 +259,8 @@ def deblend_catalog(
     # compiled once and later tasks of it find the shared compilation cache warm
     tasks = [t for group_ in itertools.zip_longest(*per_bucket) for t in group_ if t is not None]
     cache = compile_cache if compile_cache is not None else os.environ.get("SCARLET_XR_CACHE")
-    options = {"max_steps": int(max_steps), "e_rel": float(e_rel), "max_sources": int(max_sources),
+    options = {"kind": kind, "max_steps": int(max_steps), "e_rel": float(e_rel),
+               "max_sources": int(max_sources),
                "redo_failed": bool(retry_failed), "compile_cache": str(cache) if cache else None,
                "batch_size": batch_size}
     if tasks:

@@ -80,7 +80,17 @@ MEASURE_VARS = {
                         "that are masked"),
     # no fill value: xarray would decode flags == fill as missing (unwritten chunks read 0)
     "flags": ("i8", None, False, "", "bitmask, scarlet_xr.xr.FLAGS"),
+    "kind_code": ("i2", -1, False, "", "model kind of the source: index in the store's attribute "
+                  "kind_codes (-1: not fitted)"),
 }
+#: Model kinds as stored in ``kind_code`` (the store attribute ``kind_codes`` lists them).
+KIND_CODES = ("point", "sersic", "bulge+disk", "monotonic", "free", "symmetric", "gaussian", "spergel",
+              "starlet")
+
+
+def kind_codes(kinds) -> np.ndarray:
+    """``kind_code`` values of model kind names (-1 for a name not in :data:`KIND_CODES`)."""
+    return np.asarray([KIND_CODES.index(k) if k in KIND_CODES else -1 for k in kinds], np.int16)
 # slot variable -> row variable copied by write_rows (besides flux, ra, dec)
 _ROW_COPY = {"source_x": "x", "source_y": "y", **{f"source_{k}": k for k in MEASURE_VARS}}
 
@@ -124,7 +134,7 @@ def create_store(path, *, files, bands, slots: int, n_rows: int, fingerprint: st
     arr("y", (n_rows,), (rc,), "f4", np.nan, ["row"])
     arr("valid", (n_rows,), (rc,), bool, None, ["row"])
     arr("blend_index", (n_rows,), (rc,), "i8", None, ["row"])
-    g.attrs.update({"catalog_fingerprint": fingerprint, **(attrs or {})})
+    g.attrs.update({"catalog_fingerprint": fingerprint, "kind_codes": list(KIND_CODES), **(attrs or {})})
     return g
 
 

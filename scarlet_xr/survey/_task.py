@@ -13,9 +13,9 @@ from ..xr import observation_wcs, source_image
 from ..xr import FLAGS, MASKED_FRACTION_LIMIT
 from ._bucket import pad_observation, prepare_blend
 from ._fits import read_blend
-from ._store import DONE, FAILED, MEASURE_VARS, PENDING, open_store, read_status, write_blend
+from ._store import DONE, FAILED, MEASURE_VARS, PENDING, kind_codes, open_store, read_status, write_blend
 
-__all__ = ["run_task", "detect_centers"]
+__all__ = ["run_task", "detect_centers", "fit_blend_auto"]
 
 
 def detect_centers(ds, max_sources: int, thresh: float = 5.0) -> np.ndarray:
@@ -89,14 +89,7 @@ def measure_blend(model, hist, frame, ds, key, n: int) -> dict:
     scene.history = hist
     padded = pad_observation(ds, key.stamp, key.psf)
     m = measure_scene(scene, padded)
-    got = {name: np.asarray(values) for name, (_, values, _) in m.sources.items()}
-    nan = np.full(n, np.nan)
-    out = {name: got.get(name, nan) for name in MEASURE_VARS}
-    if m.sources["r_half"][2].get("units") != "arcsec":
-        out["r_half"] = nan
-    for name in ("x", "y", "ra", "dec", "flux"):
-        out[name] = got.get(name, nan)
-    out["zero_point"] = got.get("zero_point", np.full(len(frame.bands), np.nan))
+    out = _store_measurements(m, n, len(frame.bands))
     # EDGE and MASKED relative to the real cutout, not the padded stamp
     deb = next(iter(m.deblended.values()))
     fp = np.stack([source_image(deb, "footprint", k) for k in range(n)]).astype(bool)
@@ -113,7 +106,108 @@ def measure_blend(model, hist, frame, ds, key, n: int) -> dict:
     flags[np.nan_to_num(frac) > MASKED_FRACTION_LIMIT] |= FLAGS["MASKED"]
     out["flags"] = flags
     out["masked_fraction"] = frac
+    out["kind_code"] = kind_codes(["free"] * n)
     return out
+
+
+def _store_measurements(m, n: int, num_bands: int) -> dict:
+    """The store's measurement variables from :func:`~scarlet_xr.scene.measure_scene` output."""
+    got = {name: np.asarray(values) for name, (_, values, _) in m.sources.items()}
+    nan = np.full(n, np.nan)
+    out = {name: got.get(name, nan) for name in MEASURE_VARS}
+    if m.sources["r_half"][2].get("units") != "arcsec":
+        out["r_half"] = nan
+    for name in ("x", "y", "ra", "dec", "flux"):
+        out[name] = got.get(name, nan)
+    out["zero_point"] = got.get("zero_point", np.full(num_bands, np.nan))
+    return out
+
+
+def _centers(ds, it, options):
+    """Source centres ``(n, 2)`` in pixels of ``ds`` and their catalog rows (-1: detected)."""
+    if it["ra"] is None:
+        centers = detect_centers(ds, options["max_sources"])
+        return centers, np.full(len(centers), -1)
+    wcs = observation_wcs(ds)
+    if wcs is None:
+        raise ValueError("the file has no WCS; cannot place catalog ra/dec")
+    x, y = wcs.world_to_pixel_values(np.asarray(it["ra"]), np.asarray(it["dec"]))
+    return np.stack([np.atleast_1d(y), np.atleast_1d(x)], axis=1), np.asarray(it["rows"])
+
+
+def fit_blend_auto(ds, centers, *, max_steps: int = 1000, e_rel: float = 1e-6) -> dict:
+    """Fit one blend with the default path and return its store record (see :func:`run_task`).
+
+    The sources get the models the data support, as in ``scarlet-xr fit``
+    (:func:`scarlet_xr.scene.fit_sources`: point source, Sersic or bulge +
+    disk, boxes grown to fit, fluxes from a linear solve), and are measured
+    with :func:`scarlet_xr.scene.measure_scene`.
+
+    Parameters
+    ----------
+    ds : Dataset
+        The blend's observation.
+    centers : array (n, 2)
+        Source centres ``(y, x)`` in pixels of ``ds``.
+    max_steps, e_rel
+        Optimizer settings of :func:`~scarlet_xr.scene.fit_sources`.
+
+    Returns
+    -------
+    dict
+        ``status``, ``fit_status``, ``num_sources``, ``num_steps``,
+        ``chi2_reduced``, ``fit_time``, ``measure_time``, ``flux``, ``ra``,
+        ``dec``, ``y``, ``x``, ``zero_point``, ``measurements``, ``kinds``.
+
+    Raises
+    ------
+    FloatingPointError
+        If the fit diverged or gave non-finite fluxes.
+    """
+    from ..scene import fit_sources, measure_scene
+    from ..xr import frame_from_observations, likelihood_for
+
+    t0 = time.perf_counter()
+    frame = frame_from_observations(ds)
+    fitted = fit_sources(frame, ds, np.atleast_2d(np.asarray(centers, float)), max_steps=max_steps,
+                         e_rel=e_rel)
+    hist = fitted.history
+    if hist.status == "diverged":
+        raise FloatingPointError(f"fit diverged after {hist.num_steps} steps (loss or gradient not finite)")
+    lik = likelihood_for(ds, frame)
+    chi2 = float(lik.chi2(fitted.model()())) / max(int(lik.num_valid), 1)
+    t1 = time.perf_counter()
+    n = len(fitted.sources)
+    meas = _store_measurements(measure_scene(fitted, ds), n, len(frame.bands))
+    kinds = [str(c["kind"]) for c in fitted.choices] if fitted.choices else [s.kind for s in fitted.sources]
+    meas["kind_code"] = kind_codes(kinds)
+    if not np.all(np.isfinite(meas["flux"])):
+        raise FloatingPointError("fitted fluxes are not finite")
+    return {
+        "status": DONE, "fit_status": hist.status, "error": "", "num_sources": n,
+        "num_steps": hist.num_steps, "chi2_reduced": chi2, "fit_time": t1 - t0,
+        "measure_time": time.perf_counter() - t1, "flux": meas["flux"], "ra": meas["ra"],
+        "dec": meas["dec"], "y": meas["y"], "x": meas["x"], "zero_point": meas["zero_point"],
+        "measurements": meas, "kinds": kinds,
+    }
+
+
+def _run_auto(group, items, options) -> list:
+    """The default-path branch of :func:`run_task`: one blend after another."""
+    report = []
+    for it in items:
+        try:
+            ds = read_blend(it["path"])
+            centers, rows = _centers(ds, it, options)
+            result = fit_blend_auto(ds, centers, max_steps=options["max_steps"], e_rel=options["e_rel"])
+            result.pop("kinds")
+            result["rows"] = rows
+            write_blend(group, it["index"], result)
+            report.append((it["index"], DONE))
+        except Exception as err:  # bad data or a failed fit: record and go on
+            write_blend(group, it["index"], {"status": FAILED, "error": _error(err)})
+            report.append((it["index"], FAILED))
+    return report
 
 
 def _error(err: BaseException) -> str:
@@ -132,8 +226,10 @@ def run_task(store: str, items: list, key, options: dict) -> list:
         empty for detection), ``ra``, ``dec`` (deg, or None to detect).
     key : BucketKey
     options : dict
-        ``max_steps``, ``e_rel``, ``batch_size``, ``max_sources``,
-        ``redo_failed``, ``compile_cache`` (directory or None).
+        ``kind`` (``"auto"``: the default path blend by blend, see
+        :func:`fit_blend_auto`; ``"free"``: free-form sources fitted in
+        vmapped batches), ``max_steps``, ``e_rel``, ``batch_size``,
+        ``max_sources``, ``redo_failed``, ``compile_cache`` (directory or None).
 
     Returns
     -------
@@ -150,21 +246,14 @@ def run_task(store: str, items: list, key, options: dict) -> list:
     redo = (PENDING, FAILED) if options.get("redo_failed") else (PENDING,)
     todo = [it for it, st in zip(items, status, strict=True) if st in redo]
     report = [(it["index"], int(st)) for it, st in zip(items, status, strict=True) if st not in redo]
+    if options.get("kind", "free") == "auto":
+        return report + _run_auto(group, todo, options)
     prepared = []
     for it in todo:
         t0 = time.perf_counter()
         try:
             ds = read_blend(it["path"])
-            if it["ra"] is None:
-                centers = detect_centers(ds, options["max_sources"])
-                rows = np.full(len(centers), -1)
-            else:
-                wcs = observation_wcs(ds)
-                if wcs is None:
-                    raise ValueError("the file has no WCS; cannot place catalog ra/dec")
-                x, y = wcs.world_to_pixel_values(np.asarray(it["ra"]), np.asarray(it["dec"]))
-                centers = np.stack([np.atleast_1d(y), np.atleast_1d(x)], axis=1)
-                rows = np.asarray(it["rows"])
+            centers, rows = _centers(ds, it, options)
             model, lik, frame = prepare_blend(ds, centers, key)
             prepared.append(({**it, "ds": ds}, model, lik, frame, rows, time.perf_counter() - t0))
         except Exception as err:  # bad data: record and go on
