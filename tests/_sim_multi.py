@@ -50,8 +50,11 @@ def _draw(gals, w, shape, psf, fluxes, rng, sigma):
     return noisy, truth, pimg / pimg.sum()
 
 
-def simulate(seed: int = 3):
+def simulate(seed: int = 3, space_lam_over_diam: float = 0.11):
     """Simulate the two observations and the truth.
+
+    ``space_lam_over_diam`` (arcsec) sets the space PSF (an Airy); 0.08 makes it
+    undersampled on its 0.05" pixels (core narrower than the default model PSF).
 
     Returns
     -------
@@ -103,7 +106,7 @@ def simulate(seed: int = 3):
         bands=GROUND_BANDS, wcs=wg, name="ground",
     )
     ws = _tan_wcs(0.05, theta, (64, 64), center_offset_arcsec=(-0.3, -0.2))
-    spsf = galsim.Airy(lam_over_diam=0.11)  # FWHM ~0.11"
+    spsf = galsim.Airy(lam_over_diam=space_lam_over_diam)  # FWHM ~ lam_over_diam
     d, _, p = _draw(gals, ws, (64, 64), spsf, flux_space, rng, 0.35)
     space = sx.make_observation(d, psf=p, variance=np.full((1, 64, 64), 0.35**2), bands=["F814W"], wcs=ws,
                                 name="space")

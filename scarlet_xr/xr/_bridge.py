@@ -6,13 +6,20 @@ import logging
 
 import numpy as np
 
-from ..core import ConvolutionRenderer, CorrelatedGaussianLikelihood, GaussianLikelihood, psf_core_width
+from ..core import (
+    ConvolutionRenderer,
+    CorrelatedGaussianLikelihood,
+    GaussianLikelihood,
+    gaussian_psf_image,
+    psf_core_width,
+)
 from ..wcs import Frame, observation_epochs
 from ._observation import BAND, X, Y, check_observation, observation_epoch, observation_wcs
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["likelihood_for", "normalize_observations", "frame_from_observations", "grid_offset"]
+__all__ = ["likelihood_for", "normalize_observations", "frame_from_observations", "grid_offset",
+           "model_psf_sigma"]
 
 
 def normalize_observations(observations) -> dict:
@@ -137,6 +144,10 @@ def frame_from_observations(
 ) -> Frame:
     """Model frame for the given observations (union of their bands; their epochs, if any).
 
+    The model PSF is a Gaussian of ``psf_sigma`` frame pixels (default 0.8,
+    or narrower when an observation's PSF core is not wider than that: see
+    :func:`model_psf_sigma`).
+
     Observations on one pixel grid give a frame on that grid covering all of
     them (with the WCS of the first). Observations on different grids (other
     pixel scales, rotations, sub-pixel offsets) give a north-up frame at the
@@ -151,7 +162,7 @@ def frame_from_observations(
     coverage : {"union", "intersection"}
         Cover every observation or only their common region.
     psf_sigma : float, optional
-        Model PSF width in model pixels (default 0.8).
+        Model PSF width in model pixels (default 0.8, or what :func:`model_psf_sigma` picks).
 
     Returns
     -------
@@ -166,7 +177,61 @@ def frame_from_observations(
     """
     obs = normalize_observations(observations)
     kw = {} if psf_sigma is None else {"psf_sigma": psf_sigma}
-    frame = Frame.from_grids(
-        [_grid(ds) for ds in obs.values()], resolution=resolution, coverage=coverage, **kw
-    )
+    grids = [_grid(ds) for ds in obs.values()]
+    frame = Frame.from_grids(grids, resolution=resolution, coverage=coverage, **kw)
+    if psf_sigma is None:
+        sigma = model_psf_sigma(obs, frame)
+        if sigma < frame.psf_sigma:
+            logger.info("model PSF sigma %.3g px (the default %.3g is not narrower than the narrowest "
+                        "observation PSF)", sigma, frame.psf_sigma)
+            frame = Frame.from_grids(grids, resolution=resolution, coverage=coverage, psf_sigma=sigma)
     return frame.with_epochs(observation_epochs(list(obs.values())))
+
+
+MODEL_PSF_MARGIN = 0.85
+"""The default model PSF's core is at most this fraction of the narrowest observation PSF's core."""
+
+
+def _core_width(sigma: float) -> float:
+    return float(psf_core_width(gaussian_psf_image(sigma, max(2 * int(np.ceil(4 * sigma)) + 1, 7)))[0])
+
+
+def model_psf_sigma(observations, frame: Frame) -> float:
+    """Width of the model PSF for ``frame``: the frame's, or narrower for sharp observation PSFs.
+
+    The model PSF must be narrower than every observation's PSF (the
+    renderers match it to each). When the frame's default width is not at
+    most :data:`MODEL_PSF_MARGIN` of the narrowest observation PSF's core
+    width (in frame pixels; e.g. an undersampled space-telescope PSF on the
+    frame of its own pixels), this returns the Gaussian width whose core is.
+
+    Parameters
+    ----------
+    observations : dict of Dataset
+    frame : Frame
+
+    Returns
+    -------
+    float
+        ``sigma`` in frame pixels (at most ``frame.psf_sigma``).
+    """
+    widths = []
+    fscale = frame.pixel_scale
+    for ds in observations.values():
+        w = psf_core_width(ds["psf"].values)
+        wcs = observation_wcs(ds)
+        if fscale is not None and wcs is not None:
+            from astropy.wcs.utils import proj_plane_pixel_scales
+
+            w = w * float(np.sqrt(np.prod(proj_plane_pixel_scales(wcs.celestial)))) * 3600.0 / fscale
+        widths.append(float(np.min(w)))
+    target = MODEL_PSF_MARGIN * min(widths)
+    if _core_width(frame.psf_sigma) <= target:
+        return frame.psf_sigma
+    lo, hi = 0.2, frame.psf_sigma
+    if _core_width(lo) > target:
+        return lo
+    for _ in range(30):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if _core_width(mid) <= target else (lo, mid)
+    return lo
