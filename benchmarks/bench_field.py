@@ -7,7 +7,8 @@ The field (:func:`scarlet_xr.survey.simulate_field`): ``size`` x ``size`` pixels
 placed 4-12 pixels from another source, noise rising 2x from left to right
 (``VARIANCE`` plane), three bad columns and one saturated star (``MASK``).
 
-Ours: the CLI in a fresh process, ``--workers 2`` (LocalCluster, one thread per
+Ours: the CLI in a fresh process, ``--kind free --workers 2`` (the batched free-form
+runner; the default ``--kind auto`` is measured on blends by ``bench_survey.py``; LocalCluster, one thread per
 worker) pinned to 2 cores, a fresh JAX compilation cache (compile time
 included). Peak memory: the sum of the RSS of the CLI process and its
 workers, sampled every 0.5 s (an upper bound: shared library pages count once
@@ -68,8 +69,10 @@ def _run_ours(field, out, catalog, cache, workers):
     env = dict(os.environ, JAX_PLATFORMS="cpu", TQDM_DISABLE="1", SCARLET_XR_CACHE=str(cache))
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH", "")]))
     cores = sorted(os.sched_getaffinity(0))[:2] if hasattr(os, "sched_getaffinity") else None
+    # the batched runner (--kind free): the default path (--kind auto) costs about 9x its time
+    # (bench_survey.py), over an hour on this field with 2 cores
     cmd = [sys.executable, "-m", "scarlet_xr.cli", "survey", str(field), "--out", str(out), "--catalog",
-           str(catalog), "--workers", str(workers)]
+           str(catalog), "--workers", str(workers), "--kind", "free"]
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             preexec_fn=(lambda: os.sched_setaffinity(0, cores)) if cores else None)
