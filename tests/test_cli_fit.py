@@ -25,6 +25,10 @@ def test_fit_detects_and_writes_netcdf(nc_run, capsys):
     assert tree["observations/Cut_HSC"].attrs["noise_estimated"] == 1
     assert tree["sources"].sizes["source"] >= 4
     assert list(tree["sources"]["band"].values) == ["g", "r", "i", "z", "y"]
+    # the residual (data - model: incompressible noise) is not written; the node says so
+    node = tree["observations/Cut_HSC"]
+    assert "residual" not in node.data_vars and node.attrs["residual"] == "not stored: data - model"
+    assert {"data", "model", "weight"} <= set(node.data_vars)
 
 
 def test_fit_with_catalog_writes_zarr(nc_run, tmp_path, data_dir, capsys):

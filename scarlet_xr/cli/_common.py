@@ -201,7 +201,8 @@ def write_tree(tree, path, *, overwrite: bool = False) -> Path:
 
     The tree is written to a temporary sibling first and moved into place
     when complete, so an interrupted write never leaves a half-written result
-    nor destroys the previous one.
+    nor destroys the previous one. ``residual`` is not written (it is
+    ``data - model``; see :func:`without_derived`).
 
     Parameters
     ----------
@@ -231,6 +232,7 @@ def write_tree(tree, path, *, overwrite: bool = False) -> Path:
             f"{str(path)!r} exists and is {_describe(path, kind)}; refusing to overwrite it "
             "(pass --overwrite to replace it)"
         )
+    tree = without_derived(tree)
     tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
     if tmp.exists():
         _remove(tmp)
@@ -246,6 +248,40 @@ def write_tree(tree, path, *, overwrite: bool = False) -> Path:
         if tmp.exists():
             _remove(tmp)
     return path
+
+
+DERIVED = ("residual",)
+"""Variables of ``/observations/<name>`` that files do not store: ``residual`` is ``data - model``."""
+
+
+def without_derived(tree):
+    """The tree as written to files: :data:`DERIVED` variables left out (recomputable).
+
+    A residual is noise, which no compression shrinks: storing it would make
+    a result about twice the size of the image it describes. Each
+    observation node that had one gets the attribute ``residual`` saying how
+    to recompute it (``node["data"] - node["model"]``).
+
+    Parameters
+    ----------
+    tree : xarray.DataTree
+
+    Returns
+    -------
+    xarray.DataTree
+        A shallow copy (the input tree is unchanged).
+    """
+    if "observations" not in tree.children:
+        return tree
+    out = tree.copy()
+    for name in list(out["observations"].children):
+        node = out[f"observations/{name}"].to_dataset(inherit=False)
+        drop = [v for v in DERIVED if v in node.data_vars]
+        if drop:
+            node = node.drop_vars(drop)
+            node.attrs["residual"] = "not stored: data - model"
+            out[f"observations/{name}"] = type(tree)(node)
+    return out
 
 
 def _compressed(tree) -> dict:
