@@ -271,7 +271,7 @@ def without_derived(tree):
     xarray.DataTree
         A shallow copy (the input tree is unchanged).
     """
-    if "observations" not in tree.children:
+    if "observations" not in getattr(tree, "children", {}):
         return tree
     out = tree.copy()
     for name in list(out["observations"].children):
