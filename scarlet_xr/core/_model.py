@@ -10,7 +10,7 @@ import numpy as np
 from ._fft import fast_size, kernel_to_origin
 from ._source import Source
 
-__all__ = ["SceneModel", "render_source", "component_boxes", "morphology_image"]
+__all__ = ["SceneModel", "component_boxes", "morphology_image"]
 
 
 PAD_MARGIN = 8
@@ -162,14 +162,6 @@ def _render(sources, shape, pad, psf_fft, fft_shape):
         conv = jnp.fft.irfft2(jnp.fft.rfft2(intrinsic, s=fft_shape) * psf_fft, s=fft_shape)
         frame = frame + conv[:, : frame.shape[1], : frame.shape[2]].astype(dtype)
     return frame[:, pad : pad + hh, pad : pad + ww]
-
-
-def render_source(source: Source, shape: tuple[int, int, int], pad: int, psf=None) -> jax.Array:
-    """Render one source into a zero frame of ``shape`` (band, y, x).
-
-    ``psf`` is the model-frame PSF applied to intrinsic profiles (optional).
-    """
-    return SceneModel([source], shape, psf=psf, pad=pad)()
 
 
 class SceneModel(eqx.Module):

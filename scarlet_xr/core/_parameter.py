@@ -112,8 +112,3 @@ class Parameter(eqx.Module):
 def is_parameter(x) -> bool:
     """Return True for :class:`Parameter` instances (for ``is_leaf``)."""
     return isinstance(x, Parameter)
-
-
-def value_of(x):
-    """Return ``x.value`` for a Parameter and ``x`` (as array) otherwise."""
-    return x.value if isinstance(x, Parameter) else jnp.asarray(x)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
 
 import jax.numpy as jnp
 import numpy as np
@@ -379,7 +378,3 @@ class Scene:
         from ._sample import sample_scene
 
         return sample_scene(self, observations, **kwargs)
-
-
-def _as_sequence(x) -> Sequence:
-    return x if isinstance(x, (list, tuple)) else [x]
