@@ -65,7 +65,9 @@ def test_host_flux_unchanged_by_the_transient(supernova):
     host_only = _scene(quiet, truth).fit(quiet).to_datatree(quiet)["sources"]
     with_sn = tree["sources"]
     diff = with_sn["flux"].values[0] - host_only["flux"].values[0]
-    assert np.all(np.abs(diff) < 1.0 * with_sn["flux_err"].values[0]), (diff, with_sn["flux_err"].values[0])
+    # measured 0.1 and 0.9 sigma (g, r); a host that took the supernova's light would move by
+    # ~ its mean flux, 20-30 sigma
+    assert np.all(np.abs(diff) < 1.5 * with_sn["flux_err"].values[0]), (diff, with_sn["flux_err"].values[0])
     # and the quiet light curve is zero within its errors
     lc, err = host_only["light_curve"].values[1], host_only["light_curve_err"].values[1]
     assert np.all(np.abs(lc / err) < 3.0), lc / err
@@ -108,7 +110,8 @@ def test_frozen_sampler_keeps_the_model_psf():
     post = fitted.sample(obs, num_warmup=150, num_samples=200, num_chains=1, progress=False)
     mean = post["posterior"]["flux"].mean(("chain", "draw")).values[0]
     sd = post["posterior"]["flux"].std(("chain", "draw")).values[0]
-    assert np.all(np.abs(mean - fitted.fluxes()[0]) < 0.6 * sd), (mean - fitted.fluxes()[0]) / sd
+    # measured 0.4 sigma (the bug: 6 sigma)
+    assert np.all(np.abs(mean - fitted.fluxes()[0]) < 0.8 * sd), (mean - fitted.fluxes()[0]) / sd
 
 
 def test_scene_with_epochs_saves_and_loads(supernova, tmp_path):
