@@ -61,7 +61,8 @@ def test_default_path_with_a_sharp_space_psf():
     blended = truth["blended"]
     err_j = np.abs(joint["sources"]["flux"].values[blended, :5] / truth["flux_ground"][blended] - 1)
     err_g = np.abs(alone["sources"]["flux"].values[blended] / truth["flux_ground"][blended] - 1)
-    assert np.median(err_j) < np.median(err_g), (np.median(err_j), np.median(err_g))
+    # measured 0.043 vs 0.135
+    assert np.median(err_j) < 0.6 * np.median(err_g), (np.median(err_j), np.median(err_g))
     for node in joint["observations"].children.values():
         assert node.attrs["chi2_reduced"] < 1.2
 
