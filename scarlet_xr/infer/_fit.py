@@ -280,10 +280,20 @@ def fit(
     return fitted, hist
 
 
+def _split(x, shapes):
+    """The flat vector ``x`` cut back into arrays of ``shapes`` (static: no closure to hash)."""
+    out, i = [], 0
+    for s in shapes:
+        n = int(np.prod(s))
+        out.append(x[i : i + n].reshape(s))
+        i += n
+    return out
+
+
 @eqx.filter_jit
-def _newton_parts(x, model, likelihoods, get, unravel):
+def _newton_parts(x, model, likelihoods, get, shapes):
     def loss_x(v):
-        return loss_function(eqx.tree_at(get, model, unravel(v)), likelihoods)
+        return loss_function(eqx.tree_at(get, model, _split(v, shapes)), likelihoods)
 
     return loss_x(x), jax.grad(loss_x)(x), jax.hessian(loss_x)(x)
 
@@ -305,7 +315,8 @@ def newton_step(model, likelihoods, get):
         As for :func:`fit`.
     get : callable
         ``get(model)`` returns the list of raw arrays to solve for (as for
-        ``equinox.tree_at``).
+        ``equinox.tree_at``). The compiled step is cached by ``get`` (and the
+        model's structure): pass the same function object to reuse it.
 
     Returns
     -------
@@ -318,8 +329,9 @@ def newton_step(model, likelihoods, get):
     leaves = get(model)
     if not leaves:
         return model, False, 0.0
-    x0, unravel = ravel_pytree(list(leaves))
-    loss0, g, h = _newton_parts(x0, model, tuple(likelihoods), get, unravel)
+    shapes = tuple(tuple(int(d) for d in leaf.shape) for leaf in leaves)
+    x0 = jnp.concatenate([jnp.ravel(leaf) for leaf in leaves])
+    loss0, g, h = _newton_parts(x0, model, tuple(likelihoods), get, shapes)
     h = np.asarray(h, np.float64)
     g = np.asarray(g, np.float64)
     if not (np.all(np.isfinite(h)) and np.all(np.isfinite(g))):
@@ -330,7 +342,7 @@ def newton_step(model, likelihoods, get):
     except np.linalg.LinAlgError:
         return model, False, 0.0
     x1 = (np.asarray(x0, np.float64) - dx).astype(np.asarray(x0).dtype)
-    new = eqx.tree_at(get, model, unravel(jnp.asarray(x1)))
+    new = eqx.tree_at(get, model, _split(jnp.asarray(x1), shapes))
     loss1 = loss_function(new, tuple(likelihoods))
     if not (np.isfinite(float(loss1)) and float(loss1) <= float(loss0)):
         return model, False, 0.0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import time
 
 import jax.numpy as jnp
@@ -37,17 +38,24 @@ def _solve_light_curves(model: SceneModel, likelihoods):
 
     Returns the model and the decrease of the loss (0 when there is nothing to solve).
     """
-    where = [(k, c) for k, src in enumerate(model.sources) for c, comp in enumerate(src.components)
-             if isinstance(comp.spectrum, LightCurve) and not comp.spectrum.positive
-             and not comp.spectrum.values.fixed]
+    where = tuple((k, c) for k, src in enumerate(model.sources) for c, comp in enumerate(src.components)
+                  if isinstance(comp.spectrum, LightCurve) and not comp.spectrum.positive
+                  and not comp.spectrum.values.fixed)
     if not where:
         return model, 0.0
+    new, _, gain = newton_step(model, likelihoods, _light_curve_getter(where))
+    return new, gain
+
+
+@functools.cache
+def _light_curve_getter(where):
+    """``get(model)`` of the light curves at ``where``; one function per ``where``, so the
+    compiled Newton step is reused across the rounds of a fit and across fits."""
 
     def get(m):
         return [m.sources[k].components[c].spectrum.values.raw for k, c in where]
 
-    new, _, gain = newton_step(model, likelihoods, get)
-    return new, gain
+    return get
 
 
 class Scene:
