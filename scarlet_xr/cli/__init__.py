@@ -12,21 +12,10 @@ def build_parser() -> argparse.ArgumentParser:
     """Return the argument parser with one sub-command per job."""
     parser = argparse.ArgumentParser(prog="scarlet-xr", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    from . import _demo
+    from . import _demo, _fit, _survey
 
-    _demo.add_parser(sub)
-    try:
-        from . import _fit
-    except ImportError:  # pragma: no cover - optional sub-command during development
-        _fit = None
-    if _fit is not None:
-        _fit.add_parser(sub)
-    try:
-        from . import _survey
-    except ImportError:  # pragma: no cover
-        _survey = None
-    if _survey is not None:
-        _survey.add_parser(sub)
+    for mod in (_demo, _fit, _survey):
+        mod.add_parser(sub)
     return parser
 
 
@@ -36,7 +25,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (ValueError, OSError, TypeError) as err:
+    except (ValueError, OSError, TypeError, MemoryError) as err:
         print(f"scarlet-xr {args.command}: error: {err}", file=sys.stderr)
         return 2
 

@@ -34,6 +34,7 @@ to ``/sources`` (``kind_reason``, ``delta_chi2_point``, ``box_truncated``).
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 
@@ -71,8 +72,11 @@ from ._init import (
 )
 from ._linear import set_spectra, solve_linear
 from ._scene import Scene
+from ._window import check_fit_memory, on_frame_grid, plan_windows, window_frame, window_observations
 
 __all__ = ["fit_sources", "EXTENT_PARAMETERS", "BULGE_DISK_SNR"]
+
+logger = logging.getLogger("scarlet_xr")
 
 REFINE_RADIUS = 2.0
 """Largest move (model pixels) of a given position onto the peak of the data."""
@@ -173,6 +177,7 @@ def fit_sources(
     max_box: int = BOX_SIZES[-4],
     center_sigma: float = CENTER_SIGMA,
     sky: str | None = None,
+    windows="auto",
 ) -> Scene:
     """Initialise, choose models for and fit sources at ``centers``; return the fitted Scene.
 
@@ -212,6 +217,17 @@ def fit_sources(
         was not subtracted (or was subtracted badly). Default None: the
         images are background-subtracted. The linear flux solve and the
         measurements use the data less the fitted sky.
+    windows : {"auto", True, False}
+        Fit far-apart groups of sources on their own windows of the image
+        (see :mod:`scarlet_xr.scene._window`): sources whose largest boxes
+        (``max_box``) cannot overlap do not interact, and each group is
+        fitted on a cutout around it, at a cost set by the cutouts instead of
+        the frame. ``"auto"`` (default) does so for frames of at least
+        :data:`~scarlet_xr.scene._window.WINDOW_MIN_PIXELS` pixels whose
+        windows cover at most half of them, when all sources are ``auto`` or
+        ``point``, the observations are on the frame's pixel grid, there is
+        no ``sky`` and no epochs; True whenever those conditions allow; False
+        never. The returned scene is on the whole frame either way.
 
     Returns
     -------
@@ -236,6 +252,17 @@ def fit_sources(
             f"{sorted(KIND_ALIASES)}"
         )
     auto_idx = [i for i, k in enumerate(kinds) if k == "auto"]
+    max_box = min(max_box, _canonical(max(frame.shape)))
+    if windows is not False and sky is None and not frame.epochs and on_frame_grid(obs, frame) and (
+            windows is True or all(k in ("auto", "point") for k in kinds)):
+        plan = plan_windows(frame.shape, centers, max_box, windows=windows, num_bands=len(frame.bands))
+        if plan is not None:
+            return _fit_windows(frame, obs, centers, kinds, names, plan, max_steps=max_steps, e_rel=e_rel,
+                                optimizer=optimizer, progress=progress, max_box=max_box,
+                                center_sigma=center_sigma)
+    else:
+        plan_windows(frame.shape, centers, max_box, windows=windows)  # validates the argument
+    check_fit_memory(obs, frame)
     init_kinds = ["sersic" if k == "auto" else k for k in kinds]
     fit_liks = [likelihood_for(ds, frame, sky=sky) for ds in obs.values()]
     liks = fit_liks
@@ -254,8 +281,7 @@ def fit_sources(
     # render in one vmapped call, so a scene compiles once per box size used (a few),
     # whatever its number of sources, and memory grows with the boxes, not the largest one
     # (moments inside the footprint underestimate sizes: start with room for twice the size)
-    # (and never more than the frame holds: light outside it is not measured)
-    max_box = min(max_box, _canonical(max(frame.shape)))
+    # (and never more than the frame holds: light outside it is not measured: max_box above)
     for k in auto_idx:
         src = sources[k]
         box = _common_box([src.components[0].morphology], max_box, scale=INIT_SIZE_MARGIN)
@@ -307,6 +333,54 @@ def fit_sources(
         fitted.sky_coefficients = {name: np.asarray(lik.sky_coefficients(cube), float)
                                    for name, lik in zip(obs, fit_liks, strict=True)}
     return fitted
+
+
+def _fit_windows(frame, obs, centers, kinds, names, plan, **kw) -> Scene:
+    """Fit each group of ``plan`` on its window; return the scene of all sources on ``frame``.
+
+    Each window is fitted with source names ``src0 ...`` (names are part of a
+    compiled program's key: windows of one size and content then share it) and
+    the sources are renamed and moved back to frame pixels afterwards. The
+    history sums the windows' losses step by step (a window that stopped
+    keeps its last loss); its status is the worst of theirs.
+    """
+    n = len(centers)
+    names = [f"src{i}" for i in range(n)] if names is None else [str(s) for s in names]
+    if len(names) != n:
+        raise ValueError(f"expected {n} names; got {len(names)}")
+    sources, choices = [None] * n, [None] * n
+    flux, flux_err = [None] * n, [None] * n
+    losses, statuses, steps = [], [], 0
+    t0 = time.perf_counter()
+    for w, (idx, box) in enumerate(plan):
+        sub = window_frame(frame, box)
+        sub_obs = window_observations(obs, frame, box)
+        off = np.array([box[0], box[2]], float)
+        fitted = fit_sources(sub, sub_obs, centers[idx] - off, kinds=[kinds[i] for i in idx], windows=False,
+                             **kw)
+        for j, i in enumerate(idx):
+            src = fitted.sources[j]
+            c = src.center
+            center = eqx.tree_at(lambda p: p.raw, c, c.raw + jnp.asarray(off, c.raw.dtype))
+            sources[i] = Source(center, components=src.components, name=names[i])
+            choices[i] = dict(fitted.choices[j])
+            choices[i]["reason"] += f"; fitted in window {w} of {len(plan)}"
+            flux[i], flux_err[i] = fitted.measured_flux[j], fitted.measured_flux_err[j]
+        losses.append(np.asarray(fitted.history.loss, float))
+        statuses.append(fitted.history.status)
+        steps = max(steps, fitted.history.num_steps)
+    logger.info("fitted %d sources in %d windows of the %d x %d frame", n, len(plan), *frame.shape)
+    length = max(len(h) for h in losses)
+    loss = np.sum([np.pad(h, (0, length - len(h)), mode="edge") for h in losses], axis=0)
+    status = next((s for s in ("diverged", "max_steps") if s in statuses), "converged")
+    scene = Scene(frame)
+    scene._sources = sources
+    scene.history = FitHistory(loss=loss, status=status, num_steps=steps)
+    scene.fit_time = time.perf_counter() - t0
+    scene.choices = choices
+    scene.measured_flux = np.stack(flux)
+    scene.measured_flux_err = np.stack(flux_err)
+    return scene
 
 
 def _without_sky(likelihoods, model):
