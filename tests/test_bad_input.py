@@ -961,3 +961,21 @@ def test_large_image_read_memory_ceiling(tmp_path):
     extra_gb, data_mb = (float(v) for v in res.stdout.split()[-2:])
     assert data_mb == 80.0
     assert extra_gb < 0.6, f"reading 80 MB took {extra_gb:.2f} GB above the interpreter"
+
+
+def test_fit_larger_than_memory_is_refused_before_fitting(hsc, tmp_path, monkeypatch, capsys):
+    """A whole-frame fit whose memory estimate exceeds what is available stops before any work."""
+    import scarlet_xr.scene._window as window
+
+    data, psf, wcs = hsc
+    path = tmp_path / "hsc.fits"
+    fits.HDUList([fits.PrimaryHDU(data, header=wcs.to_header()),
+                  fits.ImageHDU(psf, name="PSF")]).writeto(path)
+    monkeypatch.setattr(window, "available_memory", lambda: 0.2e9)
+    t0 = time.perf_counter()
+    rc = main(["fit", str(path), "--out", str(tmp_path / "r.nc")])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert "needs about 0.5 GB; 0.2 GB is available" in err and "scarlet-xr survey" in err
+    assert not (tmp_path / "r.nc").exists()
+    assert time.perf_counter() - t0 < 30  # refused before the fit compiles
