@@ -168,7 +168,7 @@ def deblend_catalog(
         Show a progress bar (``tqdm.auto``; honours ``TQDM_DISABLE``).
     compile_cache : str or Path, optional
         JAX persistent compilation cache shared by the workers. Default
-        ``$SCARLET_XR_CACHE`` if set.
+        ``$SCARLET_XR_CACHE`` if set (``off``, ``none``, ``0`` or empty: no cache, as for the CLI).
 
     Returns
     -------
@@ -259,6 +259,8 @@ def deblend_catalog(
     # compiled once and later tasks of it find the shared compilation cache warm
     tasks = [t for group_ in itertools.zip_longest(*per_bucket) for t in group_ if t is not None]
     cache = compile_cache if compile_cache is not None else os.environ.get("SCARLET_XR_CACHE")
+    if cache is not None and str(cache).strip().lower() in ("", "0", "off", "none"):
+        cache = None
     options = {"kind": kind, "max_steps": int(max_steps), "e_rel": float(e_rel),
                "max_sources": int(max_sources),
                "redo_failed": bool(retry_failed), "compile_cache": str(cache) if cache else None,
