@@ -218,10 +218,13 @@ def test_old_store_without_measurements_is_refused(survey_store, tmp_path):
         survey_catalog(tmp_path)
 
 
-def test_free_kind_runs_batched_and_a_store_keeps_its_kind(survey, survey_store, tmp_path):
+def test_free_kind_runs_batched_and_a_store_keeps_its_kind(survey, survey_store, tmp_path, monkeypatch):
     path, table = survey
     out = tmp_path / "free.zarr"
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("SCARLET_XR_CACHE", "off")  # no compile cache (it once made a directory 'off')
     ds = deblend_catalog(path, out=out, kind="freeform", client="synchronous", max_steps=150, progress=False)
+    assert not (tmp_path / "off").exists()
     assert zarr.open_group(str(out), mode="r").attrs["source_kind"] == "freeform"
     cat = survey_catalog(out)
     assert set(cat["kind"][:-1]) == {"free"}
