@@ -52,6 +52,7 @@ from ..core import (
     SersicMorphology,
     Source,
     Spectrum,
+    filter_jit,
     morphology_image,
 )
 from ..infer import FitHistory, default_optimizer, settling_optimizer
@@ -340,11 +341,9 @@ def fit_sources(
     fitted.measured_flux_err = np.sqrt(_per_source(model, sol.flux_variance))
     if sky is not None:
         fitted.sky_model = sky
-        cube = model()
-        fitted.sky = {name: np.asarray(lik.sky_image(cube), float)
-                      for name, lik in zip(obs, fit_liks, strict=True)}
-        fitted.sky_coefficients = {name: np.asarray(lik.sky_coefficients(cube), float)
-                                   for name, lik in zip(obs, fit_liks, strict=True)}
+        images, coeffs = _sky(model, fit_liks)
+        fitted.sky = {name: np.asarray(im, float) for name, im in zip(obs, images, strict=True)}
+        fitted.sky_coefficients = {name: np.asarray(c, float) for name, c in zip(obs, coeffs, strict=True)}
     return fitted
 
 
@@ -400,9 +399,16 @@ def _without_sky(likelihoods, model):
     """The likelihoods of the data less the sky fitted with ``model`` (for the linear steps)."""
     if all(getattr(lik, "sky", None) is None for lik in likelihoods):
         return likelihoods
+    images, _ = _sky(model, likelihoods)
+    return [GaussianLikelihood(np.asarray(lik.data - im), np.asarray(lik.weights), lik.renderer,
+                               epoch=lik.epoch) for lik, im in zip(likelihoods, images, strict=True)]
+
+
+@filter_jit
+def _sky(model, likelihoods):
+    """Each likelihood's fitted sky image and coefficients under ``model`` (compiled, not op by op)."""
     cube = model()
-    return [GaussianLikelihood(np.asarray(lik.data - lik.sky_image(cube)), np.asarray(lik.weights),
-                               lik.renderer, epoch=lik.epoch) for lik in likelihoods]
+    return [lik.sky_image(cube) for lik in likelihoods], [lik.sky_coefficients(cube) for lik in likelihoods]
 
 
 def refine_centers(frame: Frame, observations, centers, radius: float = REFINE_RADIUS,
@@ -781,16 +787,23 @@ def _bulge_disk(model, liks, frame, auto_idx, choices, max_box):
     return eqx.tree_at(lambda m: m.sources, model, tuple(sources)), one_sersic
 
 
+@filter_jit
+def _chi2_map(model, lik):
+    r = lik.residual(model())
+    return jnp.sum(lik.weights * r * r, axis=0)
+
+
 def _chi2_maps(model, liks) -> list:
-    """Per-pixel chi^2 summed over bands, ``(y0, x0, map)`` per observation on the frame's grid."""
-    cube = model()
+    """Per-pixel chi^2 summed over bands, ``(y0, x0, map)`` per observation on the frame's grid.
+
+    Compiled: rendering a scene of 100 sources op by op took 30-46 s.
+    """
     out = []
     for lik in liks:
         crop = getattr(lik.renderer, "crop", None)
         if crop is None:  # resampled observation: no frame-aligned map
             continue
-        r = np.asarray(lik.residual(cube), float)
-        out.append((crop[0], crop[2], np.sum(np.asarray(lik.weights, float) * r * r, axis=0)))
+        out.append((crop[0], crop[2], np.asarray(_chi2_map(model, lik), float)))
     return out
 
 

@@ -29,6 +29,11 @@ def _evaluate(model: SceneModel, likelihoods):
     return model.component_stamps(), model.fluxes(), [lik.render(cube) for lik in likelihoods], centers, light
 
 
+@filter_jit
+def _render(model: SceneModel):
+    return model()
+
+
 _LIGHT_CURVE_ROUNDS = 4
 """Optimizer runs of :meth:`Scene.fit`, each followed by an exact light-curve solve, at most."""
 
@@ -155,7 +160,7 @@ class Scene:
     def render(self) -> np.ndarray:
         """Model cube ``(band, y, x)`` on the model frame (model PSF only); ``(epoch, band, y, x)``
         for a scene with variable sources."""
-        return np.asarray(self.model()())
+        return np.asarray(_render(self.model()))
 
     def _replace(self, model: SceneModel) -> Scene:
         new = Scene(self.frame)
