@@ -512,13 +512,15 @@ def _optimizer_for(model, optimizer):
     return default_optimizer() if pixels else settling_optimizer()
 
 
-def _footprint_chi2(model, liks, frame, idx):
+def _footprint_chi2(model, liks, frame, idx, maps: list | None = None):
     """Reduced chi^2 of the whole model on each source's footprint and its S/N.
 
     The footprint of source ``k`` is where its own rendered model exceeds the
     noise (1 sigma) in an observation band. Components are rendered on their
     own boxes (:func:`._init._render_stamps`); only the model and the residual
-    of each observation band are full images.
+    of each observation band are full images. With a list ``maps``, the
+    per-pixel chi^2 summed over bands of each observation on the frame's grid
+    is appended to it as ``(y0, x0, map)`` (see :func:`_box_chi2`).
     """
     from ._init import _render_stamps
     from ._linear import _component_stamps
@@ -533,6 +535,8 @@ def _footprint_chi2(model, liks, frame, idx):
         patches = _render_stamps(lik.renderer, stamps, model.shape)
         band_index = getattr(lik.renderer, "band_index", tuple(range(lik.data.shape[0])))
         data, weights = np.asarray(lik.data), np.asarray(lik.weights)
+        crop = getattr(lik.renderer, "crop", None)  # None: resampled, no frame-aligned map
+        chi2_map = np.zeros(data.shape[1:]) if maps is not None and crop is not None else None
         for j, b in enumerate(band_index):
             w = np.asarray(weights[j], float)
             # each source's rendered model in this band on the union of its components' boxes
@@ -555,6 +559,8 @@ def _footprint_chi2(model, liks, frame, idx):
             for p in per_source:
                 if p is not None:
                     resid[p[0] : p[0] + p[2].shape[0], p[1] : p[1] + p[2].shape[1]] -= p[2]
+            if chi2_map is not None:
+                chi2_map += w * resid**2
             for k in idx:
                 if per_source[k] is None:
                     continue
@@ -565,6 +571,8 @@ def _footprint_chi2(model, liks, frame, idx):
                 num[k] += float(np.sum((wk * resid[sl] ** 2)[foot]))
                 cnt[k] += int(foot.sum())
                 snr2[k] += float(np.sum(wk * img**2))
+        if chi2_map is not None:
+            maps.append((crop[0], crop[2], chi2_map))
     return {k: (num[k] / max(cnt[k], 1), cnt[k], math.sqrt(snr2[k])) for k in idx}
 
 
@@ -594,10 +602,10 @@ def _free_form_misfits(model, liks, frame, auto_idx, choices, given, one_sersic=
     ext = [k for k in auto_idx if choices[k]["kind"] in ("sersic", "bulge+disk")]
     if not ext:
         return None
-    stats = _footprint_chi2(model, liks, frame, ext)
+    maps = []
+    stats = _footprint_chi2(model, liks, frame, ext, maps=maps)
     sources = list(model.sources)
     changed = False
-    maps = _chi2_maps(model, liks) if any(choices[k]["kind"] == "bulge+disk" for k in one_sersic) else []
     extra = model.shape[0] - 1  # a second spectrum, two indices fixed instead of one free
     for k in ext:
         chi2, npix, snr = stats[k]
@@ -746,7 +754,8 @@ def _bulge_disk(model, liks, frame, auto_idx, choices, max_box):
     one_sersic = {}
     if not ext:
         return model, one_sersic
-    stats = _footprint_chi2(model, liks, frame, ext)
+    maps = []
+    stats = _footprint_chi2(model, liks, frame, ext, maps=maps)
     sources = list(model.sources)
     changed = False
     for k in ext:
@@ -782,29 +791,8 @@ def _bulge_disk(model, liks, frame, auto_idx, choices, max_box):
         changed = True
     if not changed:
         return model, one_sersic
-    maps = _chi2_maps(model, liks)
     one_sersic = {k: (*v, maps) for k, v in one_sersic.items()}
     return eqx.tree_at(lambda m: m.sources, model, tuple(sources)), one_sersic
-
-
-@filter_jit
-def _chi2_map(model, lik):
-    r = lik.residual(model())
-    return jnp.sum(lik.weights * r * r, axis=0)
-
-
-def _chi2_maps(model, liks) -> list:
-    """Per-pixel chi^2 summed over bands, ``(y0, x0, map)`` per observation on the frame's grid.
-
-    Compiled: rendering a scene of 100 sources op by op took 30-46 s.
-    """
-    out = []
-    for lik in liks:
-        crop = getattr(lik.renderer, "crop", None)
-        if crop is None:  # resampled observation: no frame-aligned map
-            continue
-        out.append((crop[0], crop[2], np.asarray(_chi2_map(model, lik), float)))
-    return out
 
 
 def _box_chi2(maps, center, size: int) -> float:
