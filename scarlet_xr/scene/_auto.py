@@ -609,30 +609,26 @@ def _free_form_misfits(model, liks, frame, auto_idx, choices, given, one_sersic=
     extra = model.shape[0] - 1  # a second spectrum, two indices fixed instead of one free
     for k in ext:
         chi2, npix, snr = stats[k]
-        if choices[k]["kind"] == "bulge+disk" and k in one_sersic and maps:
-            sersic_chi2, sersic, maps1 = one_sersic[k]
+        back = None  # why a bulge+disk goes back to its one-Sersic fit
+        if choices[k]["kind"] == "bulge+disk" and k in one_sersic:
+            sersic_chi2, _, maps1 = one_sersic[k]
             size = max(c.morphology.shape[0] for c in sources[k].components)
             c = np.asarray(sources[k].center.value, float)
-            bd, one = _box_chi2(maps, c, size), _box_chi2(maps1, c, size)
-            if bd > one - extra and (sersic_chi2 <= MISFIT_CHI2 or snr < MISFIT_SNR):
-                sources[k] = sersic
-                choices[k].update(
-                    kind="sersic",
-                    reason=choices[k]["reason"] + f"; back to one Sersic: the bulge+disk does not lower "
-                    f"chi2 on its box by more than its {extra} extra parameters ({bd:.1f} vs {one:.1f})",
-                )
-                changed = True
-                continue
-        if chi2 <= MISFIT_CHI2 or snr < MISFIT_SNR:
-            continue
-        if choices[k]["kind"] == "bulge+disk" and k in one_sersic and one_sersic[k][0] <= MISFIT_CHI2:
+            bd, one = (_box_chi2(maps, c, size), _box_chi2(maps1, c, size)) if maps else (0.0, 0.0)
+            sersic_fits = sersic_chi2 <= MISFIT_CHI2
+            if maps and bd > one - extra and (sersic_fits or snr < MISFIT_SNR):
+                back = (f"does not lower chi2 on its box by more than its {extra} extra parameters "
+                        f"({bd:.1f} vs {one:.1f})")
+            elif chi2 > MISFIT_CHI2 and snr >= MISFIT_SNR and sersic_fits:
+                back = (f"leaves reduced chi2 {chi2:.2f} > {MISFIT_CHI2} on its footprint ({npix} px), "
+                        f"the Sersic {sersic_chi2:.2f}")
+        if back is not None:
             sources[k] = one_sersic[k][1]
-            choices[k].update(
-                kind="sersic",
-                reason=choices[k]["reason"] + f"; back to one Sersic: the bulge+disk leaves reduced chi2 "
-                f"{chi2:.2f} > {MISFIT_CHI2} on its footprint ({npix} px), the Sersic {one_sersic[k][0]:.2f}",
-            )
+            choices[k].update(kind="sersic",
+                              reason=choices[k]["reason"] + f"; back to one Sersic: the bulge+disk {back}")
             changed = True
+            continue
+        if chi2 <= MISFIT_CHI2 or snr < MISFIT_SNR:
             continue
         src = sources[k]
         # pixels anchored on the given position's pixel (the peak a detection found) or, when
