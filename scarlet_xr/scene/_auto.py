@@ -372,8 +372,9 @@ def _fit_windows(frame, obs, centers, kinds, names, plan, **kw) -> Scene:
                              **kw)
         for j, i in enumerate(idx):
             src = fitted.sources[j]
-            c = src.center
-            center = eqx.tree_at(lambda p: p.raw, c, c.raw + jnp.asarray(off, c.raw.dtype))
+            c = src.center  # moved in the constrained space: right for any centre constraint
+            center = Parameter(np.asarray(c.value, float) + off, c.constraint, prior=c.prior, fixed=c.fixed,
+                               step=c.step)
             sources[i] = Source(center, components=src.components, name=names[i])
             choices[i] = dict(fitted.choices[j])
             choices[i]["reason"] += f"; fitted in window {w} of {len(plan)}"
