@@ -504,13 +504,24 @@ def measure_scene(scene, observations, *, zero_points=None, stamps=None, model_f
 
     # -- assemble ----------------------------------------------------------------------------
     oy, ox = (float(o) for o in frame.origin)
+    # the position is the fitted centre where the centre was fitted (the parameter whose error
+    # y_err / x_err give); the model's light-weighted centroid is biased when a profile is cut
+    # by its box or the frame edge. Pixel models with a fixed anchor use the centroid.
+    position = centroid.copy()
+    for k, src in enumerate(scene.sources):
+        if not src.center.fixed:
+            position[k] = np.asarray(src.center.value, np.float64)
     y_err = np.sqrt(center_cov[:, 0, 0])
     x_err = np.sqrt(center_cov[:, 1, 1])
     out = {
-        "y": ("source", centroid[:, 0] + oy, {"units": "pix", "description":
-              "light-weighted centroid of the model, model-frame row"}),
-        "x": ("source", centroid[:, 1] + ox, {"units": "pix", "description":
-              "light-weighted centroid of the model, model-frame column"}),
+        "y": ("source", position[:, 0] + oy, {"units": "pix", "description":
+              "fitted centre (fixed-anchor pixel models: light-weighted centroid), model-frame row"}),
+        "x": ("source", position[:, 1] + ox, {"units": "pix", "description":
+              "fitted centre (fixed-anchor pixel models: light-weighted centroid), model-frame column"}),
+        "centroid_y": ("source", centroid[:, 0] + oy, {"units": "pix", "description":
+                       "light-weighted centroid of the model within its box, model-frame row"}),
+        "centroid_x": ("source", centroid[:, 1] + ox, {"units": "pix", "description":
+                       "light-weighted centroid of the model within its box, model-frame column"}),
         "y_err": ("source", y_err, {"units": "pix", "description": "1-sigma error of y (Fisher)"}),
         "x_err": ("source", x_err, {"units": "pix", "description": "1-sigma error of x (Fisher)"}),
         "flux": (("source", "band"), flux, {"description": _flux_text(scene)}),
@@ -547,7 +558,7 @@ def measure_scene(scene, observations, *, zero_points=None, stamps=None, model_f
                            "flux_err)"})
         out["variable"] = ("source", variable, {"description": "the source has a light curve"})
     if frame.wcs is not None:
-        _add_sky(out, frame, centroid, center_cov, r_half, theta)
+        _add_sky(out, frame, position, center_cov, r_half, theta)
     out.setdefault("r_half", ("source", r_half, {"units": "pix", "description":
                    "half-light radius of the model before the PSF (circular; no WCS: pixels)"}))
     zp = resolve_zero_points(zero_points, frame.bands, obs)
@@ -562,12 +573,12 @@ def _flux_text(scene) -> str:
     return "total flux per band of the model (model units)"
 
 
-def _add_sky(out, frame, centroid, center_cov, r_half, theta):
-    ra, dec = frame.pixel_to_sky(centroid[:, 0], centroid[:, 1])
+def _add_sky(out, frame, position, center_cov, r_half, theta):
+    ra, dec = frame.pixel_to_sky(position[:, 0], position[:, 1])
     out["ra"] = ("source", np.asarray(ra, float), {"units": "deg", "description":
-                 "ICRS right ascension of the model centroid"})
+                 "ICRS right ascension of the position (x, y)"})
     out["dec"] = ("source", np.asarray(dec, float), {"units": "deg", "description":
-                  "ICRS declination of the model centroid"})
+                  "ICRS declination of the position (x, y)"})
     # pixel -> sky Jacobian (deg per pixel), columns (x, y)
     cd = np.asarray(frame.wcs.pixel_scale_matrix, float)
     jac = np.array([[cd[0, 1], cd[0, 0]], [cd[1, 1], cd[1, 0]]]) * 3600.0  # rows (ra*cos, dec); cols (y, x)

@@ -247,8 +247,9 @@ class Scene:
 
         ``/sources`` holds the catalog quantities of
         :func:`~scarlet_xr.scene.measure_scene` (``x``, ``y``, ``ra``, ``dec``
-        are the model's light-weighted centroid; the centre parameters are
-        ``anchor_y``, ``anchor_x``) and ``/deblended/<observation>`` the
+        are the fitted centre, or the light-weighted centroid for pixel models
+        with a fixed anchor; ``centroid_y``, ``centroid_x`` the centroid of
+        every model; ``anchor_y``, ``anchor_x`` the centre parameters) and ``/deblended/<observation>`` the
         flux-conserving per-source images, footprints and segmentation.
 
         Parameters
