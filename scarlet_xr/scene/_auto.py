@@ -58,7 +58,7 @@ from ..core import (
 from ..infer import FitHistory, default_optimizer, settling_optimizer
 from ..infer import fit as _fit
 from ..wcs import Frame
-from ..xr import likelihood_for, normalize_observations
+from ..xr import bind_observations, normalize_observations
 from ._init import (
     BOX_SIZES,
     BULGE_DISK_SPLIT,
@@ -276,12 +276,14 @@ def fit_sources(
         plan_windows(frame.shape, centers, max_box, windows=windows)  # validates the argument
     check_fit_memory(obs, frame)
     init_kinds = ["sersic" if k == "auto" else k for k in kinds]
-    fit_liks = [likelihood_for(ds, frame, sky=sky) for ds in obs.values()]
+    # bound once: every stage below, the results, measurements and samples use these
+    bound = bind_observations(obs, frame, sky=sky)
+    fit_liks = [b.likelihood for b in bound]
     liks = fit_liks
     t0 = time.perf_counter()
-    centers, moved = refine_centers(frame, obs, centers)
+    centers, moved = refine_centers(frame, bound, centers)
     with Scene(frame) as scene:
-        initialize_sources(frame, obs, centers, kinds=init_kinds, names=names)
+        initialize_sources(frame, bound, centers, kinds=init_kinds, names=names)
     sources = list(scene.sources)
     choices = [
         {"kind": k, "reason": "given", "delta_chi2_point": float("nan"), "box_truncated": False}
@@ -337,6 +339,7 @@ def fit_sources(
     fitted.history = FitHistory(loss=np.concatenate(losses), status=hist.status, num_steps=steps)
     fitted.fit_time = time.perf_counter() - t0
     fitted.choices = choices
+    fitted.observations = bound
     fitted.measured_flux = _per_source(model, sol.flux)
     fitted.measured_flux_err = np.sqrt(_per_source(model, sol.flux_variance))
     if sky is not None:

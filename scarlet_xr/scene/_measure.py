@@ -28,7 +28,6 @@ from ..xr import (
     footprints,
     half_light_radius,
     image_moments,
-    likelihood_for,
     normalize_observations,
     observation_epoch,
     pack_stamps,
@@ -344,7 +343,7 @@ def _noise_of_sum(weight) -> float:
     return float(np.sqrt(np.sum(var))) if var else 0.0
 
 
-def measure_scene(scene, observations, *, zero_points=None, stamps=None, model_flux=None,
+def measure_scene(scene, observations=None, *, zero_points=None, stamps=None, model_flux=None,
                   renderers=None, per_source=None) -> Measurements:
     """Measure every source of a fitted scene on its observations.
 
@@ -354,8 +353,9 @@ def measure_scene(scene, observations, *, zero_points=None, stamps=None, model_f
         A fitted scene (its ``measured_flux``, when set by
         :func:`~scarlet_xr.scene.fit_sources`, is the reported flux; otherwise
         the flux of the model).
-    observations : Dataset, sequence or mapping of Datasets
-        The observations the scene was fit to.
+    observations : Dataset, sequence or mapping of Datasets, optional
+        The observations the scene was fit to (default: those it keeps; see
+        :meth:`Scene.bound_observations`, whose bound renderers are reused).
     zero_points : float, sequence or dict, optional
         AB zero point(s): ``mag = zp - 2.5 log10(flux)``. One number for all
         bands, one per frame band, or ``{band: zp}``. Default: the
@@ -377,7 +377,12 @@ def measure_scene(scene, observations, *, zero_points=None, stamps=None, model_f
     -------
     Measurements
     """
-    obs = normalize_observations(observations)
+    if renderers is None:
+        bound = scene.bound_observations(observations)
+        renderers = [b.renderer for b in bound]
+        obs = {b.name: b.dataset for b in bound}
+    else:
+        obs = normalize_observations(scene.bound_observations() if observations is None else observations)
     frame = scene.frame
     model = scene.model()
     ns, nb = len(scene.sources), len(frame.bands)
@@ -442,8 +447,6 @@ def measure_scene(scene, observations, *, zero_points=None, stamps=None, model_f
     foot_px = np.zeros(ns)
     edge = np.zeros(ns, bool)
     blendedness = None
-    if renderers is None:
-        renderers = [likelihood_for(ds, frame).renderer for ds in obs.values()]
     for (name, ds), renderer, epoch in zip(obs.items(), renderers, epochs, strict=True):
         band_index = list(getattr(renderer, "band_index", frame.band_index(list(ds["band"].values))))
         w = np.asarray(ds["weight"].values, np.float64)

@@ -41,7 +41,7 @@ from ..core import (
     is_parameter,
 )
 from ..infer import sample as _sample
-from ..xr import BAND, likelihood_for, normalize_observations
+from ..xr import BAND, likelihood_for
 
 __all__ = ["sample_scene", "attach_posterior", "summarize"]
 
@@ -205,7 +205,7 @@ def _derived_full(model: SceneModel) -> dict:
 
 def sample_scene(
     scene,
-    observations,
+    observations=None,
     *,
     num_warmup: int = 500,
     num_samples: int = 1000,
@@ -230,7 +230,9 @@ def sample_scene(
     ----------
     scene : Scene
         Usually the fitted scene (``scene.fit(obs)``).
-    observations : Dataset, sequence or mapping of Datasets
+    observations : Dataset, sequence or mapping of Datasets, optional
+        Default: those the scene was fitted to (their bound likelihoods are
+        reused; see :meth:`Scene.bound_observations`).
     num_warmup, num_samples, num_chains : int
         Warm-up iterations, draws per chain and chains.
     seed : int
@@ -268,7 +270,7 @@ def sample_scene(
     """
     from arviz_base import from_dict
 
-    obs = normalize_observations(observations)
+    bound = scene.bound_observations(observations)
     if len(scene) == 0:
         raise ValueError("the scene has no sources")
     frame = scene.frame
@@ -289,7 +291,8 @@ def sample_scene(
         model = SceneModel(srcs, frame.cube_shape, psf=frame.psf, num_epochs=len(frame.epochs))
         derived = _derived_full
         sampled_centers = any(not srcs[i].center.fixed for i in selected)
-    liks = [likelihood_for(ds, frame) for ds in obs.values()]
+    # the sampler has no sky: a likelihood bound with one is rebuilt without it
+    liks = [b.likelihood if b.sky is None else likelihood_for(b.dataset, frame) for b in bound]
     res = _sample(model, liks, key=seed if key is None else key, num_warmup=num_warmup,
                   num_samples=num_samples, num_chains=num_chains, derived=derived,
                   progress=progress, **kwargs)

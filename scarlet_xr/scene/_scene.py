@@ -14,7 +14,7 @@ from ..core import LightCurve, SceneModel, Source, collecting, filter_jit
 from ..infer import FitHistory, newton_step
 from ..infer import fit as _fit
 from ..wcs import Frame
-from ..xr import BAND, build_result_tree, likelihood_for, normalize_observations
+from ..xr import BAND, BoundObservation, bind_observations, build_result_tree, check_same_observations
 from ._init import sky_positions_to_pixels
 
 __all__ = ["Scene"]
@@ -101,6 +101,7 @@ class Scene:
         self.sky: dict[str, np.ndarray] | None = None
         self.sky_coefficients: dict[str, np.ndarray] | None = None
         self.sky_model: str | None = None
+        self.observations: tuple[BoundObservation, ...] | None = None
 
     # -- building ---------------------------------------------------------
     def __enter__(self) -> Scene:
@@ -203,8 +204,8 @@ class Scene:
         """
         if e_rel is None:
             e_rel = 1e-6 if any(s.num_epochs for s in self._sources) else 1e-4
-        obs = normalize_observations(observations)
-        liks = [likelihood_for(ds, self.frame) for ds in obs.values()]
+        bound = bind_observations(observations, self.frame)
+        liks = [b.likelihood for b in bound]
         t0 = time.perf_counter()
         model, _ = _solve_light_curves(self.model(), liks)
         losses, steps = [], 0
@@ -230,7 +231,33 @@ class Scene:
         new = self._replace(model)
         new.history = hist
         new.fit_time = time.perf_counter() - t0
+        new.observations = bound
         return new
+
+    def bound_observations(self, observations=None) -> tuple[BoundObservation, ...]:
+        """The observations bound to this scene's frame (see :func:`~scarlet_xr.xr.bind_observations`).
+
+        Parameters
+        ----------
+        observations : Dataset, sequence or mapping of Datasets, optional
+            Default: the observations the scene was fitted to. Given, they are
+            checked against those (same names, bands and shapes) and their bound
+            likelihoods reused where the data are the same.
+
+        Raises
+        ------
+        ValueError
+            Without ``observations`` on a scene that was not fitted, or with
+            observations other than the fitted ones.
+        """
+        if observations is None:
+            if self.observations is None:
+                raise ValueError("this scene was not fitted to observations (or was assembled from windows); "
+                                 "pass the observations")
+            return self.observations
+        if self.observations is not None:
+            return check_same_observations(self.observations, observations)
+        return bind_observations(observations, self.frame)
 
     # -- results -----------------------------------------------------------
     def source_centers(self) -> np.ndarray:
@@ -241,7 +268,7 @@ class Scene:
         """Total flux ``(source, band)``."""
         return np.asarray(self.model().fluxes(), float)
 
-    def to_datatree(self, observations, *, extra_attrs: dict | None = None, zero_points=None,
+    def to_datatree(self, observations=None, *, extra_attrs: dict | None = None, zero_points=None,
                     measure: bool = True):
         """Results as an ``xarray.DataTree`` (layout in :mod:`scarlet_xr.xr`).
 
@@ -254,8 +281,10 @@ class Scene:
 
         Parameters
         ----------
-        observations : Dataset, sequence or mapping of Datasets
-            The observations the scene was fit to.
+        observations : Dataset, sequence or mapping of Datasets, optional
+            The observations the scene was fit to. Default: those it keeps from
+            its fit (:meth:`bound_observations`); given, they must be the same
+            observations (names, bands, shapes), else a ``ValueError``.
         extra_attrs : dict, optional
             Added to the root attrs.
         zero_points : float, sequence or dict, optional
@@ -265,10 +294,11 @@ class Scene:
             False skips the measurements and deblended images (model and
             residuals only).
         """
-        obs = normalize_observations(observations)
+        bound = self.bound_observations(observations)
+        obs = {b.name: b.dataset for b in bound}
         model = self.model()
-        liks = tuple(likelihood_for(ds, self.frame) for ds in obs.values())
-        renderers = tuple(lik.renderer for lik in liks)
+        liks = tuple(b.likelihood for b in bound)
+        renderers = tuple(b.renderer for b in bound)
         from ._measure import scene_stamps
 
         groups, fluxes, rendered, centers, light = _evaluate(model, liks)
@@ -381,8 +411,10 @@ class Scene:
         kinds = ", ".join(s.kind for s in self._sources)
         return f"Scene({len(self._sources)} sources [{kinds}], {self.frame!r})"
 
-    def sample(self, observations, **kwargs):
+    def sample(self, observations=None, **kwargs):
         """Sample the posterior of this scene; see :func:`scarlet_xr.scene.sample_scene`.
+
+        ``observations`` default to those the scene was fitted to.
 
         Returns
         -------

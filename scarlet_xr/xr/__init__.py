@@ -8,6 +8,9 @@ from ._observation import make_observation as make_observation
 from ._observation import observation_epoch as observation_epoch
 from ._observation import observation_wcs as observation_wcs
 from ._observation import wcs_to_header_string as wcs_to_header_string
+from ._bound import BoundObservation as BoundObservation
+from ._bound import bind_observations as bind_observations
+from ._bound import check_same_observations as check_same_observations
 from ._bridge import frame_from_observations as frame_from_observations
 from ._bridge import likelihood_for as likelihood_for
 from ._noise import NOISE_CORRELATION as NOISE_CORRELATION
@@ -53,6 +56,7 @@ from ._resample import resampling_likelihood as resampling_likelihood
 
 __all__ = [
     "BAND",
+    "BoundObservation",
     "CATALOG_COLUMNS",
     "FLAGS",
     "MASKED_FRACTION_LIMIT",
@@ -64,9 +68,11 @@ __all__ = [
     "WEIGHT_HDUS",
     "X",
     "Y",
+    "bind_observations",
     "build_result_tree",
     "catalog_from_tree",
     "check_observation",
+    "check_same_observations",
     "cube_to_stamps",
     "deblend_images",
     "estimate_background",

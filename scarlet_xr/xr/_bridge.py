@@ -14,6 +14,7 @@ from ..core import (
     psf_core_width,
 )
 from ..wcs import Frame, observation_epochs
+from ._bound import BoundObservation
 from ._observation import BAND, X, Y, check_observation, observation_epoch, observation_wcs
 
 logger = logging.getLogger(__name__)
@@ -23,20 +24,28 @@ __all__ = ["likelihood_for", "normalize_observations", "frame_from_observations"
 
 
 def normalize_observations(observations) -> dict:
-    """Return ``{name: Dataset}`` from a Dataset, a sequence or a mapping; names made unique."""
+    """Return ``{name: Dataset}`` from a Dataset, a sequence or a mapping; names made unique.
+
+    Items may be :class:`BoundObservation` (their Dataset, already checked when
+    bound, under their name).
+    """
     import xarray as xr
 
-    if isinstance(observations, xr.Dataset):
+    if isinstance(observations, (xr.Dataset, BoundObservation)):
         observations = [observations]
     if isinstance(observations, dict):
         items = list(observations.items())
     else:
-        items = [(ds.attrs.get("name", f"obs{i}"), ds) for i, ds in enumerate(observations)]
+        items = [(ds.name if isinstance(ds, BoundObservation) else ds.attrs.get("name", f"obs{i}"), ds)
+                 for i, ds in enumerate(observations)]
     if not items:
         raise ValueError("at least one observation is required")
     out = {}
     for name, ds in items:
-        check_observation(ds)
+        if isinstance(ds, BoundObservation):
+            ds = ds.dataset
+        else:
+            check_observation(ds)
         name = str(name)
         base, k = name, 1
         while name in out:

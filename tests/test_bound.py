@@ -1,0 +1,50 @@
+"""Observations are bound to the frame once and kept by the fitted Scene (issue 13)."""
+
+import numpy as np
+import pytest
+
+import scarlet_xr as sx
+from scarlet_xr.datasets import hsc_cosmos_35
+from scarlet_xr.xr import BoundObservation, bind_observations
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    obs, centers = hsc_cosmos_35()
+    frame = sx.frame_from_observations(obs)
+    with sx.Scene(frame) as scene:
+        sx.initialize_sources(frame, obs, centers, kinds=["point"] + ["sersic"] * (len(centers) - 1))
+    return obs, scene, scene.fit(obs, max_steps=60)
+
+
+def test_fitted_scene_keeps_its_bound_observations_and_results_reuse_them(fitted):
+    obs, scene, fit = fitted
+    assert scene.observations is None  # the input scene is left unchanged
+    (bound,) = fit.observations
+    assert isinstance(bound, BoundObservation) and bound.name == "hsc" and bound.dataset is obs
+    assert bound.frame is fit.frame
+    # handing the same observation back reuses the bound likelihood (built once)
+    assert fit.bound_observations(obs)[0] is bound
+    assert bind_observations(fit.observations, fit.frame)[0] is bound
+    # results without observations are those with them
+    a, b = fit.to_datatree(measure=False), fit.to_datatree(obs, measure=False)
+    np.testing.assert_array_equal(a["sources"]["flux"].values, b["sources"]["flux"].values)
+    np.testing.assert_array_equal(a["observations/hsc"]["model"].values,
+                                  b["observations/hsc"]["model"].values)
+
+
+def test_results_refuse_other_observations(fitted):
+    obs, scene, fit = fitted
+    with pytest.raises(ValueError, match=r"not the ones the scene was fitted to: expected .*58, 48.*got"):
+        fit.to_datatree(obs.isel(y=slice(0, 40)))
+    with pytest.raises(ValueError, match="not fitted to observations"):
+        scene.to_datatree()
+
+
+def test_same_shape_other_data_is_bound_anew(fitted):
+    obs, _, fit = fitted
+    other = obs.assign(data=obs["data"] * 2.0)
+    (rebound,) = fit.bound_observations(other)
+    assert rebound is not fit.observations[0] and rebound.dataset is other
+    tree = fit.to_datatree(other, measure=False)
+    np.testing.assert_allclose(tree["observations/hsc"]["data"].values, 2.0 * obs["data"].values, rtol=1e-6)
