@@ -36,6 +36,8 @@ from .scene import initialize_sources as initialize_sources
 from .scene import load_scene as load_scene
 from .scene import save_scene as save_scene
 from .wcs import Frame as Frame
+from .xr import BoundObservation as BoundObservation
+from .xr import bind_observations as bind_observations
 from .xr import frame_from_observations as frame_from_observations
 from .xr import make_observation as make_observation
 from .xr import open_observation as open_observation
@@ -57,9 +59,10 @@ __all__ = [
     "AbstractMorphology",
     "AbstractPrior",
     "AbstractSpectrum",
-    "LightCurve",
     "attach_posterior",
     "AutoMorphology",
+    "bind_observations",
+    "BoundObservation",
     "catalog_from_tree",
     "Component",
     "deblend_catalog",
@@ -69,6 +72,7 @@ __all__ = [
     "fit_sources",
     "FitDivergedError",
     "FitHistory",
+    "FlatPrior",
     "Frame",
     "frame_from_observations",
     "FreeFormMorphology",
@@ -76,11 +80,11 @@ __all__ = [
     "Identity",
     "initialize_sources",
     "Interval",
+    "LightCurve",
     "load_scene",
     "LogPositive",
     "make_observation",
     "measure_scene",
-    "FlatPrior",
     "NormalPrior",
     "observation_wcs",
     "open_observation",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 import numpy as np
+from jaxtyping import Array, ArrayLike, Complex, Float, Shaped
 
 __all__ = ["fast_size", "kernel_to_origin", "fourier_shift", "convolve_fft"]
 
@@ -21,7 +22,7 @@ def fast_size(n: int) -> int:
         n += 1
 
 
-def kernel_to_origin(kernel, shape):
+def kernel_to_origin(kernel: Shaped[ArrayLike, "*batch h w"], shape) -> Shaped[np.ndarray, "*batch H W"]:
     """Embed a centred odd-sized kernel in ``shape`` with its centre at index (0, 0).
 
     Parameters
@@ -43,7 +44,8 @@ def kernel_to_origin(kernel, shape):
     return np.roll(out, (-(h // 2), -(w // 2)), axis=(-2, -1))
 
 
-def fourier_shift(image, shift):
+def fourier_shift(image: Float[ArrayLike, "*batch h w"],
+                  shift: Float[ArrayLike, " 2"]) -> Float[Array, "*batch h w"]:
     """Shift an image by a sub-pixel amount using the Fourier phase theorem.
 
     Parameters
@@ -67,7 +69,8 @@ def fourier_shift(image, shift):
     return out.astype(image.dtype)
 
 
-def convolve_fft(image, kernel_fft, fft_shape):
+def convolve_fft(image: Float[ArrayLike, "*batch h w"], kernel_fft: Complex[ArrayLike, "*kbatch fh fw"],
+                 fft_shape) -> Float[Array, "*batch h w"]:
     """Convolve ``image`` (..., h, w) with a kernel given by its rfft2 on ``fft_shape``.
 
     The image is zero-padded to ``fft_shape`` (which must exceed the image by at

@@ -6,6 +6,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jaxtyping import Array, ArrayLike, Float
 
 from ._fft import fast_size, kernel_to_origin
 from ._source import Source
@@ -135,7 +136,7 @@ def _place_group(canvas, boxes, centers, pad):
 
 
 @eqx.filter_jit
-def morphology_image(morphology, offset) -> jax.Array:
+def morphology_image(morphology, offset: Float[ArrayLike, " 2"]) -> Float[Array, "h w"]:
     """Evaluate ``morphology(offset)`` compiled once per morphology type and box size.
 
     For code outside a traced function (initialisation, linear solves) that

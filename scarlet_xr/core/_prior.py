@@ -23,12 +23,13 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jaxtyping import Array, Float
 
 __all__ = ["AbstractPrior", "FlatPrior", "NormalPrior", "ScorePrior", "score_surrogate",
            "score_line_integral"]
 
 
-def score_surrogate(x: jax.Array, score: jax.Array, value=None) -> jax.Array:
+def score_surrogate(x: Float[Array, "*shape"], score: Float[Array, "*shape"], value=None) -> Float[Array, ""]:
     """Scalar whose value is ``value`` (default 0) and whose gradient in ``x`` is ``score``.
 
     Parameters

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from jaxtyping import ArrayLike, Complex, Float, Real
 
 from ._fft import kernel_to_origin
 
@@ -21,7 +22,8 @@ def _erf(x):
     return np.vectorize(math.erf, otypes=[float])(x)
 
 
-def gaussian_psf_image(sigma: float, size: int | None = None, offset=(0.0, 0.0)) -> np.ndarray:
+def gaussian_psf_image(sigma: float, size: int | None = None,
+                       offset=(0.0, 0.0)) -> Float[np.ndarray, "size size"]:
     """Pixel-integrated, unit-sum circular Gaussian on an odd ``size`` grid.
 
     Parameters
@@ -50,7 +52,8 @@ def gaussian_psf_image(sigma: float, size: int | None = None, offset=(0.0, 0.0))
     return img / img.sum()
 
 
-def check_psf(psf, *, name: str = "psf", atol: float = 1e-3) -> np.ndarray:
+def check_psf(psf: Real[ArrayLike, "*band h w"], *, name: str = "psf", atol: float = 1e-3
+              ) -> Float[np.ndarray, "*band h w"]:
     """Validate a PSF cube (band, h, w): finite, odd-sized, unit sum, centred.
 
     Returns the PSF as float64, normalised to unit sum per band. Raises
@@ -82,7 +85,9 @@ def check_psf(psf, *, name: str = "psf", atol: float = 1e-3) -> np.ndarray:
     return psf
 
 
-def difference_kernel_fft(obs_psf, model_psf, fft_shape, eps: float = 1e-6) -> np.ndarray:
+def difference_kernel_fft(obs_psf: Real[ArrayLike, "band h w"], model_psf: Real[ArrayLike, "mh mw"],
+                          fft_shape,
+                          eps: float = 1e-6) -> Complex[np.ndarray, "band fh fw"]:
     """Fourier transform of the kernel that turns the model PSF into ``obs_psf``.
 
     Parameters

@@ -40,6 +40,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jaxtyping import ArrayLike, Float, Real
 
 from ._fft import fast_size
 from ._render import AbstractRenderer
@@ -91,7 +92,8 @@ def psf_spectrum(psf, jacobian, freqs_y, freqs_x, *, chunk: int = 2048) -> np.nd
     return out
 
 
-def psf_core_width(psf, jacobian=None) -> np.ndarray:
+def psf_core_width(psf: Real[ArrayLike, "*band h w"], jacobian: Real[ArrayLike, "2 2"] | None = None
+                   ) -> Float[np.ndarray, " n"]:
     """Core width of PSF images in model pixels, from their peak value.
 
     For a unit-integral Gaussian the peak density is ``1 / (2 pi sigma^2)``;

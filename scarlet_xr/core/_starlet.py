@@ -21,6 +21,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jaxtyping import Array, ArrayLike, Float
 
 from ._morphology import AbstractMorphology
 from ._parameter import Parameter
@@ -48,7 +49,7 @@ def default_scales(shape) -> int:
     return max(1, int(math.floor(math.log2(min(shape)))) - 1)
 
 
-def starlet_transform(image, scales: int | None = None) -> jax.Array:
+def starlet_transform(image: Float[ArrayLike, "h w"], scales: int | None = None) -> Float[Array, "s h w"]:
     """Starlet coefficients ``(scales + 1, h, w)`` of an image: details, then the coarse scale.
 
     Parameters
@@ -93,7 +94,7 @@ def starlet_transform(image, scales: int | None = None) -> jax.Array:
     return jnp.stack(coeffs)
 
 
-def starlet_reconstruct(coefficients) -> jax.Array:
+def starlet_reconstruct(coefficients: Float[ArrayLike, "s h w"]) -> Float[Array, "h w"]:
     """Inverse starlet transform: the sum of all scales, ``(J + 1, h, w) -> (h, w)``."""
     return jnp.sum(jnp.asarray(coefficients), axis=0)
 
