@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from scarlet_xr.core import ActiveSceneModel, GaussianMorphology, SceneModel, Source
+from scarlet_xr.core import GaussianMorphology, SceneModel, Source
 from scarlet_xr.infer import fit, fit_batch, stack_trees
 from scarlet_xr.survey import bucket_key, prepare_blend, read_blend, simulate_blends
 from scarlet_xr.xr import observation_wcs
@@ -60,16 +60,16 @@ def test_active_model_matches_scene_model():
     srcs = [Source((10.2, 9.7), np.array([1.0, 3.0]), GaussianMorphology(1.5, shape=11)),
             Source((5.0, 14.0), np.array([2.0, 1.0]), GaussianMorphology(2.0, shape=11))]
     full = np.asarray(SceneModel(srcs[:1], (2, 21, 21))())
-    act = ActiveSceneModel(srcs, (2, 21, 21), active=[1.0, 0.0])
+    act = SceneModel(srcs, (2, 21, 21), active=[1.0, 0.0])
     np.testing.assert_allclose(np.asarray(act()), full, atol=1e-6)
     assert np.asarray(act.fluxes())[1].tolist() == [0.0, 0.0]
     with pytest.raises(ValueError, match="shape \\(2,\\)"):
-        ActiveSceneModel(srcs, (2, 21, 21), active=[1.0])
+        SceneModel(srcs, (2, 21, 21), active=[1.0])
 
 
 def test_mismatched_structures_raise(blends):
     other = Source((10, 10), np.ones(5), GaussianMorphology(1.5, shape=11))
-    odd = ActiveSceneModel([other, other], blends[0][0].shape)
+    odd = SceneModel([other, other], blends[0][0].shape)
     with pytest.raises(ValueError, match="different structure"):
         fit_batch([blends[0][0], odd], [(blends[0][1],), (blends[0][1],)])
     with pytest.raises(ValueError, match="one sequence of likelihoods per model"):

@@ -39,7 +39,6 @@ from ._spectrum import AbstractSpectrum as AbstractSpectrum
 from ._spectrum import LightCurve as LightCurve
 from ._spectrum import Spectrum as Spectrum
 from ._monotonic import MonotonicMorphology as MonotonicMorphology
-from ._batch_model import ActiveSceneModel as ActiveSceneModel
 from ._resample import ResamplingRenderer as ResamplingRenderer
 from ._resample import affine_from_coords as affine_from_coords
 from ._resample import psf_core_width as psf_core_width
@@ -65,7 +64,6 @@ __all__ = [
     "AbstractRenderer",
     "AbstractSpectrum",
     "LightCurve",
-    "ActiveSceneModel",
     "AutoMorphology",
     "Component",
     "ConvolutionRenderer",

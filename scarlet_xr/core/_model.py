@@ -146,13 +146,26 @@ def morphology_image(morphology, offset: Float[ArrayLike, " 2"]) -> Float[Array,
     return morphology(offset)
 
 
-def _render(sources, shape, pad, psf_fft, fft_shape):
-    """Sum of ``sources`` on the frame; intrinsic profiles convolved with the model PSF."""
+def _component_weights(sources, active):
+    """Per component, its source's ``active`` weight (None: all 1)."""
+    if active is None:
+        return None
+    owner = np.array([k for k, s in enumerate(sources) for _ in s.components], np.int32)
+    return active[owner]
+
+
+def _render(sources, shape, pad, psf_fft, fft_shape, weights=None):
+    """Sum of ``sources`` on the frame; intrinsic profiles convolved with the model PSF.
+
+    ``weights`` (one per component, see :func:`_component_weights`) multiply the components.
+    """
     b, hh, ww = shape
     dtype = sources[0].center.raw.dtype if sources else jnp.float32
     frame = jnp.zeros((b, hh + 2 * pad, ww + 2 * pad), dtype=dtype)
     intrinsic = None
-    for _, centers, boxes, is_intrinsic in _component_groups(sources):
+    for members, centers, boxes, is_intrinsic in _component_groups(sources):
+        if weights is not None:
+            boxes = boxes * weights[np.asarray(members)][:, None, None, None].astype(boxes.dtype)
         if is_intrinsic and psf_fft is not None:
             if intrinsic is None:
                 intrinsic = jnp.zeros_like(frame)
@@ -189,6 +202,20 @@ class SceneModel(eqx.Module):
         (:class:`~scarlet_xr.core.LightCurve` spectra) the model is
         ``(epoch, band, y, x)``: the static sources plus each epoch's
         variable light; a likelihood picks its observation's epoch.
+    active : array (source,), optional
+        Weights in [0, 1] multiplying each source's light (not fitted; default
+        all 1). Batched fitting (``jax.vmap`` over blends) needs every blend of
+        a batch to have the same sources and boxes: blends with fewer sources
+        are padded with placeholders of weight 0, which render to nothing and
+        get zero gradients. Not with variable sources.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from scarlet_xr.core import GaussianMorphology, SceneModel, Source
+    >>> src = [Source((10, 10), np.ones(2), GaussianMorphology(1.5)) for _ in range(2)]
+    >>> round(float(SceneModel(src, (2, 21, 21), active=[1.0, 0.0])().sum()), 3)
+    2.0
     """
 
     sources: tuple[Source, ...]
@@ -198,13 +225,16 @@ class SceneModel(eqx.Module):
     pad: int = eqx.field(static=True)
     fft_shape: tuple[int, int] = eqx.field(static=True)
     num_epochs: int = eqx.field(static=True)
+    active: jax.Array | None = None
 
-    def __init__(self, sources, shape, *, psf=None, pad: int | None = None, num_epochs: int = 0):
+    def __init__(self, sources, shape, *, psf=None, pad: int | None = None, num_epochs: int = 0,
+                 active=None):
         self.sources = tuple(sources)
         self.shape = tuple(int(s) for s in shape)
         self.num_epochs = int(num_epochs)
         if len(self.shape) != 3:
             raise ValueError(f"model shape must be (band, y, x); got {shape}")
+        self.active = self._checked_active(active)
         for i, s in enumerate(self.sources):
             if s.num_bands != self.shape[0]:
                 raise ValueError(
@@ -233,6 +263,21 @@ class SceneModel(eqx.Module):
             self.psf_fft = jnp.asarray(k, dtype=jnp.result_type(jnp.asarray(0.0).dtype, jnp.complex64))
             self.psf = jnp.asarray(psf / psf.sum(), dtype=jnp.asarray(0.0).dtype)
 
+    def _checked_active(self, active):
+        if active is None or isinstance(active, jax.core.Tracer):
+            return active
+        n = len(self.sources)
+        if not n:
+            raise ValueError("active weights need at least one source")
+        active = np.asarray(active, dtype=float)
+        if active.shape != (n,):
+            raise ValueError(f"active must have shape ({n},) (one per source); got {active.shape}")
+        if not np.all((active >= 0) & (active <= 1)):
+            raise ValueError(f"active weights must lie in [0, 1]; got {active}")
+        if any(s.num_epochs for s in self.sources):
+            raise ValueError("active weights are not supported with variable sources")
+        return jnp.asarray(active, dtype=self.sources[0].center.raw.dtype)
+
     @property
     def variable(self) -> tuple[bool, ...]:
         """Per source: whether it is variable (has light curves)."""
@@ -241,7 +286,8 @@ class SceneModel(eqx.Module):
     def __call__(self) -> jax.Array:
         """Return the model cube ``(band, y, x)``; ``(epoch, band, y, x)`` with variable sources."""
         if not any(self.variable):
-            return _render(self.sources, self.shape, self.pad, self.psf_fft, self.fft_shape)
+            return _render(self.sources, self.shape, self.pad, self.psf_fft, self.fft_shape,
+                           _component_weights(self.sources, self.active))
         static = [s for s, v in zip(self.sources, self.variable, strict=True) if not v]
         varying = [s for s, v in zip(self.sources, self.variable, strict=True) if v]
         b, hh, ww = self.shape
@@ -261,10 +307,11 @@ class SceneModel(eqx.Module):
 
     def render_sources(self) -> jax.Array:
         """Return each source rendered alone, ``(source, band, y, x)`` (variable: mean over epochs)."""
-        return jnp.stack([
+        out = jnp.stack([
             _render([s], self.shape, self.pad, self.psf_fft, self.fft_shape) if not s.num_epochs
             else self._mean_render(s) for s in self.sources
         ])
+        return out if self.active is None else out * self.active[:, None, None, None].astype(out.dtype)
 
     def _mean_render(self, source):
         """A variable source rendered with its light curve's mean over epochs ``(band, y, x)``."""
@@ -290,7 +337,10 @@ class SceneModel(eqx.Module):
             h, w)`` (a variable component: its light curve's mean over epochs).
         """
         out = []
+        weights = _component_weights(self.sources, self.active)
         for members, centers, boxes, intrinsic in _component_groups(self.sources):
+            if weights is not None:
+                boxes = boxes * weights[np.asarray(members)][:, None, None, None].astype(boxes.dtype)
             if boxes.shape[1] != self.shape[0]:
                 # variable components (epoch * band): their mean over epochs
                 m, eb, h, w = boxes.shape
@@ -321,4 +371,5 @@ class SceneModel(eqx.Module):
             m = len(src.components)
             out.append(per_comp[c] if m == 1 else sum(per_comp[c : c + m]))
             c += m
-        return jnp.stack(out)
+        out = jnp.stack(out)
+        return out if self.active is None else out * self.active[:, None].astype(out.dtype)

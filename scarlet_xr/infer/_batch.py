@@ -146,7 +146,7 @@ def fit_batch(
     Parameters
     ----------
     models : sequence of callable pytrees
-        E.g. :class:`~scarlet_xr.core.ActiveSceneModel` instances with the same
+        E.g. :class:`~scarlet_xr.core.SceneModel` instances (with ``active`` weights) of the same
         number of sources and box shapes (see :func:`stack_trees`).
     likelihoods : sequence of sequences of GaussianLikelihood
         For each model, its likelihood terms (same shapes across models).

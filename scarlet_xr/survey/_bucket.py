@@ -16,7 +16,7 @@ import equinox as eqx
 import numpy as np
 import xarray as xr
 
-from ..core import ActiveSceneModel, FreeFormMorphology, Source, Spectrum
+from ..core import FreeFormMorphology, SceneModel, Source, Spectrum
 from ..scene import BOX_SIZES, initialize_sources
 from ..xr import BAND, X, Y, frame_from_observations, likelihood_for
 
@@ -138,7 +138,7 @@ def prepare_blend(ds: xr.Dataset, centers, key: BucketKey):
 
     Returns
     -------
-    model : ActiveSceneModel
+    model : SceneModel
         ``key.slots`` free-form sources with ``key.box`` boxes; the first
         ``n`` are active.
     likelihood : GaussianLikelihood
@@ -172,5 +172,5 @@ def prepare_blend(ds: xr.Dataset, centers, key: BucketKey):
                    name=f"slot{k}")
         )
     active = np.r_[np.ones(n), np.zeros(key.slots - n)]
-    model = ActiveSceneModel(out, frame.cube_shape, active=active)
+    model = SceneModel(out, frame.cube_shape, active=active)
     return model, likelihood_for(padded, frame), frame

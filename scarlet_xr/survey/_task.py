@@ -63,7 +63,7 @@ def measure_blend(model, hist, frame, ds, key, n: int) -> dict:
 
     Parameters
     ----------
-    model : ActiveSceneModel
+    model : SceneModel
         The fitted model of :func:`~scarlet_xr.survey.prepare_blend`.
     hist : FitHistory
     frame : Frame
