@@ -18,7 +18,7 @@ import numpy as np
 import optax
 
 from ._fit import _STATUS, _WINDOW, DIVERGED, MAX_STEPS, FitHistory, _finish, _run_chunk, _start
-from ._fit import default_optimizer, fit
+from ._fit import _fit, default_optimizer
 from ._params import partition_free
 
 __all__ = ["fit_batch", "stack_trees", "unstack_trees"]
@@ -101,8 +101,8 @@ def _fit_each(models, likelihoods, optimizer, max_steps, e_rel, chunk):
     out_models, out_hist = [], []
     for model, liks in zip(models, likelihoods, strict=True):
         try:
-            fitted, hist = fit(model, liks, optimizer=optimizer, max_steps=max_steps, e_rel=e_rel,
-                               chunk=chunk, low_memory=False)
+            fitted, hist = _fit(model, liks, optimizer=optimizer, max_steps=max_steps, e_rel=e_rel,
+                                chunk=chunk, progress=False, on_divergence="warn", lean=False)
         except ValueError:  # initial loss not finite: report like the batched path
             fitted, hist = model, FitHistory(loss=np.full(1, np.nan), status="diverged", num_steps=0)
         out_models.append(fitted)

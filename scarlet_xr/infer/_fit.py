@@ -160,7 +160,6 @@ def fit(
     progress: bool = False,
     chunk: int = 100,
     on_divergence: str = "warn",
-    low_memory: bool = True,
 ):
     """Fit a model by minimising ``-log L - log prior`` with optax.
 
@@ -198,11 +197,6 @@ def fit(
         always stops and keeps the last finite state; ``"warn"`` logs a
         warning and reports ``status="diverged"``, ``"raise"`` raises
         :class:`FitDivergedError`.
-    low_memory : bool
-        Compile the loop for low peak memory (XLA's classic CPU emitters;
-        about 170 MB less for the HSC demo scene, same speed). ``False``
-        uses XLA's defaults, which run many small scenes (survey blends)
-        faster.
 
     Returns
     -------
@@ -218,6 +212,14 @@ def fit(
     FitDivergedError
         If the fit diverges and ``on_divergence="raise"``.
     """
+    return _fit(model, likelihoods, optimizer=optimizer, max_steps=max_steps, e_rel=e_rel,
+                progress=progress, chunk=chunk, on_divergence=on_divergence, lean=True)
+
+
+def _fit(model, likelihoods, *, optimizer, max_steps, e_rel, progress, chunk, on_divergence, lean):
+    """:func:`fit`; ``lean`` compiles the loop with XLA's classic CPU emitters (about 170 MB
+    less peak memory for the HSC demo scene, same speed), otherwise with XLA's defaults
+    (faster on the many small scenes of a survey's batched runner)."""
     if max_steps < 1:
         raise ValueError(f"max_steps must be >= 1; got {max_steps}")
     if on_divergence not in ("warn", "raise"):
@@ -238,7 +240,7 @@ def fit(
     status = 0
     try:
         while True:
-            z, opt_state, ring, hist, n, st = (_run_chunk_lean if low_memory else _run_chunk)(
+            z, opt_state, ring, hist, n, st = (_run_chunk_lean if lean else _run_chunk)(
                 z, opt_state, ring, rest, likelihoods, optimizer,
                 jnp.asarray(n_done, jnp.int32), jnp.asarray(max_steps, jnp.int32),
                 jnp.asarray(e_rel, dtype), int(chunk),
