@@ -118,6 +118,22 @@ def test_numpy_twin_matches_jax(theta):
     np.testing.assert_allclose(a, b, atol=1e-5 * np.abs(b).max())
 
 
+def test_convolution_numpy_twin_matches_jax():
+    from scarlet_xr.core import ConvolutionRenderer
+
+    obs_psf = np.stack([gaussian_psf_image(s, 21) for s in (2.0, 2.5)])
+    r = ConvolutionRenderer((3, 40, 36), (2, 30, 28), [2, 0], obs_psf, gaussian_psf_image(0.8, 11),
+                            origin=(4, 5))
+    m = np.random.default_rng(2).random((3, 3, 40, 36))
+    a = np.stack([np.asarray(r(jnp.asarray(x, jnp.float32))) for x in m])
+    b = r.render_numpy(m)
+    assert a.shape == b.shape == (3, 2, 30, 28)
+    np.testing.assert_allclose(a, b, atol=1e-5 * np.abs(b).max())
+    # band 0 of the observation is model band 2, cropped at the origin
+    plain = np.fft.irfft2(np.fft.rfft2(m[0, 2], s=r.fft_shape) * np.asarray(r.kernel_fft[0]), s=r.fft_shape)
+    np.testing.assert_allclose(b[0, 0], plain[4:34, 5:33], atol=1e-12)
+
+
 def test_model_psf_must_be_narrower():
     n = 20
     coords = np.stack(np.mgrid[:n, :n].astype(float)) + 10

@@ -76,11 +76,21 @@ class ConvolutionRenderer(AbstractRenderer):
 
     def __call__(self, model):
         """Select bands, convolve to the observation PSF and crop."""
-        idx = np.asarray(self.band_index)
-        if tuple(idx) != tuple(range(model.shape[0])):
-            model = model[idx]
-        h, w = model.shape[-2:]
-        spec = jnp.fft.rfft2(model, s=self.fft_shape)
-        out = jnp.fft.irfft2(spec * self.kernel_fft, s=self.fft_shape)
+        return self._render(jnp, model, self.kernel_fft).astype(model.dtype)
+
+    def render_numpy(self, model) -> np.ndarray:
+        """Numpy twin of :meth:`__call__` (float64, no compilation), for ``(..., band, y, x)``.
+
+        The same code as :meth:`__call__` (one function, run with numpy instead of
+        jax.numpy), for models rendered a few times outside the fit (initial
+        spectra), so that no JAX program is compiled for them.
+        """
+        return self._render(np, np.asarray(model, float), np.asarray(self.kernel_fft))
+
+    def _render(self, xp, model, kernel_fft):
+        """Band selection, FFT convolution and crop with the array module ``xp`` (numpy or jax.numpy)."""
+        if self.band_index != tuple(range(model.shape[-3])):
+            model = model[..., list(self.band_index), :, :]
+        out = xp.fft.irfft2(xp.fft.rfft2(model, s=self.fft_shape) * kernel_fft, s=self.fft_shape)
         y0, y1, x0, x1 = self.crop
-        return out[:, y0:y1, x0:x1].astype(model.dtype)
+        return out[..., y0:y1, x0:x1]

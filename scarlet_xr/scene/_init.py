@@ -614,17 +614,8 @@ def _gram(patches, data, weights, band_index, num_bands):
 
 
 def _render_np(renderer, cube):
-    """Apply a renderer to a cube ``(..., band, y, x)``; numpy for plain convolutions.
-
-    Renderers with a ``render_numpy`` twin (resampling) use it; others run
-    eagerly in JAX on the whole batch.
-    """
-    if isinstance(renderer, ConvolutionRenderer):
-        idx = list(renderer.band_index)
-        spec = np.fft.rfft2(cube[..., idx, :, :], s=renderer.fft_shape)
-        out = np.fft.irfft2(spec * np.asarray(renderer.kernel_fft), s=renderer.fft_shape)
-        y0, y1, x0, x1 = renderer.crop
-        return out[..., y0:y1, x0:x1]
+    """Apply a renderer to a cube ``(..., band, y, x)``: its numpy twin (``render_numpy``) when it has
+    one (both built-in renderers), else eagerly in JAX on the whole batch."""
     if hasattr(renderer, "render_numpy"):
         return renderer.render_numpy(cube)
     return np.asarray(renderer(jnp.asarray(cube, jnp.asarray(0.0).dtype)), float)
