@@ -344,9 +344,10 @@ class Frame:
 
         Parameters
         ----------
-        grids : sequence of (bands, (ny, nx), wcs or None, (y0, x0))
-            Per observation: band names, image shape, celestial WCS of the
-            cutout's pixel ``(0, 0)`` and that pixel's index in its parent image.
+        grids : sequence of tuple
+            Per observation ``(bands, (ny, nx), wcs or None, (y0, x0))``: band
+            names, image shape, celestial WCS of the cutout's pixel ``(0, 0)``
+            and that pixel's index in its parent image.
         resolution, coverage, psf_sigma
             See :meth:`from_observations`.
         """
