@@ -48,3 +48,12 @@ def test_same_shape_other_data_is_bound_anew(fitted):
     assert rebound is not fit.observations[0] and rebound.dataset is other
     tree = fit.to_datatree(other, measure=False)
     np.testing.assert_allclose(tree["observations/hsc"]["data"].values, 2.0 * obs["data"].values, rtol=1e-6)
+
+
+def test_sampling_defaults_to_the_fitted_observations(fitted):
+    obs, _, fit = fitted
+    kw = dict(num_warmup=30, num_samples=30, num_chains=1, seed=3, progress=False, sources=[0])
+    a = fit.sample(**kw)
+    b = fit.sample(obs, **kw)
+    np.testing.assert_array_equal(a["posterior"]["flux"].values, b["posterior"]["flux"].values)
+    assert np.all(np.isfinite(a["posterior"]["flux"].values))
