@@ -416,7 +416,7 @@ def _sky(model, likelihoods):
 
 
 def refine_centers(frame: Frame, observations, centers, radius: float = REFINE_RADIUS,
-                   min_move: float = 1.0):
+                   min_move: float = 1.0, blend_guard: float = 2 * REFINE_RADIUS):
     """Move given positions onto the nearby peak of the data (catalog positions are not exact).
 
     In the inverse-variance coadd of all observations, smoothed with a
@@ -428,7 +428,12 @@ def refine_centers(frame: Frame, observations, centers, radius: float = REFINE_R
     belongs to its nearest source; co-located sources stay where they are).
     Moves shorter than ``min_move`` are not made: the fit settles sub-pixel
     offsets itself, and the peak of a blend's smoothed light is biased
-    towards bright neighbours by about that much.
+    towards bright neighbours by about that much. Nor are moves onto a peak
+    with another given position within ``blend_guard`` pixels: such a peak is
+    partly the neighbour's light, and a source moved onto it takes its
+    neighbour's light (two GalSim galaxies 3.9 px apart: the fainter moved
+    2.3 px, fluxes -50 % and +110 %; kept in place, -8 % and +18 %); the fit's
+    centre prior settles blended positions.
 
     Parameters
     ----------
@@ -440,6 +445,9 @@ def refine_centers(frame: Frame, observations, centers, radius: float = REFINE_R
         Largest move, model-frame pixels.
     min_move : float
         Smallest move, model-frame pixels.
+    blend_guard : float
+        No move onto a peak that has another given position within this
+        distance (model-frame pixels).
 
     Returns
     -------
@@ -479,6 +487,8 @@ def refine_centers(frame: Frame, observations, centers, radius: float = REFINE_R
         dist_all = np.hypot(centers[:, 0] - py, centers[:, 1] - px)
         if np.argmin(dist_all) != i:
             continue
+        if len(centers) > 1 and np.delete(dist_all, i).min() <= blend_guard:
+            continue  # the peak is partly a neighbour's light
         new = np.array([py, px], float)
         if 0 < py < hh - 1 and 0 < px < ww - 1:
             for axis, (lo, mid, hi) in enumerate(((sm[py - 1, px], sm[py, px], sm[py + 1, px]),
