@@ -277,3 +277,57 @@ def test_compiled_render_does_not_grow_with_the_number_of_sources():
                     len(jax.make_jaxpr(lambda m: m.fluxes())(model).eqns))
     assert sizes[60][0] == sizes[5][0], sizes
     assert sizes[60][1] <= sizes[5][1] + 2 * 60, sizes  # one stack of n per-source rows at most
+
+
+def _mixed_scene(n, shape=(3, 48, 48)):
+    """Gaussians, two-component Sersics and point sources, named; a prior object shared by all."""
+    from scarlet_xr.core import NormalPrior
+
+    shared = NormalPrior(0.0, 3.0)
+    gen = np.random.default_rng(n)
+    src = []
+    for i in range(n):
+        c = gen.uniform(5, shape[1] - 5, 2)
+        spec = gen.uniform(1, 2, shape[0])
+        if i % 3 == 0:
+            morph = GaussianMorphology(Parameter(gen.uniform(1.0, 2.0), LogPositive(), step=0.03), shape=11)
+            src.append(Source(c, spec, morph, name=f"g{i}"))
+        elif i % 3 == 1:
+            ell = Parameter(gen.uniform(-0.3, 0.3, 2), prior=shared)
+            bulge = SersicMorphology(4.0, 1.5, ell, shape=21)
+            disk = SersicMorphology(1.0, 3.0, shape=21)
+            src.append(Source(c, components=[(spec, bulge), (0.5 * spec, disk)], name=f"bd{i}"))
+        else:
+            src.append(Source(c, spec, PointSourceMorphology(PSF, shape=11), name=f"p{i}"))
+    return SceneModel(src, shape, psf=PSF)
+
+
+def test_a_packed_scene_is_the_same_scene_with_a_few_stacked_arrays():
+    from scarlet_xr.infer._params import log_prior, partition_free
+
+    model = _mixed_scene(12)
+    packed = model.packed()
+    assert packed.is_packed and not model.is_packed
+    np.testing.assert_allclose(np.asarray(packed()), np.asarray(model()), rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(np.asarray(packed.fluxes()), np.asarray(model.fluxes()), rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(packed.light_curves()), np.asarray(model.light_curves()),
+                               rtol=1e-6)
+    assert float(log_prior(packed)) == pytest.approx(float(log_prior(model)), rel=1e-6)
+    assert float(log_prior(model)) != 0.0
+    # unstacking gives back every source, names and values
+    back = packed.unpacked().sources
+    assert [s.name for s in back] == [s.name for s in model.sources]
+    for a, b in zip(back, model.sources, strict=True):
+        assert jax.tree_util.tree_structure(a) == jax.tree_util.tree_structure(b)
+        for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b), strict=True):
+            np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    # the shared prior is stored once, not once per source
+    stored = [x for x in jax.tree_util.tree_leaves(packed._stacks) if np.ndim(x) == 0 and float(x) == 3.0]
+    assert len(stored) == 1
+    # the free parameters are one array per parameter and structure, whatever the number of sources
+    counts = {}
+    for n in (12, 48):
+        free, _ = partition_free(_mixed_scene(n).packed())
+        counts[n] = len(jax.tree_util.tree_leaves(free))
+    assert counts[48] == counts[12], counts
+    assert counts[12] < len(jax.tree_util.tree_leaves(partition_free(model)[0])) / 2

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+from typing import Any, NamedTuple
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -9,9 +12,11 @@ import numpy as np
 from jaxtyping import Array, ArrayLike, Float
 
 from ._fft import fast_size, kernel_to_origin
+from ._parameter import Parameter, is_parameter
 from ._source import Source
+from ._spectrum import num_epochs_of
 
-__all__ = ["SceneModel", "component_boxes", "morphology_image"]
+__all__ = ["SceneModel", "morphology_image"]
 
 
 PAD_MARGIN = 8
@@ -36,77 +41,6 @@ def _stack_key(comp):
     return treedef, tuple((tuple(x.shape), str(x.dtype)) for x in leaves)
 
 
-def _group_components(sources):
-    """Components grouped by type, structure and box size: ``[(members, stacked, centers)]``.
-
-    ``members``: indices of the components (in source order, then component
-    order); ``stacked``: the group's components stacked leaf by leaf (the one
-    component itself for a group of one); ``centers`` ``(m, 2)``: their
-    sources' centres.
-    """
-    entries, groups = [], {}
-    for src in sources:
-        center = src.center.value
-        for comp in src.components:
-            key = _stack_key(comp)
-            idx = len(entries)
-            entries.append((center, comp))
-            groups.setdefault(idx if key is None else key, []).append(idx)
-    out = []
-    for members in groups.values():
-        centers = jnp.stack([entries[i][0] for i in members])
-        comps = [entries[i][1] for i in members]
-        stacked = comps[0] if len(comps) == 1 else jax.tree_util.tree_map(lambda *x: jnp.stack(x), *comps)
-        out.append((members, stacked, centers))
-    return out
-
-
-def _group_map(fun, members, stacked, *args):
-    """``fun(component, *args)`` over a group from :func:`_group_components` (leading axis m)."""
-    if len(members) == 1:
-        return fun(stacked, *(a[0] for a in args))[None]
-    return jax.vmap(fun)(stacked, *args)
-
-
-def _component_groups(sources):
-    """Components evaluated group by group: one ``vmap``-ed call per type, structure and box size.
-
-    Returns
-    -------
-    list of (members, centers, boxes, intrinsic)
-        ``members``: indices of the components (in source order, then
-        component order); ``centers`` ``(m, 2)``: their sources' centres;
-        ``boxes`` ``(m, band, h, w)``: their images at the sub-pixel offset;
-        ``intrinsic``: whether the morphology still needs the model PSF.
-    """
-    out = []
-    for members, stacked, centers in _group_components(sources):
-        offsets = centers - jnp.round(centers)
-        boxes = _group_map(lambda c, o: c(o), members, stacked, offsets)
-        out.append((members, centers, boxes, bool(stacked.morphology.intrinsic)))
-    return out
-
-
-def component_boxes(sources):
-    """Evaluate every component's ``(band, h, w)`` box at its source's sub-pixel offset.
-
-    Components of the same type, structure and box size are stacked and
-    evaluated in one ``vmap``-ed call, so the compiled graph grows with the
-    number of distinct component types, not with the number of sources.
-
-    Returns
-    -------
-    list of (center, component, box)
-        In source order, then component order.
-    """
-    comps = [comp for src in sources for comp in src.components]
-    out = [None] * len(comps)
-    for members, centers, boxes, _ in _component_groups(sources):
-        for j, i in enumerate(members):
-            out[i] = (centers[j], comps[i], boxes[j])
-    return out
-
-
 def _scatter(canvas, boxes, centers, pad):
     """Add ``boxes`` (m, band, h, w) to ``canvas`` (band, H, W) in one scatter-add.
 
@@ -128,6 +62,121 @@ def _scatter(canvas, boxes, centers, pad):
     return out.reshape(b, hp, wp)
 
 
+class _Stack(NamedTuple):
+    """Trees of one structure stacked leaf by leaf (see :func:`_stack`).
+
+    ``members`` name the trees (a source index for centres, ``(source,
+    component)`` for components). With several members every leaf of
+    ``tree`` has a new leading axis, except leaves that are one object in all
+    members (``shared``: e.g. a learned prior's network), kept once; with one
+    member (``shared`` None) ``tree`` is that member's own tree.
+    """
+
+    members: tuple
+    tree: Any
+    shared: tuple[bool, ...] | None
+
+
+def _stack(members, trees) -> _Stack:
+    if len(trees) == 1:
+        return _Stack(tuple(members), trees[0], None)
+    flat = [jax.tree_util.tree_flatten(t) for t in trees]
+    treedef = flat[0][1]
+    cols = list(zip(*(leaves for leaves, _ in flat), strict=True))
+    shared = tuple(all(x is col[0] for x in col) for col in cols)
+    leaves = [col[0] if sh else _stacked(col) for col, sh in zip(cols, shared, strict=True)]
+    return _Stack(tuple(members), treedef.unflatten(leaves), shared)
+
+
+def _concrete(x) -> bool:
+    return not isinstance(x, jax.core.Tracer)
+
+
+def _stacked(col):
+    """``jnp.stack(col)``; concrete arrays are stacked on the host (no compiled op per shape)."""
+    if all(_concrete(x) for x in col):
+        return jnp.asarray(np.stack([np.asarray(x) for x in col]))
+    return jnp.stack(col)
+
+
+def _stacks_by_structure(items) -> list[_Stack]:
+    """``items`` ``[(member, tree)]`` grouped by structure (types, leaf shapes, dtypes) and stacked."""
+    buckets = {}
+    for k, (member, tree) in enumerate(items):
+        key = _stack_key(tree)
+        buckets.setdefault(("single", k) if key is None else key, []).append((member, tree))
+    return [_stack([m for m, _ in b], [t for _, t in b]) for b in buckets.values()]
+
+
+def _groups_of(sources):
+    """``(centres, components)``: the sources' centres and components stacked by structure.
+
+    Components of one type and box size are evaluated in one ``vmap``-ed
+    call, so the compiled graph grows with the number of distinct component
+    structures, not with the number of sources. Names do not split groups.
+    """
+    centers = _stacks_by_structure([(i, s.center) for i, s in enumerate(sources)])
+    comps = _stacks_by_structure([((i, j), c) for i, s in enumerate(sources)
+                                  for j, c in enumerate(s.components)])
+    return centers, comps
+
+
+def _apply(fun, stack: _Stack, *args):
+    """``fun(tree, *args)`` for every member of ``stack``, stacked on a new leading axis.
+
+    ``args`` carry a leading member axis.
+    """
+    if stack.shared is None:
+        out = fun(stack.tree, *(a[0] for a in args))
+        return jax.tree_util.tree_map(lambda x: x[None], out)
+    axes = jax.tree_util.tree_structure(stack.tree).unflatten([None if s else 0 for s in stack.shared])
+    return jax.vmap(fun, in_axes=(axes, *(0,) * len(args)))(stack.tree, *args)
+
+
+def _member_trees(stack: _Stack):
+    """Each member's own tree, in ``stack.members`` order."""
+    if stack.shared is None:
+        return [stack.tree]
+    leaves, treedef = jax.tree_util.tree_flatten(stack.tree)
+    # concrete leaves are cut on the host (no compiled op per shape)
+    host = [np.asarray(x) if not s and _concrete(x) else None
+            for x, s in zip(leaves, stack.shared, strict=True)]
+    return [treedef.unflatten([x if s else (x[j] if h is None else jnp.asarray(h[j]))
+                               for x, s, h in zip(leaves, stack.shared, host, strict=True)])
+            for j in range(len(stack.members))]
+
+
+def _owners(stack: _Stack) -> np.ndarray:
+    return np.array([i for i, _ in stack.members], np.int32)
+
+
+def _num_epochs(stack: _Stack) -> int:
+    """Epochs of a component stack (0: static)."""
+    spectrum = stack.tree.spectrum
+    if not num_epochs_of(spectrum):
+        return 0
+    return int(spectrum.values.raw.shape[0 if stack.shared is None else 1])
+
+
+def _all_centers(center_stacks, n):
+    """Centres ``(source, 2)`` from the centre stacks."""
+    if len(center_stacks) == 1 and center_stacks[0].members == tuple(range(n)):
+        return _apply(lambda c: c.value, center_stacks[0])
+    out = None
+    for st in center_stacks:
+        vals = _apply(lambda c: c.value, st)
+        if out is None:
+            out = jnp.zeros((n, 2), vals.dtype)
+        out = out.at[np.asarray(st.members)].set(vals)
+    return out
+
+
+def _boxes(comp_stack: _Stack, centers):
+    """``(centers (m, 2), boxes (m, band, h, w))`` of a component stack at its owners' centres."""
+    c = centers[_owners(comp_stack)]
+    return c, _apply(lambda comp, o: comp(o), comp_stack, c - jnp.round(c))
+
+
 def _place_group(canvas, boxes, centers, pad):
     """Add a group of boxes: ``dynamic_update_slice`` for one, a scatter-add for several."""
     if boxes.shape[0] == 1:
@@ -146,32 +195,26 @@ def morphology_image(morphology, offset: Float[ArrayLike, " 2"]) -> Float[Array,
     return morphology(offset)
 
 
-def _component_weights(sources, active):
-    """Per component, its source's ``active`` weight (None: all 1)."""
-    if active is None:
-        return None
-    owner = np.array([k for k, s in enumerate(sources) for _ in s.components], np.int32)
-    return active[owner]
+def _render(center_stacks, comp_stacks, n, shape, pad, psf_fft, fft_shape, active=None):
+    """Sum of the component stacks on the frame; intrinsic profiles convolved with the model PSF.
 
-
-def _render(sources, shape, pad, psf_fft, fft_shape, weights=None):
-    """Sum of ``sources`` on the frame; intrinsic profiles convolved with the model PSF.
-
-    ``weights`` (one per component, see :func:`_component_weights`) multiply the components.
+    ``active`` (one weight per source, or None) multiplies each source's light.
     """
     b, hh, ww = shape
-    dtype = sources[0].center.raw.dtype if sources else jnp.float32
+    centers = _all_centers(center_stacks, n) if comp_stacks else None
+    dtype = centers.dtype if centers is not None else jnp.float32
     frame = jnp.zeros((b, hh + 2 * pad, ww + 2 * pad), dtype=dtype)
     intrinsic = None
-    for members, centers, boxes, is_intrinsic in _component_groups(sources):
-        if weights is not None:
-            boxes = boxes * weights[np.asarray(members)][:, None, None, None].astype(boxes.dtype)
-        if is_intrinsic and psf_fft is not None:
+    for st in comp_stacks:
+        c, boxes = _boxes(st, centers)
+        if active is not None:
+            boxes = boxes * active[_owners(st)][:, None, None, None].astype(boxes.dtype)
+        if st.tree.morphology.intrinsic and psf_fft is not None:
             if intrinsic is None:
                 intrinsic = jnp.zeros_like(frame)
-            intrinsic = _place_group(intrinsic, boxes, centers, pad)
+            intrinsic = _place_group(intrinsic, boxes, c, pad)
         else:
-            frame = _place_group(frame, boxes, centers, pad)
+            frame = _place_group(frame, boxes, c, pad)
     if intrinsic is not None:
         conv = jnp.fft.irfft2(jnp.fft.rfft2(intrinsic, s=fft_shape) * psf_fft, s=fft_shape)
         frame = frame + conv[:, : frame.shape[1], : frame.shape[2]].astype(dtype)
@@ -182,7 +225,12 @@ class SceneModel(eqx.Module):
     """All sources of a scene and the model-frame shape.
 
     Calling it returns the model cube ``(band, y, x)`` in the model frame
-    (convolved with the model PSF only).
+    (convolved with the model PSF only). Sources of one structure (types,
+    box sizes) are evaluated in one ``vmap``-ed call and placed with one
+    scatter-add, so the compiled graph grows with the number of distinct
+    structures, not with the number of sources; :meth:`packed` also stores
+    them stacked, so that a fit's parameters are a few arrays, not a few per
+    source.
 
     Parameters
     ----------
@@ -218,7 +266,7 @@ class SceneModel(eqx.Module):
     2.0
     """
 
-    sources: tuple[Source, ...]
+    _sources: tuple[Source, ...]
     psf_fft: jax.Array | None
     psf: jax.Array | None
     shape: tuple[int, int, int] = eqx.field(static=True)
@@ -226,16 +274,20 @@ class SceneModel(eqx.Module):
     fft_shape: tuple[int, int] = eqx.field(static=True)
     num_epochs: int = eqx.field(static=True)
     active: jax.Array | None = None
+    _stacks: tuple | None = None
+    _layout: tuple | None = eqx.field(static=True, default=None)
+    _treedefs: tuple | None = eqx.field(static=True, default=None)
 
     def __init__(self, sources, shape, *, psf=None, pad: int | None = None, num_epochs: int = 0,
                  active=None):
-        self.sources = tuple(sources)
+        self._sources = tuple(sources)
+        self._stacks = self._layout = self._treedefs = None
         self.shape = tuple(int(s) for s in shape)
         self.num_epochs = int(num_epochs)
         if len(self.shape) != 3:
             raise ValueError(f"model shape must be (band, y, x); got {shape}")
         self.active = self._checked_active(active)
-        for i, s in enumerate(self.sources):
+        for i, s in enumerate(self._sources):
             if s.num_bands != self.shape[0]:
                 raise ValueError(
                     f"source {i} has {s.num_bands} bands but the model frame has {self.shape[0]}"
@@ -245,7 +297,7 @@ class SceneModel(eqx.Module):
                     f"source {i} has a light curve of {s.num_epochs} epochs but the model has "
                     f"{self.num_epochs} (the frame's epochs, from the observations' epoch coordinate)"
                 )
-        boxes = [max(c.morphology.shape) for s in self.sources for c in s.components]
+        boxes = [max(c.morphology.shape) for s in self._sources for c in s.components]
         # boxes are centred on their sources, which lie in or near the frame: half the largest
         # box plus a margin holds them (a smaller canvas: cheaper FFTs at every step)
         self.pad = int(pad) if pad is not None else (max(boxes) // 2 if boxes else 0) + PAD_MARGIN
@@ -266,7 +318,7 @@ class SceneModel(eqx.Module):
     def _checked_active(self, active):
         if active is None or isinstance(active, jax.core.Tracer):
             return active
-        n = len(self.sources)
+        n = len(self._sources)
         if not n:
             raise ValueError("active weights need at least one source")
         active = np.asarray(active, dtype=float)
@@ -274,42 +326,154 @@ class SceneModel(eqx.Module):
             raise ValueError(f"active must have shape ({n},) (one per source); got {active.shape}")
         if not np.all((active >= 0) & (active <= 1)):
             raise ValueError(f"active weights must lie in [0, 1]; got {active}")
-        if any(s.num_epochs for s in self.sources):
+        if any(s.num_epochs for s in self._sources):
             raise ValueError("active weights are not supported with variable sources")
-        return jnp.asarray(active, dtype=self.sources[0].center.raw.dtype)
+        return jnp.asarray(active, dtype=self._sources[0].center.raw.dtype)
+
+    # -- layout ------------------------------------------------------------------------------
+
+    @property
+    def is_packed(self) -> bool:
+        """Whether the sources are stored stacked by structure (see :meth:`packed`)."""
+        return self._stacks is not None
+
+    def _replace(self, **fields):
+        new = object.__new__(type(self))
+        for f in dataclasses.fields(self):
+            object.__setattr__(new, f.name, fields.get(f.name, getattr(self, f.name)))
+        return new
+
+    def packed(self) -> SceneModel:
+        """The same model with its sources stored stacked: one array per parameter and structure.
+
+        Centres are stacked by structure, components by type and box size.
+        The packed model renders exactly as the unpacked one; fitting it sees
+        a few stacked arrays instead of a few arrays per source, so the
+        compiled optimisation step does not grow with the number of sources
+        (:func:`scarlet_xr.infer.fit` packs scene models itself). Leaves that
+        are one object in every member of a stack (e.g. a learned prior's
+        network) are stored once. :attr:`sources` unstacks on access.
+        """
+        if self.is_packed:
+            return self
+        centers, comps = _groups_of(self._sources)
+        return self._replace(
+            _sources=(),
+            _stacks=(tuple(st.tree for st in centers), tuple(st.tree for st in comps)),
+            _layout=(tuple((st.members, st.shared) for st in centers),
+                     tuple((st.members, st.shared) for st in comps)),
+            _treedefs=tuple(jax.tree_util.tree_structure(s) for s in self._sources),
+        )
+
+    def unpacked(self) -> SceneModel:
+        """The same model with one :class:`~scarlet_xr.core.Source` per source (inverse of :meth:`packed`)."""
+        if not self.is_packed:
+            return self
+        return self._replace(_sources=self.sources, _stacks=None, _layout=None, _treedefs=None)
+
+    def _groups(self):
+        """``(centre stacks, component stacks)``, stored (packed) or stacked now."""
+        if self._stacks is None:
+            return _groups_of(self._sources)
+        return tuple([_Stack(m, tree, shared) for tree, (m, shared) in zip(trees, lay, strict=True)]
+                     for trees, lay in zip(self._stacks, self._layout, strict=True))
+
+    @property
+    def num_sources(self) -> int:
+        """Number of sources."""
+        return len(self._treedefs) if self.is_packed else len(self._sources)
+
+    @property
+    def sources(self) -> tuple[Source, ...]:
+        """The sources, in the order given (a packed model unstacks them on each access)."""
+        if not self.is_packed:
+            return self._sources
+        n = self.num_sources
+        centers, comps = self._groups()
+        center_of, parts = [None] * n, [{} for _ in range(n)]
+        for st in centers:
+            for i, tree in zip(st.members, _member_trees(st), strict=True):
+                center_of[i] = tree
+        for st in comps:
+            for (i, j), tree in zip(st.members, _member_trees(st), strict=True):
+                parts[i][j] = tree
+        out = []
+        for i in range(n):
+            comps_i = tuple(parts[i][j] for j in range(len(parts[i])))
+            leaves = jax.tree_util.tree_leaves((center_of[i], comps_i))
+            out.append(self._treedefs[i].unflatten(leaves))
+        return tuple(out)
+
+    def _num_components(self) -> np.ndarray:
+        counts = np.zeros(self.num_sources, np.int64)
+        for st in self._groups()[1]:
+            for i, j in st.members:
+                counts[i] = max(counts[i], j + 1)
+        return counts
 
     @property
     def variable(self) -> tuple[bool, ...]:
         """Per source: whether it is variable (has light curves)."""
-        return tuple(bool(s.num_epochs) for s in self.sources)
+        flags = [False] * self.num_sources
+        for st in self._groups()[1]:
+            if _num_epochs(st):
+                for i, _ in st.members:
+                    flags[i] = True
+        return tuple(flags)
+
+    def log_prior(self) -> jax.Array:
+        """Sum of the log priors of all non-fixed parameters (one ``vmap``-ed call per stack)."""
+        total = jnp.zeros(())
+        for stacks in self._groups():
+            for st in stacks:
+                if any(p.prior is not None and not p.fixed for p in _parameters(st.tree)):
+                    total = total + jnp.sum(_apply(_tree_log_prior, st))
+        return total
+
+    # -- rendering ---------------------------------------------------------------------------
 
     def __call__(self) -> jax.Array:
         """Return the model cube ``(band, y, x)``; ``(epoch, band, y, x)`` with variable sources."""
-        if not any(self.variable):
-            return _render(self.sources, self.shape, self.pad, self.psf_fft, self.fft_shape,
-                           _component_weights(self.sources, self.active))
-        static = [s for s, v in zip(self.sources, self.variable, strict=True) if not v]
-        varying = [s for s, v in zip(self.sources, self.variable, strict=True) if v]
+        centers, comps = self._groups()
+        n = self.num_sources
+        static = [st for st in comps if not _num_epochs(st)]
+        varying = [st for st in comps if _num_epochs(st)]
+        if not varying:
+            return _render(centers, static, n, self.shape, self.pad, self.psf_fft, self.fft_shape,
+                           self.active)
         b, hh, ww = self.shape
         e = self.num_epochs
         # a variable component renders all its epochs at once, as bands of a longer spectrum
-        light = _render(varying, (e * b, hh, ww), self.pad, self.psf_fft, self.fft_shape)
+        light = _render(centers, varying, n, (e * b, hh, ww), self.pad, self.psf_fft, self.fft_shape)
         light = light.reshape(e, b, hh, ww)
         if not static:
             return light
-        return _render(static, self.shape, self.pad, self.psf_fft, self.fft_shape)[None] + light
+        return _render(centers, static, n, self.shape, self.pad, self.psf_fft, self.fft_shape)[None] + light
+
+    def _sum_components(self, fun, trailing):
+        """``fun(component)`` ``trailing``-shaped per component, summed into ``(source, *trailing)``."""
+        out = None
+        for st in self._groups()[1]:
+            vals = _apply(fun, st)
+            if out is None:
+                out = jnp.zeros((self.num_sources, *trailing), vals.dtype)
+            out = out.at[_owners(st)].add(vals)
+        return out if out is not None else jnp.zeros((self.num_sources, *trailing))
 
     def light_curves(self) -> jax.Array:
         """Flux per source, epoch and band ``(source, epoch, band)``; static sources repeat their flux."""
-        e = max(self.num_epochs, 1)
-        return jnp.stack([s.light_curve() if s.num_epochs else jnp.broadcast_to(s.flux(), (e, self.shape[0]))
-                          for s in self.sources])
+        e, b = max(self.num_epochs, 1), self.shape[0]
+
+        def curve(c):
+            return c.light_curve() if num_epochs_of(c.spectrum) else jnp.broadcast_to(c.flux(), (e, b))
+
+        return self._sum_components(curve, (e, b))
 
     def render_sources(self) -> jax.Array:
         """Return each source rendered alone, ``(source, band, y, x)`` (variable: mean over epochs)."""
         out = jnp.stack([
-            _render([s], self.shape, self.pad, self.psf_fft, self.fft_shape) if not s.num_epochs
-            else self._mean_render(s) for s in self.sources
+            _render(*_groups_of([s]), 1, self.shape, self.pad, self.psf_fft, self.fft_shape)
+            if not s.num_epochs else self._mean_render(s) for s in self.sources
         ])
         return out if self.active is None else out * self.active[:, None, None, None].astype(out.dtype)
 
@@ -317,7 +481,7 @@ class SceneModel(eqx.Module):
         """A variable source rendered with its light curve's mean over epochs ``(band, y, x)``."""
         b, hh, ww = self.shape
         e = source.num_epochs
-        out = _render([source], (e * b, hh, ww), self.pad, self.psf_fft, self.fft_shape)
+        out = _render(*_groups_of([source]), 1, (e * b, hh, ww), self.pad, self.psf_fft, self.fft_shape)
         return out.reshape(e, b, hh, ww).mean(axis=0)
 
     def component_stamps(self):
@@ -336,40 +500,45 @@ class SceneModel(eqx.Module):
             centred on the pixel nearest its centre); ``images`` ``(m, band,
             h, w)`` (a variable component: its light curve's mean over epochs).
         """
+        start = np.concatenate([[0], np.cumsum(self._num_components())])
+        center_stacks, comps = self._groups()
+        all_centers = _all_centers(center_stacks, self.num_sources) if comps else None
         out = []
-        weights = _component_weights(self.sources, self.active)
-        for members, centers, boxes, intrinsic in _component_groups(self.sources):
-            if weights is not None:
-                boxes = boxes * weights[np.asarray(members)][:, None, None, None].astype(boxes.dtype)
+        for st in comps:
+            centers, boxes = _boxes(st, all_centers)
+            if self.active is not None:
+                boxes = boxes * self.active[_owners(st)][:, None, None, None].astype(boxes.dtype)
             if boxes.shape[1] != self.shape[0]:
                 # variable components (epoch * band): their mean over epochs
                 m, eb, h, w = boxes.shape
                 boxes = boxes.reshape(m, eb // self.shape[0], self.shape[0], h, w).mean(axis=1)
-            if intrinsic and self.psf is not None:
+            if st.tree.morphology.intrinsic and self.psf is not None:
                 ph, pw = self.psf.shape
                 _, _, h, w = boxes.shape
                 fh, fw = h + ph - 1, w + pw - 1
                 fs = (fast_size(fh), fast_size(fw))
                 kf = jnp.fft.rfft2(self.psf.astype(boxes.dtype), s=fs)
                 boxes = jnp.fft.irfft2(jnp.fft.rfft2(boxes, s=fs) * kf, s=fs)[..., :fh, :fw]
-            out.append((members, centers, boxes))
+            out.append(([int(start[i]) + j for i, j in st.members], centers, boxes))
         return out
 
     def fluxes(self) -> jax.Array:
-        """Total flux per source and band ``(source, band)`` (one ``vmap``-ed call per component group).
+        """Total flux per source and band ``(source, band)`` (one ``vmap``-ed call per component stack).
 
         A variable source's flux is the mean of its light curve over epochs
         (see :meth:`light_curves`).
         """
-        per_comp = [None] * sum(len(s.components) for s in self.sources)
-        for members, stacked, _ in _group_components(self.sources):
-            vals = _group_map(lambda c: c.flux(), members, stacked)
-            for j, i in enumerate(members):
-                per_comp[i] = vals[j]
-        out, c = [], 0
-        for src in self.sources:
-            m = len(src.components)
-            out.append(per_comp[c] if m == 1 else sum(per_comp[c : c + m]))
-            c += m
-        out = jnp.stack(out)
+        out = self._sum_components(lambda c: c.flux(), (self.shape[0],))
         return out if self.active is None else out * self.active[:, None].astype(out.dtype)
+
+
+def _parameters(tree):
+    return [p for p in jax.tree_util.tree_leaves(tree, is_leaf=is_parameter) if isinstance(p, Parameter)]
+
+
+def _tree_log_prior(tree):
+    total = jnp.zeros(())
+    for p in _parameters(tree):
+        if not p.fixed and p.prior is not None:
+            total = total + p.log_prior()
+    return total

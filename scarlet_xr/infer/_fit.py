@@ -13,7 +13,7 @@ import numpy as np
 import optax
 from jax.flatten_util import ravel_pytree
 
-from ..core import filter_jit
+from ..core import SceneModel, filter_jit
 from ._params import log_prior, partition_free, step_tree
 
 __all__ = [
@@ -226,6 +226,11 @@ def _fit(model, likelihoods, *, optimizer, max_steps, e_rel, progress, chunk, on
         raise ValueError(f"on_divergence must be 'warn' or 'raise'; got {on_divergence!r}")
     likelihoods = tuple(likelihoods)
     optimizer = default_optimizer() if optimizer is None else optimizer
+    # a scene model's sources stacked by structure: the compiled step sees a few arrays,
+    # not a few per source, so its size does not grow with the number of sources
+    unpack = isinstance(model, SceneModel) and not model.is_packed
+    if unpack:
+        model = model.packed()
     free, rest = partition_free(model)
     z, opt_state = _start(free, optimizer)
     dtype = jnp.asarray(0.0).dtype
@@ -270,6 +275,8 @@ def _fit(model, likelihoods, *, optimizer, max_steps, e_rel, progress, chunk, on
             "initial parameters"
         )
     fitted = eqx.combine(_finish(z), rest)
+    if unpack:
+        fitted = fitted.unpacked()
     hist = FitHistory(loss=loss, status=_STATUS[status], num_steps=n_done)
     if status == DIVERGED:
         msg = (

@@ -6,7 +6,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
-from ..core import Parameter, is_parameter
+from ..core import Parameter, SceneModel, is_parameter
 
 __all__ = ["free_filter", "partition_free", "step_tree", "log_prior"]
 
@@ -42,7 +42,13 @@ def step_tree(free):
 
 
 def log_prior(model) -> jax.Array:
-    """Sum of the log priors of all non-fixed parameters (constrained space)."""
+    """Sum of the log priors of all non-fixed parameters (constrained space).
+
+    A :class:`~scarlet_xr.core.SceneModel` sums its own (group by group, see
+    :meth:`~scarlet_xr.core.SceneModel.log_prior`).
+    """
+    if isinstance(model, SceneModel):
+        return model.log_prior()
     leaves = jax.tree_util.tree_leaves(model, is_leaf=is_parameter)
     total = jnp.zeros(())
     for p in leaves:
