@@ -110,8 +110,14 @@ def test_field_end_to_end_through_the_cli(field, cli_run):
 def test_masked_column_does_not_bias_the_flux(field, cli_run, tmp_path):
     truth, target, column = field["truth"], field["target"], field["column"]
     cat_m = cli_run["catalog"]
+    import jax
+
+    before = jax.config.jax_compilation_cache_dir
     clean = deblend_field(field["dir"] / "clean.fits", out=tmp_path / "clean.zarr", client="synchronous",
                           progress=False, compile_cache=field["dir"] / "jax_cache")
+    # the library used the cache for the run and left the process's JAX configuration as it was
+    assert jax.config.jax_compilation_cache_dir == before
+    assert any((field["dir"] / "jax_cache").iterdir())
     rows = []
     for cat in (cat_m, clean):
         d = np.hypot(cat["x"] - truth["x"][target], cat["y"] - truth["y"][target])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import time
 
 import equinox as eqx
@@ -237,11 +239,34 @@ def run_task(store: str, items: list, key, options: dict) -> list:
     list of (int, int)
         ``(blend index, status)`` for every item (skipped ones included).
     """
-    if options.get("compile_cache"):
-        import jax
+    with _compile_cache(options.get("compile_cache")):
+        return _run_bucket(store, items, key, options)
 
-        jax.config.update("jax_compilation_cache_dir", str(options["compile_cache"]))
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+
+@contextlib.contextmanager
+def _compile_cache(path):
+    """JAX's persistent compilation cache in ``path`` while the block runs (None: as configured).
+
+    The previous settings are restored afterwards, so a worker that runs the
+    task keeps its own configuration.
+    """
+    if not path:
+        yield
+        return
+    import jax
+
+    names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs")
+    before = {name: getattr(jax.config, name) for name in names}
+    jax.config.update(names[0], str(path))
+    jax.config.update(names[1], 0.0)
+    try:
+        yield
+    finally:
+        for name, value in before.items():
+            jax.config.update(name, value)
+
+
+def _run_bucket(store, items, key, options):
     group = open_store(store)
     status = read_status(group, [it["index"] for it in items])
     redo = (PENDING, FAILED) if options.get("redo_failed") else (PENDING,)
