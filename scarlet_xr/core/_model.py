@@ -405,6 +405,8 @@ class SceneModel(eqx.Module):
         return tuple(out)
 
     def _num_components(self) -> np.ndarray:
+        if not self.is_packed:
+            return np.array([len(s.components) for s in self._sources], np.int64)
         counts = np.zeros(self.num_sources, np.int64)
         for st in self._groups()[1]:
             for i, j in st.members:
@@ -414,6 +416,8 @@ class SceneModel(eqx.Module):
     @property
     def variable(self) -> tuple[bool, ...]:
         """Per source: whether it is variable (has light curves)."""
+        if not self.is_packed:
+            return tuple(bool(s.num_epochs) for s in self._sources)
         flags = [False] * self.num_sources
         for st in self._groups()[1]:
             if _num_epochs(st):
