@@ -11,10 +11,12 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float
 
+from ._constraints import Identity
 from ._fft import fast_size, kernel_to_origin
 from ._parameter import Parameter, is_parameter
 from ._source import Source
 from ._spectrum import num_epochs_of
+from ._template import _TemplateMorphology
 
 __all__ = ["SceneModel", "morphology_image"]
 
@@ -526,6 +528,82 @@ class SceneModel(eqx.Module):
             out.append(([int(start[i]) + j for i, j in st.members], centers, boxes))
         return out
 
+    def frozen(self, *, morphology: bool = True, fix_centers: bool = False, selected=None,
+               margin: int = 3) -> SceneModel:
+        """The same scene with morphologies (and unselected sources) frozen at their current state.
+
+        With ``morphology=True`` each component's morphology becomes a fixed
+        image (the model PSF included, with ``margin`` pixels of zeros around
+        it) that the source's centre moves by a Fourier phase ramp: at the
+        current centres the frozen model renders as this one, and it is smooth
+        in the centres for every kind of morphology, free-form pixels included
+        (whose fixed centre is then freed: with the pixels frozen, the centre
+        carries the position). Spectra and centres stay free. Used to sample
+        fluxes and positions at fixed shapes.
+
+        Parameters
+        ----------
+        morphology : bool
+            Freeze the morphologies (False: keep them as they are, only fix
+            what ``fix_centers`` and ``selected`` say).
+        fix_centers : bool
+            Keep all centres fixed.
+        selected : collection of int, optional
+            Sources whose spectra and centres stay free; every parameter of the
+            others is fixed (default: all sources).
+        margin : int
+            Zero pixels around each frozen image (the phase ramp moves it by
+            less than a pixel; the box follows the centre's nearest pixel).
+
+        Returns
+        -------
+        SceneModel
+            Unpacked, with the same shape, PSF, epochs and active weights.
+        """
+        base = self.unpacked()
+        sources = base.sources
+        chosen = set(range(len(sources)) if selected is None else (int(i) for i in selected))
+        if not morphology:
+            return base._replace(_sources=tuple(
+                _fix_all(s) if i not in chosen
+                else s if not fix_centers else eqx.tree_at(lambda x: x.center, s, _fixed(s.center))
+                for i, s in enumerate(sources)))
+        images = {}
+        centers_stacks, comps = _groups_of(sources)
+        all_centers = _all_centers(centers_stacks, len(sources)) if comps else None
+        for st in comps:
+            c = all_centers[_owners(st)]
+            imgs = _apply(lambda comp, o: comp.morphology(o), st, c - jnp.round(c))
+            if st.tree.morphology.intrinsic and self.psf is not None:
+                ph, pw = self.psf.shape
+                _, h, w = imgs.shape
+                fh, fw = h + ph - 1, w + pw - 1
+                fs = (fast_size(fh), fast_size(fw))
+                kf = jnp.fft.rfft2(self.psf.astype(imgs.dtype), s=fs)
+                imgs = jnp.fft.irfft2(jnp.fft.rfft2(imgs, s=fs) * kf, s=fs)[..., :fh, :fw]
+            imgs = np.pad(np.asarray(imgs), ((0, 0), (margin, margin), (margin, margin)))
+            off = np.asarray(c - jnp.round(c))
+            for k, member in enumerate(st.members):
+                images[member] = (imgs[k], off[k])
+        out = []
+        for i, src in enumerate(sources):
+            new_comps = []
+            for j, comp in enumerate(src.components):
+                img, off = images[(i, j)]
+                dt = jnp.asarray(comp.spectrum()).dtype
+                morph = _TemplateMorphology(image=jnp.asarray(img, dt), offset0=jnp.asarray(off, dt),
+                                            shape=img.shape)
+                spectrum = comp.spectrum if i in chosen else _fix_all(comp.spectrum)
+                new_comps.append(type(comp)(spectrum, morph))
+            center = src.center
+            if fix_centers or i not in chosen:
+                center = _fixed(center)
+            elif center.fixed:
+                center = Parameter(np.asarray(center.value, np.float64), Identity(), prior=center.prior,
+                                   step=center.step)
+            out.append(eqx.tree_at(lambda s: (s.center, s.components), src, (center, tuple(new_comps))))
+        return base._replace(_sources=tuple(out))
+
     def fluxes(self) -> jax.Array:
         """Total flux per source and band ``(source, band)`` (one ``vmap``-ed call per component stack).
 
@@ -538,6 +616,19 @@ class SceneModel(eqx.Module):
 
 def _parameters(tree):
     return [p for p in jax.tree_util.tree_leaves(tree, is_leaf=is_parameter) if isinstance(p, Parameter)]
+
+
+def _fixed(p: Parameter) -> Parameter:
+    """``p`` with ``fixed=True`` (the same value, constraint, prior and step)."""
+    if p.fixed:
+        return p
+    return Parameter(np.asarray(p.value, np.float64), p.constraint, prior=p.prior, fixed=True, step=p.step)
+
+
+def _fix_all(tree):
+    """``tree`` with every parameter fixed."""
+    return jax.tree_util.tree_map(lambda x: _fixed(x) if isinstance(x, Parameter) else x, tree,
+                                  is_leaf=is_parameter)
 
 
 def _tree_log_prior(tree):

@@ -376,69 +376,49 @@ class ResamplingRenderer(AbstractRenderer):
 
         Leading batch dimensions before ``(band, y, x)`` are allowed.
         """
-        idx = np.asarray(self.band_index)
-        if tuple(idx) != tuple(range(model.shape[-3])):
-            model = jnp.take(model, idx, axis=-3)
-        ly, lx = self.fft_shape
-        ky, kx = self.block
-        # pruned forward transform: only the |kx| <= Kx columns go through the y-FFT
-        spec = jnp.fft.rfft(model, n=lx, axis=-1)[..., : kx + 1]
-        spec = jnp.fft.fft(spec, n=ly, axis=-2)
-        spec = jnp.concatenate([spec[..., : ky + 1, :], spec[..., ly - ky :, :]], axis=-2)
-        spec = spec * self.kernel
-        if self.mode != "gather":
-            ey, ex, eyd, exd, dely, delx = self.interp
-            rows = jnp.einsum("ok,...kq->...oq", ey, spec)
-            out = jnp.einsum("...oq,pq->...op", rows, ex).real
-            if self.mode == "taylor":
-                out = out + dely * jnp.einsum("ok,...kq,pq->...op", eyd, spec, ex).real
-                out = out + delx * jnp.einsum("...oq,pq->...op", rows, exd).real
-            return out.astype(model.dtype)
-        # embed in the small oversampled half-plane, back to pixels, interpolate
-        ny, nx = self.grid_shape
-        lead = spec.shape[:-2]
-        zrows = jnp.zeros(lead + (ny - 2 * ky - 1, kx + 1), spec.dtype)
-        spec = jnp.concatenate([spec[..., : ky + 1, :], zrows, spec[..., ky + 1 :, :]], axis=-2)
-        zcols = jnp.zeros(lead + (ny, nx // 2 - kx), spec.dtype)
-        spec = jnp.concatenate([spec, zcols], axis=-1)
-        grid = jnp.fft.irfft2(spec, s=(ny, nx)).astype(model.dtype)
-        wy, wx, iy, ix = self.interp
-        taps = grid[..., iy[:, :, None], ix[:, None, :]]
-        out = jnp.einsum("...nab,na,nb->...n", taps, wy, wx)
-        return out.reshape(lead + self.obs_shape)
+        return self._render(jnp, model, self.kernel, self.interp).astype(model.dtype)
 
     def render_numpy(self, model) -> np.ndarray:
         """Numpy twin of :meth:`__call__` (float64, not differentiable, no compilation).
 
-        Used where a model is rendered a few times outside the fit (e.g. to
+        The same code as :meth:`__call__` (one function, run with numpy instead
+        of jax.numpy), for models rendered a few times outside the fit (e.g. to
         initialise spectra), so that no JAX program has to be compiled.
         """
-        model = np.asarray(model, float)
-        model = np.take(model, list(self.band_index), axis=-3)
+        return self._render(np, np.asarray(model, float), np.asarray(self.kernel),
+                            tuple(np.asarray(a) for a in self.interp))
+
+    def _render(self, xp, model, kernel, interp):
+        """Band selection, pruned FFT, PSF matching and interpolation with the array module ``xp``."""
+        idx = list(self.band_index)
+        if idx != list(range(model.shape[-3])):
+            model = xp.take(model, xp.asarray(idx), axis=-3)
         ly, lx = self.fft_shape
         ky, kx = self.block
-        spec = np.fft.rfft(model, n=lx, axis=-1)[..., : kx + 1]
-        spec = np.fft.fft(spec, n=ly, axis=-2)
-        spec = np.concatenate([spec[..., : ky + 1, :], spec[..., ly - ky :, :]], axis=-2)
-        spec = spec * np.asarray(self.kernel)
+        # pruned forward transform: only the |kx| <= Kx columns go through the y-FFT
+        spec = xp.fft.rfft(model, n=lx, axis=-1)[..., : kx + 1]
+        spec = xp.fft.fft(spec, n=ly, axis=-2)
+        spec = xp.concatenate([spec[..., : ky + 1, :], spec[..., ly - ky :, :]], axis=-2)
+        spec = spec * kernel
         if self.mode != "gather":
-            ey, ex, eyd, exd, dely, delx = (np.asarray(a) for a in self.interp)
-            rows = np.einsum("ok,...kq->...oq", ey, spec)
-            out = np.einsum("...oq,pq->...op", rows, ex).real
+            ey, ex, eyd, exd, dely, delx = interp
+            rows = xp.einsum("ok,...kq->...oq", ey, spec)
+            out = xp.einsum("...oq,pq->...op", rows, ex).real
             if self.mode == "taylor":
-                out = out + dely * np.einsum("ok,...kq,pq->...op", eyd, spec, ex, optimize=True).real
-                out = out + delx * np.einsum("...oq,pq->...op", rows, exd).real
+                out = out + dely * xp.einsum("ok,...kq,pq->...op", eyd, spec, ex, optimize=True).real
+                out = out + delx * xp.einsum("...oq,pq->...op", rows, exd).real
             return out
+        # embed in the small oversampled half-plane, back to pixels, interpolate
         ny, nx = self.grid_shape
         lead = spec.shape[:-2]
-        full = np.zeros(lead + (ny, nx // 2 + 1), complex)
-        full[..., : ky + 1, : kx + 1] = spec[..., : ky + 1, :]
-        if ky:
-            full[..., ny - ky :, : kx + 1] = spec[..., ky + 1 :, :]
-        grid = np.fft.irfft2(full, s=(ny, nx))
-        wy, wx, iy, ix = (np.asarray(a) for a in self.interp)
+        zrows = xp.zeros(lead + (ny - 2 * ky - 1, kx + 1), spec.dtype)
+        spec = xp.concatenate([spec[..., : ky + 1, :], zrows, spec[..., ky + 1 :, :]], axis=-2)
+        zcols = xp.zeros(lead + (ny, nx // 2 - kx), spec.dtype)
+        spec = xp.concatenate([spec, zcols], axis=-1)
+        grid = xp.fft.irfft2(spec, s=(ny, nx)).astype(model.dtype)
+        wy, wx, iy, ix = interp
         taps = grid[..., iy[:, :, None], ix[:, None, :]]
-        out = np.einsum("...nab,na,nb->...n", taps, wy, wx)
+        out = xp.einsum("...nab,na,nb->...n", taps, wy, wx)
         return out.reshape(lead + self.obs_shape)
 
 

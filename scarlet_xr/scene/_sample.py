@@ -1,14 +1,13 @@
 """Posterior sampling of a Scene; draws as an ArviZ-style ``xarray.DataTree``.
 
 With ``fix_morphology=True`` (the default) every morphology is frozen at its
-current (fitted) state and only spectra and centres are sampled. Each
-component's fitted image becomes a fixed template on the frame grid that the
-source's centre moves by a Fourier phase ramp (any shift, not only
-sub-pixel): at the fitted centres the model is the fitted model, and it is
-smooth in the centres for every kind of morphology, free-form ones included
-(whose centre the fit keeps fixed because their pixels absorb shifts; with
-the pixels frozen, the centre carries the position uncertainty). The cost is
-one inverse FFT per band per evaluation, so sampling is fast.
+current (fitted) state and only spectra and centres are sampled
+(:meth:`scarlet_xr.core.SceneModel.frozen`): each component's fitted image
+becomes a fixed template that the source's centre moves by a Fourier phase
+ramp. At the fitted centres the model is the fitted model, and it is smooth
+in the centres for every kind of morphology, free-form ones included (whose
+centre the fit keeps fixed because their pixels absorb shifts; with the
+pixels frozen, the centre carries the position uncertainty).
 
 With ``fix_morphology=False`` the scene's own model is sampled: every free
 parameter, morphology parameters included (free-form pixels then need a
@@ -22,159 +21,16 @@ centres are sampled ``y, x (source)`` in the frame's pixel coordinates (as in
 
 from __future__ import annotations
 
-import equinox as eqx
-import jax
 import jax.numpy as jnp
 import numpy as np
 import xarray as xr
 
 from .._version import __version__
-from ..core import (
-    FreeFormMorphology,
-    Identity,
-    LightCurve,
-    Parameter,
-    SceneModel,
-    Source,
-    Spectrum,
-    collecting,
-    is_parameter,
-)
+from ..core import FreeFormMorphology, SceneModel
 from ..infer import sample as _sample
 from ..xr import BAND, likelihood_for
 
 __all__ = ["sample_scene", "attach_posterior", "summarize"]
-
-class _FrozenScene(eqx.Module):
-    """A scene whose morphologies are frozen: spectra and centre shifts remain free.
-
-    Each component's image, rendered at the fitted centre on the frame grid
-    with a margin, is kept as its Fourier transform ``T_c``. The model-frame
-    cube is ``crop(irfft2(sum_c spectrum_c[b] * T_c * phase(center_s - fit_s)))``:
-    a shift of any size (not only sub-pixel) is one phase ramp, so the model
-    is smooth in the centres and costs one inverse FFT per band.
-    """
-
-    spectra: tuple
-    centers: tuple
-    fit_centers: jax.Array
-    templates: jax.Array
-    flux_factor: jax.Array
-    owner: tuple[int, ...] = eqx.field(static=True)
-    shape: tuple[int, int, int] = eqx.field(static=True)
-    grid: tuple[int, int] = eqx.field(static=True)
-    margin: int = eqx.field(static=True)
-    num_epochs: int = eqx.field(static=True, default=0)
-
-    def _shifts(self):
-        return jnp.stack([c.value for c in self.centers]) - self.fit_centers
-
-    def _epoch_spectra(self):
-        """Per component ``(epoch, band)``: a light curve, or a static spectrum repeated."""
-        e = max(self.num_epochs, 1)
-        return jnp.stack([s.epochs() if isinstance(s, LightCurve)
-                          else jnp.broadcast_to(s(), (e, self.shape[0]))
-                          for s in self.spectra])
-
-    def __call__(self):
-        """Return the model cube (band, y, x); ``(epoch, band, y, x)`` with variable sources."""
-        gh, gw = self.grid
-        ky = jnp.fft.fftfreq(gh)[:, None]
-        kx = jnp.fft.rfftfreq(gw)[None, :]
-        d = self._shifts()[jnp.asarray(self.owner)]
-        phase = jnp.exp(-2j * jnp.pi * (ky[None] * d[:, 0, None, None] + kx[None] * d[:, 1, None, None]))
-        b, h, w = self.shape
-        m = self.margin
-        if self.num_epochs and any(isinstance(s, LightCurve) for s in self.spectra):
-            spec = self._epoch_spectra()
-            hat = jnp.einsum("ceb,cyx->ebyx", spec.astype(self.templates.dtype), self.templates * phase)
-            cube = jnp.fft.irfft2(hat, s=self.grid)
-            return cube[:, :, m : m + h, m : m + w].astype(self.fit_centers.dtype)
-        spec = jnp.stack([s() for s in self.spectra])
-        hat = jnp.einsum("cb,cyx->byx", spec.astype(self.templates.dtype), self.templates * phase)
-        cube = jnp.fft.irfft2(hat, s=self.grid)
-        return cube[:, m : m + h, m : m + w].astype(self.fit_centers.dtype)
-
-    def fluxes(self):
-        """Total flux per source and band ``(source, band)`` (a variable source: mean over epochs)."""
-        spec = jnp.stack([s.epochs().mean(axis=0) if isinstance(s, LightCurve) else s()
-                          for s in self.spectra])
-        spec = spec * self.flux_factor[:, None]
-        return jax.ops.segment_sum(spec, jnp.asarray(self.owner), num_segments=len(self.centers))
-
-    def light_curves(self):
-        """Flux per source, epoch and band ``(source, epoch, band)``."""
-        spec = self._epoch_spectra() * self.flux_factor[:, None, None]
-        return jax.ops.segment_sum(spec, jnp.asarray(self.owner), num_segments=len(self.centers))
-
-    def center_values(self):
-        """Centres ``(source, 2)`` in model-frame pixels."""
-        return jnp.stack([c.value for c in self.centers])
-
-
-def _frozen_scene(sources, frame, *, fix_centers: bool, selected=None, margin: int = 8) -> _FrozenScene:
-    b, h, w = frame.cube_shape
-    from scipy.fft import next_fast_len
-
-    grid = (next_fast_len(h + 2 * margin, real=True), next_fast_len(w + 2 * margin, real=True))
-    spectra, centers, owner, templates, factors, fits = [], [], [], [], [], []
-    with collecting(lambda s: None):  # helper sources must not join an active scene
-        for i, src in enumerate(sources):
-            c0 = np.asarray(src.center.value, np.float64)
-            fits.append(c0)
-            center = src.center
-            chosen = selected is None or i in selected
-            if fix_centers or not chosen:
-                center = _fixed(center)
-            elif center.fixed:
-                center = Parameter(c0, Identity(), prior=center.prior, step=center.step)
-            centers.append(center)
-            for comp in src.components:
-                one = Source(c0 + margin, Spectrum(np.ones(b)), comp.morphology, fix_center=True)
-                img = np.asarray(SceneModel([one], (b,) + grid, psf=frame.psf)()[0], np.float64)
-                templates.append(np.fft.rfft2(img))
-                factors.append(float(jnp.sum(comp.morphology(jnp.zeros(2)))))
-                spectra.append(comp.spectrum if chosen else _fix_all(comp.spectrum))
-                owner.append(i)
-    dt = sources[0].center.raw.dtype
-    cdt = jnp.result_type(dt, jnp.complex64)
-    return _FrozenScene(
-        spectra=tuple(spectra),
-        centers=tuple(centers),
-        fit_centers=jnp.asarray(np.stack(fits), dt),
-        templates=jnp.asarray(np.stack(templates), cdt),
-        flux_factor=jnp.asarray(factors, dt),
-        owner=tuple(owner),
-        shape=(b, h, w),
-        grid=grid,
-        margin=margin,
-        num_epochs=len(frame.epochs),
-    )
-
-
-def _fixed(p: Parameter) -> Parameter:
-    if p.fixed:
-        return p
-    return Parameter(np.asarray(p.value, np.float64), p.constraint, prior=p.prior, fixed=True,
-                     step=p.step)
-
-
-def _fix_all(tree):
-    return jax.tree_util.tree_map(lambda x: _fixed(x) if isinstance(x, Parameter) else x, tree,
-                                  is_leaf=is_parameter)
-
-
-def _fix_sources(sources, *, fix_centers: bool, selected):
-    out = []
-    with collecting(lambda s: None):
-        for i, s in enumerate(sources):
-            if selected is not None and i not in selected:
-                out.append(_fix_all(s))
-            elif fix_centers:
-                out.append(Source(_fixed(s.center), components=s.components, name=s.name))
-            else:
-                out.append(s)
-    return out
 
 
 def _check_degenerate(sources) -> None:
@@ -189,14 +45,7 @@ def _check_degenerate(sources) -> None:
                 )
 
 
-def _derived_frozen(model: _FrozenScene) -> dict:
-    out = {"flux": model.fluxes(), "center": model.center_values()}
-    if model.num_epochs:
-        out["light_curve"] = model.light_curves()
-    return out
-
-
-def _derived_full(model: SceneModel) -> dict:
+def _derived(model: SceneModel) -> dict:
     out = {"flux": model.fluxes(), "center": jnp.stack([s.center.value for s in model.sources])}
     if model.num_epochs:
         out["light_curve"] = model.light_curves()
@@ -281,20 +130,15 @@ def sample_scene(
         raise ValueError(
             f"sources must be distinct indices in 0..{n_src - 1}; got {sources!r}"
         )
-    if fix_morphology:
-        model = _frozen_scene(all_sources, frame, fix_centers=fix_centers, selected=set(selected))
-        derived = _derived_frozen
-        sampled_centers = not fix_centers
-    else:
-        srcs = _fix_sources(all_sources, fix_centers=fix_centers, selected=set(selected))
-        _check_degenerate(srcs)
-        model = SceneModel(srcs, frame.cube_shape, psf=frame.psf, num_epochs=len(frame.epochs))
-        derived = _derived_full
-        sampled_centers = any(not srcs[i].center.fixed for i in selected)
+    full = SceneModel(all_sources, frame.cube_shape, psf=frame.psf, num_epochs=len(frame.epochs))
+    model = full.frozen(morphology=fix_morphology, fix_centers=fix_centers, selected=selected)
+    if not fix_morphology:
+        _check_degenerate(model.sources)
+    sampled_centers = any(not model.sources[i].center.fixed for i in selected)
     # the sampler has no sky: a likelihood bound with one is rebuilt without it
     liks = [b.likelihood if b.sky is None else likelihood_for(b.dataset, frame) for b in bound]
     res = _sample(model, liks, key=seed if key is None else key, num_warmup=num_warmup,
-                  num_samples=num_samples, num_chains=num_chains, derived=derived,
+                  num_samples=num_samples, num_chains=num_chains, derived=_derived,
                   progress=progress, **kwargs)
     names = [all_sources[i].name or f"src{i}" for i in selected]
     sel = np.asarray(selected)

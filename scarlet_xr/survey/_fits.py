@@ -23,7 +23,7 @@ import numpy as np
 from astropy.io import fits
 from astropy.wcs import WCS
 
-from ..xr import make_observation, zero_point_from_header
+from ..xr import make_observation, open_observation, zero_point_from_header
 
 __all__ = ["write_blend_fits", "read_blend", "read_blend_header"]
 
@@ -98,22 +98,9 @@ def read_blend_header(path) -> dict:
     return {"shape": shape[-2:], "bands": bands, "psf_shape": psf_shape}
 
 
-def _foreign_reader():
-    try:
-        from ..xr import open_observation  # written by another module; optional
-    except ImportError:
-        return None
-    return open_observation
-
-
 def _foreign_header(path) -> dict:
-    reader = _foreign_reader()
-    if reader is None:
-        raise ValueError(
-            f"{Path(path).name}: expected FITS extensions 'IMAGE' and 'PSF' (survey layout); "
-            "the file has neither and no general FITS reader is available"
-        )
-    ds = reader(path)
+    """Shape information of a file in another layout, read with the general FITS reader."""
+    ds = open_observation(path)
     return {
         "shape": tuple(ds["data"].shape[-2:]),
         "bands": tuple(str(b) for b in ds["band"].values),
@@ -131,10 +118,7 @@ def read_blend(path, name: str = "image"):
     """
     with fits.open(path) as hdul:
         if "PSF" not in hdul:
-            reader = _foreign_reader()
-            if reader is None:
-                raise ValueError(f"{Path(path).name}: no 'PSF' extension")
-            return reader(path)
+            return open_observation(path)
         img = _image_hdu(hdul)
         data = np.asarray(img.data, np.float64)
         if data.ndim == 2:
