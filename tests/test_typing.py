@@ -67,3 +67,47 @@ def test_right_shapes_pass():
 def test_wrong_shapes_are_refused(call):
     with pytest.raises(TypeCheckError):
         call()
+
+
+def test_dtypes_are_chosen_explicitly_not_by_the_global_x64_flag():
+    """Models, renderers and likelihoods are float32 / complex64 whether or not JAX's 64-bit flag is
+    on (core.default_float); a fit of a model built with the flag on runs and stays float32."""
+    import jax
+
+    from scarlet_xr.core import (
+        ConvolutionRenderer,
+        GaussianLikelihood,
+        GaussianMorphology,
+        PointSourceMorphology,
+        SceneModel,
+        Source,
+        gaussian_psf_image,
+    )
+    from scarlet_xr.infer import fit
+
+    def build():
+        psf = gaussian_psf_image(1.2, 11)
+        srcs = [Source((10.2, 9.7), np.ones(2), GaussianMorphology(1.5)),
+                Source((5.0, 14.0), np.ones(2), PointSourceMorphology(psf))]
+        model = SceneModel(srcs, (2, 21, 21), psf=psf)
+        obs_psf = np.stack([gaussian_psf_image(1.6, 11)] * 2)
+        rng = np.random.default_rng(0)
+        lik = GaussianLikelihood(rng.normal(0, 0.1, (2, 21, 21)), np.full((2, 21, 21), 100.0),
+                                 ConvolutionRenderer((2, 21, 21), (2, 21, 21), (0, 1), obs_psf, psf))
+        return model, lik
+
+    def dtypes(tree):
+        return {str(x.dtype) for x in jax.tree_util.tree_leaves(tree) if hasattr(x, "dtype")
+                and (jnp.issubdtype(x.dtype, jnp.floating) or jnp.issubdtype(x.dtype, jnp.complexfloating))}
+
+    assert core.default_float() == jnp.float32 and core.default_complex() == jnp.complex64
+    with jax.enable_x64(True):
+        model64, lik64 = build()
+        assert dtypes((model64, lik64)) == {"float32", "complex64"}
+        assert model64().dtype == jnp.float32
+    model, lik = build()
+    assert dtypes((model, lik)) == {"float32", "complex64"}
+    np.testing.assert_array_equal(np.asarray(model64()), np.asarray(model()))
+    fitted, history = fit(model64, [lik64], max_steps=20, progress=False)
+    assert dtypes(fitted) == {"float32", "complex64"} and np.isfinite(history.loss).all()
+    assert not jax.config.jax_enable_x64

@@ -27,6 +27,8 @@ from ._morphology import GaussianMorphology as GaussianMorphology
 from ._morphology import PointSourceMorphology as PointSourceMorphology
 from ._morphology import SersicMorphology as SersicMorphology
 from ._parameter import Parameter as Parameter
+from ._parameter import default_complex as default_complex
+from ._parameter import default_float as default_float
 from ._parameter import is_parameter as is_parameter
 from ._psf import check_psf as check_psf
 from ._psf import difference_kernel_fft as difference_kernel_fft
@@ -96,6 +98,8 @@ __all__ = [
     "check_psf",
     "collecting",
     "convolve_fft",
+    "default_complex",
+    "default_float",
     "fast_size",
     "difference_kernel_fft",
     "filter_jit",

@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ._parameter import default_float
 from ._render import AbstractRenderer
 
 __all__ = ["GaussianLikelihood", "CorrelatedGaussianLikelihood", "noise_power_spectrum", "SKY_MODELS"]
@@ -65,7 +66,7 @@ class GaussianLikelihood(eqx.Module):
             raise ValueError(
                 f"data has {int(np.sum(bad & (weights > 0)))} non-finite pixels with positive weight"
             )
-        dt = jnp.asarray(0.0).dtype
+        dt = default_float()
         self.data = jnp.asarray(np.where(bad, 0.0, data), dtype=dt)
         self.weights = jnp.asarray(weights, dtype=dt)
         self.renderer = renderer

@@ -13,7 +13,7 @@ from jaxtyping import Array, ArrayLike, Float
 
 from ._constraints import Identity
 from ._fft import fast_size, kernel_to_origin
-from ._parameter import Parameter, is_parameter
+from ._parameter import Parameter, default_complex, default_float, is_parameter
 from ._source import Source
 from ._spectrum import num_epochs_of
 from ._template import _TemplateMorphology
@@ -314,8 +314,8 @@ class SceneModel(eqx.Module):
                 raise ValueError(f"model PSF must be a 2-D odd-sized image; got shape {psf.shape}")
             self.fft_shape = (fast_size(hp + psf.shape[0]), fast_size(wp + psf.shape[1]))
             k = np.fft.rfft2(kernel_to_origin(psf / psf.sum(), self.fft_shape))
-            self.psf_fft = jnp.asarray(k, dtype=jnp.result_type(jnp.asarray(0.0).dtype, jnp.complex64))
-            self.psf = jnp.asarray(psf / psf.sum(), dtype=jnp.asarray(0.0).dtype)
+            self.psf_fft = jnp.asarray(k, dtype=default_complex())
+            self.psf = jnp.asarray(psf / psf.sum(), dtype=default_float())
 
     def _checked_active(self, active):
         if active is None or isinstance(active, jax.core.Tracer):
@@ -587,20 +587,20 @@ class SceneModel(eqx.Module):
                 images[member] = (imgs[k], off[k])
         out = []
         for i, src in enumerate(sources):
-            new_comps = []
-            for j, comp in enumerate(src.components):
-                img, off = images[(i, j)]
-                dt = jnp.asarray(comp.spectrum()).dtype
-                morph = _TemplateMorphology(image=jnp.asarray(img, dt), offset0=jnp.asarray(off, dt),
-                                            shape=img.shape)
-                spectrum = comp.spectrum if i in chosen else _fix_all(comp.spectrum)
-                new_comps.append(type(comp)(spectrum, morph))
             center = src.center
             if fix_centers or i not in chosen:
                 center = _fixed(center)
             elif center.fixed:
                 center = Parameter(np.asarray(center.value, np.float64), Identity(), prior=center.prior,
                                    step=center.step)
+            new_comps = []
+            for j, comp in enumerate(src.components):
+                img, off = images[(i, j)]
+                dt = jnp.asarray(comp.spectrum()).dtype
+                morph = _TemplateMorphology(image=jnp.asarray(img, dt), offset0=jnp.asarray(off, dt),
+                                            shape=img.shape, moves=not center.fixed)
+                spectrum = comp.spectrum if i in chosen else _fix_all(comp.spectrum)
+                new_comps.append(type(comp)(spectrum, morph))
             out.append(eqx.tree_at(lambda s: (s.center, s.components), src, (center, tuple(new_comps))))
         return base._replace(_sources=tuple(out))
 

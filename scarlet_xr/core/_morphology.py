@@ -20,7 +20,7 @@ from jax.scipy.special import gammaln
 
 from ._constraints import Interval, LogPositive, Positive
 from ._fft import fast_size, fourier_shift, kernel_to_origin
-from ._parameter import Parameter
+from ._parameter import Parameter, default_complex, default_float
 
 __all__ = [
     "AbstractMorphology",
@@ -308,7 +308,7 @@ class PointSourceMorphology(AbstractMorphology):
         cy, cx = canvas.shape[0] // 2, canvas.shape[1] // 2
         canvas[cy - ph // 2 : cy + ph // 2 + 1, cx - pw // 2 : cx + pw // 2 + 1] = psf
         canvas = canvas[cy - h // 2 : cy + h // 2 + 1, cx - w // 2 : cx + w // 2 + 1]
-        self.psf = jnp.asarray(canvas / canvas.sum(), dtype=jnp.asarray(0.0).dtype)
+        self.psf = jnp.asarray(canvas / canvas.sum(), dtype=default_float())
         self.shape = (h, w)
 
     def __call__(self, offset):
@@ -363,13 +363,13 @@ class AutoMorphology(AbstractMorphology):
             raise ValueError(f"model PSF must be a 2-D odd-sized image; got shape {psf.shape}")
         self.sersic = sersic
         self.shape = sersic.shape
-        dtype = jnp.asarray(0.0).dtype
+        dtype = default_float()
         boxed = _pad_to(psf / psf.sum(), self.shape)
         self.psf = jnp.asarray(boxed / boxed.sum(), dtype=dtype)
         h, w = self.shape
         self.fft_shape = (fast_size(h + psf.shape[0]), fast_size(w + psf.shape[1]))
         k = np.fft.rfft2(kernel_to_origin(psf / psf.sum(), self.fft_shape))
-        self.psf_fft = jnp.asarray(k, dtype=jnp.result_type(dtype, jnp.complex64))
+        self.psf_fft = jnp.asarray(k, dtype=default_complex())
         self.is_point = jnp.asarray(1.0 if is_point else 0.0, dtype=dtype)
 
     def __call__(self, offset):

@@ -11,12 +11,24 @@ import numpy as np
 
 from ._constraints import AbstractConstraint, Identity
 
-__all__ = ["Parameter", "is_parameter", "default_float"]
+__all__ = ["Parameter", "is_parameter", "default_float", "default_complex"]
 
 
 def default_float():
-    """Return the floating dtype JAX uses by default (float32 unless x64 is on)."""
-    return jnp.asarray(0.0).dtype
+    """Return the floating dtype of models, data and renderers: ``float32``.
+
+    A fixed choice, not JAX's global 64-bit flag: models built with the flag
+    on or off are the same. ``float32`` is what accelerators compute fast;
+    for a float64 computation ask for it where it is needed
+    (:func:`scarlet_xr.infer.sample` ``precision="float64"`` casts the model
+    and likelihoods inside the call).
+    """
+    return jnp.dtype(jnp.float32)
+
+
+def default_complex():
+    """Return the complex dtype that goes with :func:`default_float` (``complex64``)."""
+    return jnp.dtype(jnp.complex64)
 
 
 class Parameter(eqx.Module):

@@ -25,6 +25,8 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
+from ._parameter import default_float
+
 __all__ = ["AbstractPrior", "FlatPrior", "NormalPrior", "ScorePrior", "score_surrogate",
            "score_line_integral"]
 
@@ -254,7 +256,7 @@ class NormalPrior(AbstractPrior):
     limit: jax.Array | None
 
     def __init__(self, mean, sigma, limit=None):
-        dtype = jnp.asarray(0.0).dtype
+        dtype = default_float()
         self.mean = jnp.asarray(mean, dtype=dtype)
         self.sigma = jnp.asarray(sigma, dtype=dtype)
         self.limit = None if limit is None else jnp.asarray(limit, dtype=dtype)

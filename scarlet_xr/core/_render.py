@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ._fft import fast_size
+from ._parameter import default_complex
 from ._psf import difference_kernel_fft
 
 __all__ = ["AbstractRenderer", "ConvolutionRenderer"]
@@ -70,7 +71,7 @@ class ConvolutionRenderer(AbstractRenderer):
             )
         self.fft_shape = (fast_size(hm + ph), fast_size(wm + pw))
         k = difference_kernel_fft(obs_psf, model_psf, self.fft_shape)
-        self.kernel_fft = jnp.asarray(k, dtype=jnp.result_type(jnp.asarray(0.0).dtype, jnp.complex64))
+        self.kernel_fft = jnp.asarray(k, dtype=default_complex())
         self.band_index = tuple(int(i) for i in band_index)
         self.crop = (oy, oy + ho, ox, ox + wo)
 

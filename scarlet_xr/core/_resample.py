@@ -43,6 +43,7 @@ import numpy as np
 from jaxtyping import ArrayLike, Float, Real
 
 from ._fft import fast_size
+from ._parameter import default_complex, default_float
 from ._render import AbstractRenderer
 
 __all__ = ["ResamplingRenderer", "psf_core_width", "psf_spectrum", "affine_from_coords"]
@@ -324,8 +325,8 @@ class ResamplingRenderer(AbstractRenderer):
         # inverse DFT normalisation 1 / (ly lx); an obs pixel covers |det J| model pixels
         diff = po * np.conj(pm) / (pm2 + eps * pm2.max()) * inside
         diff *= abs(np.linalg.det(jac)) / (ly * lx)
-        dt = jnp.asarray(0.0).dtype
-        ct = _complex_dtype()
+        dt = default_float()
+        ct = default_complex()
         if self.mode != "gather":
             # exact trigonometric evaluation at the (row, column) base positions
             ey = np.exp(2j * np.pi * np.outer(ybar, fy))
@@ -422,5 +423,3 @@ class ResamplingRenderer(AbstractRenderer):
         return out.reshape(lead + self.obs_shape)
 
 
-def _complex_dtype():
-    return jnp.result_type(jnp.asarray(0.0).dtype, jnp.complex64)

@@ -24,7 +24,7 @@ import numpy as np
 from jaxtyping import Array, ArrayLike, Float
 
 from ._morphology import AbstractMorphology
-from ._parameter import Parameter
+from ._parameter import Parameter, default_float
 from ._prior import AbstractPrior
 
 __all__ = ["StarletMorphology", "StarletSparsity", "starlet_transform", "starlet_reconstruct"]
@@ -127,7 +127,7 @@ class StarletSparsity(AbstractPrior):
         w = np.asarray(weight, float)
         if np.any(w < 0) or not np.all(np.isfinite(w)):
             raise ValueError(f"sparsity weight must be finite and >= 0; got {weight}")
-        self.weight = jnp.asarray(w, dtype=jnp.asarray(0.0).dtype)
+        self.weight = jnp.asarray(w, dtype=default_float())
 
     def log_prob(self, x):
         """Return ``-sum_j weight_j ||w_j||_1 / F`` (``F`` the flux of the clipped image)."""

@@ -21,15 +21,19 @@ class _TemplateMorphology(AbstractMorphology):
     phase ramp only moves it by less than a pixel and a margin of zeros
     around the image keeps the circular shift from wrapping. The shift is
     exact for band-limited images, so the model is smooth in the centre
-    across pixel boundaries.
+    across pixel boundaries. With ``moves=False`` (a fixed centre) the image
+    is returned as it is, at no cost.
     """
 
     image: jax.Array
     offset0: jax.Array
     shape: tuple[int, int] = eqx.field(static=True)
+    moves: bool = eqx.field(static=True, default=True)
 
     def __call__(self, offset):
         """The image moved from ``offset0`` to ``offset``."""
+        if not self.moves:
+            return self.image
         return fourier_shift(self.image, jnp.asarray(offset) - self.offset0)
 
     @property

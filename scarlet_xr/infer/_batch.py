@@ -18,7 +18,7 @@ import numpy as np
 import optax
 
 from ._fit import _STATUS, _WINDOW, DIVERGED, MAX_STEPS, FitHistory, _finish, _run_chunk, _start
-from ._fit import _fit, default_optimizer
+from ._fit import _fit, _loss_dtype, default_optimizer
 from ._params import partition_free
 
 __all__ = ["fit_batch", "stack_trees", "unstack_trees"]
@@ -198,7 +198,7 @@ def fit_batch(
     rest = stack_trees([p[1] for p in parts[:nslot]])
     liks = stack_trees(likelihoods[:nslot])
     z, opt_state = _batched_start(free, optimizer)
-    dtype = jnp.asarray(0.0).dtype
+    dtype = _loss_dtype(free)
     ring = jnp.zeros((nslot, _WINDOW), dtype)
     owner = np.arange(nslot)  # model held by each slot, -1 when empty
     queue = list(range(nslot, n))

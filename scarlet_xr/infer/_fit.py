@@ -13,7 +13,7 @@ import numpy as np
 import optax
 from jax.flatten_util import ravel_pytree
 
-from ..core import SceneModel, filter_jit
+from ..core import SceneModel, default_float, filter_jit
 from ._params import log_prior, partition_free, step_tree
 
 __all__ = [
@@ -87,6 +87,12 @@ def _to_z(free, steps):
 
 def _from_z(z, steps):
     return jax.tree_util.tree_map(lambda u, s: u * s, z, steps)
+
+
+def _loss_dtype(free):
+    """The floating dtype of the free parameters, in which the loss is computed."""
+    leaves = [x for x in jax.tree_util.tree_leaves(free) if jnp.issubdtype(x.dtype, jnp.floating)]
+    return jnp.result_type(*leaves) if leaves else default_float()
 
 
 @eqx.filter_jit
@@ -233,7 +239,7 @@ def _fit(model, likelihoods, *, optimizer, max_steps, e_rel, progress, chunk, on
         model = model.packed()
     free, rest = partition_free(model)
     z, opt_state = _start(free, optimizer)
-    dtype = jnp.asarray(0.0).dtype
+    dtype = _loss_dtype(free)
     ring = jnp.zeros((_WINDOW,), dtype)
     bar = None
     if progress:

@@ -1,5 +1,6 @@
 """Layer ``wcs``: model frames and sky <-> pixel conversion (astropy)."""
 
+from ._cutout import shift_wcs as shift_wcs
 from ._frame import DEFAULT_MODEL_PSF_SIGMA as DEFAULT_MODEL_PSF_SIGMA
 from ._frame import Frame as Frame
 from ._frame import celestial_frame as celestial_frame
@@ -14,4 +15,5 @@ __all__ = [
     "is_icrs_like",
     "normalize_epochs",
     "observation_epochs",
+    "shift_wcs",
 ]

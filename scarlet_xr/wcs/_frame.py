@@ -11,6 +11,7 @@ import numpy as np
 from astropy.wcs import WCS
 
 from ..core import gaussian_psf_image
+from ._cutout import shift_wcs
 
 __all__ = ["Frame", "DEFAULT_MODEL_PSF_SIGMA", "celestial_frame", "is_icrs_like", "normalize_epochs",
            "observation_epochs"]
@@ -459,8 +460,7 @@ def _grid_of(obs):
     wcs = None
     if header is not None:
         wcs = WCS(fits.Header.fromstring(header), relax=True).celestial
-        if y0 or x0:
-            wcs = wcs[y0:, x0:]
+        wcs = shift_wcs(wcs, y0, x0)
     return bands, shape, wcs, (y0, x0)
 
 
@@ -578,8 +578,7 @@ def _same_grid_frame(cls, grids, bands, offsets, psf_sigma, coverage="union"):
     if wcs is not None:
         k = next(i for i, g in enumerate(grids) if g[2] is not None)
         dy, dx = y0 - starts[k][0], x0 - starts[k][1]
-        wcs = wcs.deepcopy()
-        wcs.wcs.crpix = wcs.wcs.crpix - np.array([dx, dy])
+        wcs = shift_wcs(wcs, dy, dx)
     return cls(bands, (y1 - y0, x1 - x0), wcs=wcs, origin=(y0, x0), psf_sigma=psf_sigma)
 
 
@@ -645,8 +644,6 @@ def _sky_frame(cls, grids, bands, resolution, coverage, psf_sigma):
             "the observations do not overlap on the sky; coverage='intersection' needs a common "
             "region (use coverage='union')"
         )
-    fwcs = fwcs.deepcopy()
-    fwcs.wcs.crpix = fwcs.wcs.crpix - np.array([x0, y0])
-    fwcs.wcs.set()
+    fwcs = shift_wcs(fwcs, y0, x0)
     origin = (base[0] + y0, base[1] + x0) if aligned else (0, 0)
     return cls(bands, (y1 - y0 + 1, x1 - x0 + 1), wcs=fwcs, origin=origin, psf_sigma=psf_sigma)

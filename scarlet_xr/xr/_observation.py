@@ -28,7 +28,7 @@ from astropy.io import fits
 from astropy.wcs import WCS
 
 from ..core import check_psf
-from ..wcs import celestial_frame, is_icrs_like, normalize_epochs
+from ..wcs import celestial_frame, is_icrs_like, normalize_epochs, shift_wcs
 
 __all__ = [
     "BAND",
@@ -320,20 +320,3 @@ def observation_wcs(ds) -> WCS | None:
     return shift_wcs(w, y0, x0)
 
 
-def shift_wcs(wcs: WCS, y0: int, x0: int) -> WCS:
-    """Return a copy of ``wcs`` whose pixel ``(0, 0)`` is pixel ``(y0, x0)`` of ``wcs``.
-
-    Works for negative offsets too (a frame that extends beyond the original
-    image): the reference pixel (and the SIP reference pixel) is shifted.
-    """
-    w = wcs.deepcopy()
-    if y0 == 0 and x0 == 0:
-        return w
-    w.wcs.crpix = w.wcs.crpix - np.array([x0, y0], dtype=float)
-    if w.sip is not None:
-        from astropy.wcs import Sip
-
-        sip = w.sip
-        w.sip = Sip(sip.a, sip.b, sip.ap, sip.bp, np.asarray(sip.crpix) - np.array([x0, y0], dtype=float))
-    w.wcs.set()
-    return w
