@@ -314,35 +314,19 @@ class Scene:
             obs_meas = obs
         stamps = scene_stamps(model, groups)
         obs_items = [(name, ds, r) for (name, ds), r in zip(obs.items(), rendered, strict=True)]
-        centers = centers.astype(float)
-        ra = dec = None
-        header = None
-        if self.frame.wcs is not None:
-            ra, dec = self.frame.pixel_to_sky(centers[:, 0], centers[:, 1])
-            header = self.frame.wcs.to_header_string(relax=True)
-        fy = np.arange(self.frame.shape[0]) + self.frame.origin[0]
-        fx = np.arange(self.frame.shape[1]) + self.frame.origin[1]
-        hist = self.history
         attrs = dict(extra_attrs or {})
         if self.fit_time is not None:
             attrs["fit_time_s"] = float(self.fit_time)
         attrs.setdefault("sky", self.sky_model if self.sky is not None and self.sky_model else "none")
         tree = build_result_tree(
-            bands=self.frame.bands,
-            frame_y=fy,
-            frame_x=fx,
+            self.frame,
             source_models=stamps,
             fluxes=fluxes,
-            centers=centers + np.asarray(self.frame.origin, float),
+            centers=centers,
             kinds=[s.kind for s in self._sources],
             names=[s.name or f"src{i}" for i, s in enumerate(self._sources)],
-            ra=ra,
-            dec=dec,
             observations=obs_items,
-            loss=None if hist is None else hist.loss,
-            status="" if hist is None else hist.status,
-            num_steps=0 if hist is None else hist.num_steps,
-            frame_wcs_header=header,
+            history=self.history,
             version=__version__,
             extra_attrs=attrs,
         )

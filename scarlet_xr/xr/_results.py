@@ -53,57 +53,57 @@ def reduced_chi2(data, model, weight, axis=None):
 
 
 def build_result_tree(
+    frame,
     *,
-    bands,
-    frame_y,
-    frame_x,
     source_models,
     fluxes,
     centers,
     kinds,
     names,
-    ra=None,
-    dec=None,
     observations=(),
-    loss=None,
-    status="",
-    num_steps=0,
-    frame_wcs_header=None,
+    history=None,
     version="",
     extra_attrs=None,
 ) -> xr.DataTree:
-    """Assemble the results DataTree from plain arrays (see module docstring).
+    """Assemble the results DataTree of a scene on ``frame`` (see module docstring).
 
     Parameters
     ----------
-    bands : sequence of str
-    frame_y, frame_x : int arrays
-        Pixel coordinates of the model frame.
+    frame : Frame
+        The model frame: bands, pixel coordinates (with its origin), WCS.
     source_models : array (source, band, y, x) or sequence of stamps
         Each source's model: a full-frame cube, or per source ``(y0, x0,
         array (band, h, w))`` (box origin in frame array indices) or None.
         Stored as stamps (:mod:`scarlet_xr.xr._stamps`).
     fluxes : array (source, band)
     centers : array (source, 2)
-        ``(y, x)`` in model-frame pixel coordinates.
+        ``(y, x)`` in the frame's array indices; ``/sources`` stores them with
+        the frame's origin added, and ``ra``, ``dec`` in degrees when the frame
+        has a WCS (NaN otherwise).
     kinds, names : sequence of str
-    ra, dec : arrays (source,), optional
-        Sky positions in degrees (NaN when the frame has no WCS).
     observations : sequence of (name, Dataset, model array)
         Each observation and its rendered model on its own grid.
-    loss : array (step,), optional
-    status : str
-    num_steps : int
-    frame_wcs_header : str, optional
+    history : FitHistory, optional
+        The fit's record (``loss``, ``status``, ``num_steps``); None: not fitted.
     version : str
     extra_attrs : dict, optional
         Added to the root attrs.
     """
     ns = len(names)
     src_coord = np.arange(ns)
-    if ra is None:
-        ra = np.full(ns, np.nan)
-        dec = np.full(ns, np.nan)
+    bands = tuple(frame.bands)
+    centers = np.asarray(centers, np.float64).reshape(ns, 2)
+    if frame.wcs is not None and ns:
+        ra, dec = frame.pixel_to_sky(centers[:, 0], centers[:, 1])
+    else:
+        ra = dec = np.full(ns, np.nan)
+    centers = centers + np.asarray(frame.origin, np.float64)
+    frame_y = np.arange(frame.shape[0]) + frame.origin[0]
+    frame_x = np.arange(frame.shape[1]) + frame.origin[1]
+    frame_wcs_header = None if frame.wcs is None else frame.wcs.to_header_string(relax=True)
+    loss = None if history is None else history.loss
+    status = "" if history is None else history.status
+    num_steps = 0 if history is None else history.num_steps
     sources = xr.Dataset(
         {
             "flux": (("source", BAND), np.asarray(fluxes, np.float64)),
