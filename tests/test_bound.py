@@ -57,3 +57,39 @@ def test_sampling_defaults_to_the_fitted_observations(fitted):
     b = fit.sample(obs, **kw)
     np.testing.assert_array_equal(a["posterior"]["flux"].values, b["posterior"]["flux"].values)
     assert np.all(np.isfinite(a["posterior"]["flux"].values))
+
+
+def test_the_default_path_checks_binds_and_detects_once(monkeypatch):
+    """fit_observations on the HSC cutout: every observation is checked, given a likelihood and
+    enters a detection image once (normalised observations are handed on, not re-checked)."""
+    import copy
+
+    import scarlet_xr.scene._auto as auto
+    import scarlet_xr.scene._init as init
+    import scarlet_xr.xr._bridge as bridge
+    from scarlet_xr.xr import normalize_observations
+
+    obs, centers = hsc_cosmos_35()
+    norm = normalize_observations(obs)
+    assert normalize_observations(norm) is norm
+    assert normalize_observations(copy.deepcopy(norm)) is not norm
+    changed = dict(norm)
+    changed["other"] = obs
+    assert list(normalize_observations(changed)) == ["hsc", "other"]
+
+    counts = {"check": 0, "likelihood": 0, "detection": 0}
+
+    def counting(name, fun):
+        def wrapped(*args, **kwargs):
+            counts[name] += 1
+            return fun(*args, **kwargs)
+        return wrapped
+
+    monkeypatch.setattr(bridge, "check_observation", counting("check", bridge.check_observation))
+    for mod in (bridge, init):  # bind_observations imports it from _bridge when called
+        monkeypatch.setattr(mod, "likelihood_for", counting("likelihood", bridge.likelihood_for))
+    monkeypatch.setattr(auto, "detection_image", counting("detection", auto.detection_image))
+    tree = sx.fit_observations(obs, centers, max_steps=50)
+    assert np.isfinite(tree["sources"]["flux"].values).all()
+    # checked when normalised and when its likelihood is built (likelihood_for checks its input)
+    assert counts == {"check": 2, "likelihood": 1, "detection": 1}

@@ -68,6 +68,7 @@ from ._init import (
     _np_shift,
     _stamp,
     bulge_disk_morphologies,
+    detection_image,
     initialize_sources,
     sky_positions_to_pixels,
 )
@@ -281,9 +282,10 @@ def fit_sources(
     fit_liks = [b.likelihood for b in bound]
     liks = fit_liks
     t0 = time.perf_counter()
-    centers, moved = refine_centers(frame, bound, centers)
+    detection = detection_image(bound, frame)  # once, for the positions and the initial sources
+    centers, moved = refine_centers(frame, bound, centers, detection=detection)
     with Scene(frame) as scene:
-        initialize_sources(frame, bound, centers, kinds=init_kinds, names=names)
+        initialize_sources(frame, bound, centers, kinds=init_kinds, names=names, detection=detection)
     sources = list(scene.sources)
     choices = [
         {"kind": k, "reason": "given", "delta_chi2_point": float("nan"), "box_truncated": False}
@@ -416,7 +418,7 @@ def _sky(model, likelihoods):
 
 
 def refine_centers(frame: Frame, observations, centers, radius: float = REFINE_RADIUS,
-                   min_move: float = 1.0, blend_guard: float = 2 * REFINE_RADIUS):
+                   min_move: float = 1.0, blend_guard: float = 2 * REFINE_RADIUS, *, detection=None):
     """Move given positions onto the nearby peak of the data (catalog positions are not exact).
 
     In the inverse-variance coadd of all observations, smoothed with a
@@ -448,6 +450,9 @@ def refine_centers(frame: Frame, observations, centers, radius: float = REFINE_R
     blend_guard : float
         No move onto a peak that has another given position within this
         distance (model-frame pixels).
+    detection : tuple, optional
+        ``detection_image(observations, frame)`` when the caller has it
+        already (it is not computed again).
 
     Returns
     -------
@@ -457,10 +462,8 @@ def refine_centers(frame: Frame, observations, centers, radius: float = REFINE_R
     """
     from scipy.ndimage import gaussian_filter, maximum_filter
 
-    from ._init import detection_image
-
     centers = np.array(centers, float)
-    det, sigma, valid = detection_image(observations, frame)
+    det, sigma, valid = detection_image(observations, frame) if detection is None else detection
     sm = gaussian_filter(np.where(valid, det, 0.0), 1.0)
     noise = sigma / (2 * math.sqrt(math.pi))  # white noise through a unit-sigma Gaussian
     peaks = (sm == maximum_filter(sm, size=3)) & valid

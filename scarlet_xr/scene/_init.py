@@ -26,7 +26,14 @@ from ..core import (
     psf_core_width,
 )
 from ..wcs import Frame
-from ..xr import BAND, grid_offset, likelihood_for, normalize_observations, observation_wcs
+from ..xr import (
+    BAND,
+    BoundObservation,
+    grid_offset,
+    likelihood_for,
+    normalize_observations,
+    observation_wcs,
+)
 
 __all__ = ["initialize_sources", "detection_image", "bulge_disk_morphologies", "BOX_SIZES"]
 
@@ -207,6 +214,7 @@ def initialize_sources(
     names=None,
     min_box: int = 11,
     max_box: int = 121,
+    detection=None,
 ) -> list[Source]:
     """Create sources at ``centers`` initialised from the data.
 
@@ -239,6 +247,9 @@ def initialize_sources(
     names : sequence of str, optional
     min_box, max_box : int
         Limits of free-form box sizes.
+    detection : tuple, optional
+        ``detection_image(observations, frame)`` when the caller has it
+        already (it is not computed again).
 
     Returns
     -------
@@ -251,6 +262,8 @@ def initialize_sources(
         or on an empty pixel (no positive flux in the detection image).
     """
     obs = normalize_observations(observations)
+    # bound observations bring their likelihoods: the spectra solve reuses them
+    bound = list(observations) if _all_bound(observations) else None
     sky = sky_positions_to_pixels(frame, centers)
     centers = np.atleast_2d(np.asarray(centers, float)) if sky is None else sky
     if centers.ndim != 2 or centers.shape[1] != 2:
@@ -265,7 +278,7 @@ def initialize_sources(
         if k not in KINDS:
             raise ValueError(f"unknown source kind {k!r}; expected one of {KINDS}")
     names = [f"src{i}" for i in range(n)] if names is None else [str(s) for s in names]
-    det, sigma, valid = detection_image(obs, frame)
+    det, sigma, valid = detection_image(obs, frame) if detection is None else detection
     psf_s2 = _observed_psf_variance(obs, frame)
     hh, ww = frame.shape
     morphs = []
@@ -349,7 +362,8 @@ def initialize_sources(
             intrinsic = sum(w * np.asarray(morphology_image(m, offset))
                             for m, w in zip(parts, weights, strict=True))
             images.append(_np_convolve(intrinsic, frame.psf))
-    spectra = _solve_spectra(frame, obs, centers, images)
+    liks = None if bound is None else [b.likelihood for b in bound]
+    spectra = _solve_spectra(frame, obs, centers, images, likelihoods=liks)
     sources = []
     for i in range(n):
         if isinstance(morphs[i], tuple):  # bulge + disk: the spectrum split between them
@@ -646,7 +660,13 @@ def _nnls_gram(a, rhs, maxiter):
     return sol
 
 
-def _solve_spectra(frame, obs, centers, images):
+def _all_bound(observations) -> bool:
+    """Whether ``observations`` is a sequence of bound observations (``bind_observations``)."""
+    return (isinstance(observations, (list, tuple)) and len(observations) > 0
+            and all(isinstance(b, BoundObservation) for b in observations))
+
+
+def _solve_spectra(frame, obs, centers, images, likelihoods=None):
     """Joint non-negative least squares for all spectra, per observation band.
 
     Each template is rendered only on its own box (see :func:`_render_stamps`)
@@ -658,8 +678,8 @@ def _solve_spectra(frame, obs, centers, images):
     stamps = [_stamp(frame.shape, c, im) for c, im in zip(centers, images, strict=True)]
     spectra = np.zeros((n, nb))
     counts = np.zeros(nb)
-    for ds in obs.values():
-        lik = likelihood_for(ds, frame)
+    for k, ds in enumerate(obs.values()):
+        lik = likelihood_for(ds, frame) if likelihoods is None else likelihoods[k]
         patches = _render_stamps(lik.renderer, stamps, frame.cube_shape)
         bands = frame.band_index([str(s) for s in ds[BAND].values])
         a, rhs, _ = _gram(patches, lik.data, lik.weights, bands, nb)

@@ -380,7 +380,7 @@ def measure_scene(scene, observations=None, *, zero_points=None, stamps=None, mo
     if renderers is None:
         bound = scene.bound_observations(observations)
         renderers = [b.renderer for b in bound]
-        obs = {b.name: b.dataset for b in bound}
+        obs = normalize_observations(bound)
     else:
         obs = normalize_observations(scene.bound_observations() if observations is None else observations)
     frame = scene.frame

@@ -14,7 +14,14 @@ from ..core import LightCurve, SceneModel, Source, collecting, filter_jit
 from ..infer import FitHistory, newton_step
 from ..infer import fit as _fit
 from ..wcs import Frame
-from ..xr import BAND, BoundObservation, bind_observations, build_result_tree, check_same_observations
+from ..xr import (
+    BAND,
+    BoundObservation,
+    bind_observations,
+    build_result_tree,
+    check_same_observations,
+    normalize_observations,
+)
 from ._init import sky_positions_to_pixels
 
 __all__ = ["Scene"]
@@ -295,7 +302,7 @@ class Scene:
             residuals only).
         """
         bound = self.bound_observations(observations)
-        obs = {b.name: b.dataset for b in bound}
+        obs = normalize_observations(bound)  # {name: Dataset}, checked when bound
         model = self.model()
         liks = tuple(b.likelihood for b in bound)
         renderers = tuple(b.renderer for b in bound)

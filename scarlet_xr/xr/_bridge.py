@@ -31,6 +31,8 @@ def normalize_observations(observations) -> dict:
     """
     import xarray as xr
 
+    if isinstance(observations, _Observations) and observations.intact():
+        return observations  # checked already: normalising is done once per call chain
     if isinstance(observations, (xr.Dataset, BoundObservation)):
         observations = [observations]
     if isinstance(observations, dict):
@@ -52,7 +54,23 @@ def normalize_observations(observations) -> dict:
             k += 1
             name = f"{base}_{k}"
         out[name] = ds
-    return out
+    return _Observations(out)
+
+
+class _Observations(dict):
+    """``{name: Dataset}`` made by :func:`normalize_observations` (names unique, every Dataset checked).
+
+    Handing it to :func:`normalize_observations` again returns it as it is,
+    unless its items changed since (then they are checked again).
+    """
+
+    def __init__(self, items):
+        super().__init__(items)
+        self.checked = frozenset((k, id(v)) for k, v in self.items())
+
+    def intact(self) -> bool:
+        """Whether the items are still those that were checked."""
+        return frozenset((k, id(v)) for k, v in self.items()) == getattr(self, "checked", None)
 
 
 def grid_offset(ds, frame: Frame):
