@@ -597,8 +597,11 @@ class SceneModel(eqx.Module):
             for j, comp in enumerate(src.components):
                 img, off = images[(i, j)]
                 dt = jnp.asarray(comp.spectrum()).dtype
-                morph = _TemplateMorphology(image=jnp.asarray(img, dt), offset0=jnp.asarray(off, dt),
-                                            shape=img.shape, moves=not center.fixed)
+                moves = not center.fixed
+                stored = (jnp.asarray(np.fft.rfft2(img), jnp.result_type(dt, jnp.complex64)) if moves
+                          else jnp.asarray(img, dt))
+                morph = _TemplateMorphology(image=stored, offset0=jnp.asarray(off, dt), shape=img.shape,
+                                            moves=moves)
                 spectrum = comp.spectrum if i in chosen else _fix_all(comp.spectrum)
                 new_comps.append(type(comp)(spectrum, morph))
             out.append(eqx.tree_at(lambda s: (s.center, s.components), src, (center, tuple(new_comps))))

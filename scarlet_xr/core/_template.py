@@ -6,7 +6,6 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
-from ._fft import fourier_shift
 from ._morphology import AbstractMorphology
 
 __all__: list[str] = []
@@ -21,8 +20,9 @@ class _TemplateMorphology(AbstractMorphology):
     phase ramp only moves it by less than a pixel and a margin of zeros
     around the image keeps the circular shift from wrapping. The shift is
     exact for band-limited images, so the model is smooth in the centre
-    across pixel boundaries. With ``moves=False`` (a fixed centre) the image
-    is returned as it is, at no cost.
+    across pixel boundaries. ``image`` is stored as its ``rfft2`` when the
+    centre moves (one inverse transform per call); with ``moves=False`` (a
+    fixed centre) it is the image itself, returned at no cost.
     """
 
     image: jax.Array
@@ -34,7 +34,14 @@ class _TemplateMorphology(AbstractMorphology):
         """The image moved from ``offset0`` to ``offset``."""
         if not self.moves:
             return self.image
-        return fourier_shift(self.image, jnp.asarray(offset) - self.offset0)
+        # ``image`` holds the image's rfft2 (computed once): one inverse transform per call
+        h, w = self.shape
+        shift = jnp.asarray(offset) - self.offset0
+        ky = jnp.fft.fftfreq(h)[:, None]
+        kx = jnp.fft.rfftfreq(w)[None, :]
+        phase = jnp.exp(-2j * jnp.pi * (ky * shift[0] + kx * shift[1]))
+        out = jnp.fft.irfft2(self.image * phase.astype(self.image.dtype), s=(h, w))
+        return out.astype(self.offset0.dtype)
 
     @property
     def kind(self) -> str:
