@@ -197,6 +197,17 @@ def morphology_image(morphology, offset: Float[ArrayLike, " 2"]) -> Float[Array,
     return morphology(offset)
 
 
+def _convolve_full(images, psf):
+    """Full convolution of ``images`` (..., h, w) with ``psf``: boxes grow by the PSF's size minus one
+    and stay centred on the same pixel."""
+    ph, pw = psf.shape
+    h, w = images.shape[-2:]
+    fh, fw = h + ph - 1, w + pw - 1
+    fs = (fast_size(fh), fast_size(fw))
+    kf = jnp.fft.rfft2(psf.astype(images.dtype), s=fs)
+    return jnp.fft.irfft2(jnp.fft.rfft2(images, s=fs) * kf, s=fs)[..., :fh, :fw]
+
+
 def _render(center_stacks, comp_stacks, n, shape, pad, psf_fft, fft_shape, active=None):
     """Sum of the component stacks on the frame; intrinsic profiles convolved with the model PSF.
 
@@ -519,12 +530,7 @@ class SceneModel(eqx.Module):
                 m, eb, h, w = boxes.shape
                 boxes = boxes.reshape(m, eb // self.shape[0], self.shape[0], h, w).mean(axis=1)
             if st.tree.morphology.intrinsic and self.psf is not None:
-                ph, pw = self.psf.shape
-                _, _, h, w = boxes.shape
-                fh, fw = h + ph - 1, w + pw - 1
-                fs = (fast_size(fh), fast_size(fw))
-                kf = jnp.fft.rfft2(self.psf.astype(boxes.dtype), s=fs)
-                boxes = jnp.fft.irfft2(jnp.fft.rfft2(boxes, s=fs) * kf, s=fs)[..., :fh, :fw]
+                boxes = _convolve_full(boxes, self.psf)
             out.append(([int(start[i]) + j for i, j in st.members], centers, boxes))
         return out
 
@@ -575,12 +581,7 @@ class SceneModel(eqx.Module):
             c = all_centers[_owners(st)]
             imgs = _apply(lambda comp, o: comp.morphology(o), st, c - jnp.round(c))
             if st.tree.morphology.intrinsic and self.psf is not None:
-                ph, pw = self.psf.shape
-                _, h, w = imgs.shape
-                fh, fw = h + ph - 1, w + pw - 1
-                fs = (fast_size(fh), fast_size(fw))
-                kf = jnp.fft.rfft2(self.psf.astype(imgs.dtype), s=fs)
-                imgs = jnp.fft.irfft2(jnp.fft.rfft2(imgs, s=fs) * kf, s=fs)[..., :fh, :fw]
+                imgs = _convolve_full(imgs, self.psf)
             imgs = np.pad(np.asarray(imgs), ((0, 0), (margin, margin), (margin, margin)))
             off = np.asarray(c - jnp.round(c))
             for k, member in enumerate(st.members):
