@@ -262,8 +262,8 @@ def initialize_sources(
         or on an empty pixel (no positive flux in the detection image).
     """
     obs = normalize_observations(observations)
-    # bound observations bring their likelihoods: the spectra solve reuses them
-    bound = list(observations) if _all_bound(observations) else None
+    # observations bound to this frame bring their likelihoods: the spectra solve reuses them
+    bound = list(observations) if _all_bound(observations, frame) else None
     sky = sky_positions_to_pixels(frame, centers)
     centers = np.atleast_2d(np.asarray(centers, float)) if sky is None else sky
     if centers.ndim != 2 or centers.shape[1] != 2:
@@ -660,10 +660,10 @@ def _nnls_gram(a, rhs, maxiter):
     return sol
 
 
-def _all_bound(observations) -> bool:
-    """Whether ``observations`` is a sequence of bound observations (``bind_observations``)."""
+def _all_bound(observations, frame) -> bool:
+    """Whether ``observations`` is a sequence of observations bound to ``frame`` (``bind_observations``)."""
     return (isinstance(observations, (list, tuple)) and len(observations) > 0
-            and all(isinstance(b, BoundObservation) for b in observations))
+            and all(isinstance(b, BoundObservation) and b.frame is frame for b in observations))
 
 
 def _solve_spectra(frame, obs, centers, images, likelihoods=None):
