@@ -34,6 +34,7 @@ from ..xr import (
     resolve_zero_points,
     shape_from_moments,
 )
+from ._host import host_products
 
 __all__ = ["Measurements", "measure_scene", "scene_stamps"]
 
@@ -62,8 +63,15 @@ class Measurements:
 
 
 @eqx.filter_jit
-def _component_stamps(model):
+def _compiled_stamps(model):
     return model.component_stamps(), model.fluxes()
+
+
+def _component_stamps(model):
+    """``(component stamps, fluxes)`` of ``model``: on the host for static models (no program
+    compiled per scene structure, :func:`._host.host_products`), else compiled."""
+    host = host_products(model)
+    return _compiled_stamps(model) if host is None else host[:2]
 
 
 @eqx.filter_jit

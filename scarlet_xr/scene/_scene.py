@@ -22,6 +22,7 @@ from ..xr import (
     check_same_observations,
     normalize_observations,
 )
+from ._host import host_products, render_on_host
 from ._init import sky_positions_to_pixels
 
 __all__ = ["Scene"]
@@ -308,9 +309,17 @@ class Scene:
         renderers = tuple(b.renderer for b in bound)
         from ._measure import scene_stamps
 
-        groups, fluxes, rendered, centers, light = _evaluate(model, liks)
-        fluxes, centers = np.asarray(fluxes), np.asarray(centers)
-        rendered = [np.asarray(r) for r in rendered]
+        # static scenes: evaluated on the host (no program compiled for this scene's structure)
+        host = host_products(model)
+        rendered = None if host is None else render_on_host(host[2], liks)
+        if rendered is None:
+            groups, fluxes, rendered, centers, light = _evaluate(model, liks)
+            fluxes, centers = np.asarray(fluxes), np.asarray(centers)
+            rendered = [np.asarray(r) for r in rendered]
+        else:
+            groups, fluxes = host[0], host[1].astype(np.float32)
+            centers = np.stack([np.asarray(s.center.value, np.float32) for s in model.sources])
+            light = None
         sky = self._sky_for(obs)
         if sky is not None:
             # the stored model includes the fitted sky (data - model is the residual); the

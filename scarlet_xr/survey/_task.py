@@ -166,7 +166,9 @@ def fit_blend_auto(ds, centers, *, max_steps: int = 1000, e_rel: float = 1e-6) -
         If the fit diverged or gave non-finite fluxes.
     """
     from ..scene import fit_sources, measure_scene
-    from ..xr import frame_from_observations, likelihood_for
+    from ..scene._host import host_products
+    from ..scene._measure import scene_stamps
+    from ..xr import frame_from_observations
 
     t0 = time.perf_counter()
     frame = frame_from_observations(ds)
@@ -175,12 +177,17 @@ def fit_blend_auto(ds, centers, *, max_steps: int = 1000, e_rel: float = 1e-6) -
     hist = fitted.history
     if hist.status == "diverged":
         raise FloatingPointError(f"fit diverged after {hist.num_steps} steps (loss or gradient not finite)")
-    lik = likelihood_for(ds, frame)
-    _, chi2, n_valid = _blend_summary(fitted.model(), lik)  # compiled: op by op took 3-8 s a blend
-    chi2 = float(chi2) / max(int(n_valid), 1)
+    # the products on the host: no program compiled for this blend's mix of kinds and boxes
+    model = fitted.model()
+    host = host_products(model)
+    (lik,) = (b.likelihood for b in fitted.bound_observations(ds))
+    w = np.asarray(lik.weights, float)
+    resid = np.asarray(lik.data, float) - lik.renderer.render_numpy(host[2])
+    chi2 = float(np.sum(w * resid**2)) / max(int(np.sum(w > 0)), 1)
     t1 = time.perf_counter()
     n = len(fitted.sources)
-    meas = _store_measurements(measure_scene(fitted, ds), n, len(frame.bands))
+    meas = _store_measurements(measure_scene(fitted, ds, stamps=scene_stamps(model, host[0]),
+                                             model_flux=host[1]), n, len(frame.bands))
     kinds = [str(c["kind"]) for c in fitted.choices] if fitted.choices else [s.kind for s in fitted.sources]
     meas["kind_code"] = kind_codes(kinds)
     if not np.all(np.isfinite(meas["flux"])):

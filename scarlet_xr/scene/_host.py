@@ -1,0 +1,109 @@
+"""A fitted scene's products evaluated on the host, component by component.
+
+The results of a fit (each component on its box, the fluxes, the model cube
+and its image in every observation) are needed once per scene. Compiling one
+program for the whole scene to get them costs about a second per scene
+structure (its mix of source kinds, box sizes and counts), paid again for
+every blend of a survey. Evaluated here instead, each component's profile
+comes from :func:`~scarlet_xr.core.morphology_image` (one compiled program
+per morphology type and box size, shared by every scene of a process) and the
+rest is numpy: convolution with the model PSF, placement on the frame and the
+observations' renderers (``render_numpy``).
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import numpy as np
+
+from ..core import SceneModel, morphology_image
+
+__all__ = ["host_products", "render_on_host"]
+
+
+def _convolve_full(image: np.ndarray, kernel: np.ndarray) -> np.ndarray:
+    """Full convolution (size grows by the kernel's minus one, same centre pixel), numpy FFT."""
+    h, w = image.shape
+    kh, kw = kernel.shape
+    s = (h + kh - 1, w + kw - 1)
+    return np.fft.irfft2(np.fft.rfft2(image, s=s) * np.fft.rfft2(kernel, s=s), s=s)
+
+
+def _add_box(cube: np.ndarray, box: np.ndarray, center) -> None:
+    """Add ``box`` (band, h, w) to ``cube`` centred on the pixel nearest ``center``, clipped to it."""
+    _, hh, ww = cube.shape
+    h, w = box.shape[-2:]
+    y0 = int(round(float(center[0]))) - h // 2
+    x0 = int(round(float(center[1]))) - w // 2
+    ys0, xs0, ys1, xs1 = max(y0, 0), max(x0, 0), min(y0 + h, hh), min(x0 + w, ww)
+    if ys1 > ys0 and xs1 > xs0:
+        cube[:, ys0:ys1, xs0:xs1] += box[:, ys0 - y0 : ys1 - y0, xs0 - x0 : xs1 - x0]
+
+
+def host_products(model: SceneModel):
+    """Component stamps, fluxes and model cube of a static scene model, evaluated on the host.
+
+    The same quantities as ``model.component_stamps()``, ``model.fluxes()`` and
+    ``model()`` (to float32 rounding), without compiling a program for the
+    scene's structure (see the module docstring).
+
+    Parameters
+    ----------
+    model : SceneModel
+
+    Returns
+    -------
+    tuple or None
+        ``(groups, fluxes, cube)``: ``groups`` a list of ``([component index],
+        centres (1, 2), images (1, band, h, w))`` as
+        :meth:`~scarlet_xr.core.SceneModel.component_stamps`; ``fluxes``
+        ``(source, band)`` (each component's spectrum times the sum of its
+        box at zero offset, as ``Component.flux``); ``cube`` ``(band, y, x)``
+        float32. None for models with variable sources or ``active`` weights
+        (use the compiled methods).
+    """
+    if model.num_epochs or model.active is not None or any(model.variable):
+        return None
+    nb = model.shape[0]
+    psf = None if model.psf is None or model.psf_fft is None else np.asarray(model.psf, float)
+    sources = model.sources
+    groups, fluxes = [], np.zeros((len(sources), nb))
+    cube = np.zeros(model.shape)
+    k = 0
+    for i, src in enumerate(sources):
+        center = np.asarray(src.center.value, float)
+        dtype = src.center.raw.dtype
+        offset = jnp.asarray(center - np.round(center), dtype)
+        for comp in src.components:
+            spec = np.asarray(comp.spectrum(), float)
+            img = np.asarray(morphology_image(comp.morphology, offset), float)
+            unit = float(np.sum(np.asarray(morphology_image(comp.morphology, jnp.zeros(2, dtype)), float)))
+            fluxes[i] += spec * unit
+            if comp.morphology.intrinsic and psf is not None:
+                img = _convolve_full(img, psf)
+            box = spec[:, None, None] * img[None]
+            groups.append(([k], center[None], box[None].astype(np.float32)))
+            _add_box(cube, box, center)
+            k += 1
+    return groups, fluxes, cube.astype(np.float32)
+
+
+def render_on_host(cube: np.ndarray, likelihoods):
+    """The model ``cube`` in each likelihood's observation (float32), or None if a renderer cannot.
+
+    Parameters
+    ----------
+    cube : numpy.ndarray (band, y, x)
+    likelihoods : sequence of GaussianLikelihood
+
+    Returns
+    -------
+    list of numpy.ndarray or None
+    """
+    out = []
+    for lik in likelihoods:
+        render = getattr(lik.renderer, "render_numpy", None)
+        if render is None or getattr(lik, "epoch", None) is not None:
+            return None
+        out.append(np.asarray(render(cube), np.float32))
+    return out
