@@ -3,6 +3,7 @@
 from ._auto import fit_sources as fit_sources
 from ._detect import detect_sources as detect_sources
 from ._detect import fit_observations as fit_observations
+from ._host import host_products as host_products
 from ._init import BOX_SIZES as BOX_SIZES
 from ._init import bulge_disk_morphologies as bulge_disk_morphologies
 from ._init import detection_image as detection_image
@@ -10,6 +11,7 @@ from ._init import initialize_sources as initialize_sources
 from ._io import load_scene as load_scene
 from ._measure import Measurements as Measurements
 from ._measure import measure_scene as measure_scene
+from ._measure import scene_stamps as scene_stamps
 from ._io import save_scene as save_scene
 from ._sample import attach_posterior as attach_posterior
 from ._sample import sample_scene as sample_scene
@@ -26,10 +28,12 @@ __all__ = [
     "detection_image",
     "fit_observations",
     "fit_sources",
+    "host_products",
     "initialize_sources",
     "load_scene",
     "measure_scene",
     "sample_scene",
     "save_scene",
+    "scene_stamps",
     "summarize",
 ]

@@ -165,9 +165,7 @@ def fit_blend_auto(ds, centers, *, max_steps: int = 1000, e_rel: float = 1e-6) -
     FloatingPointError
         If the fit diverged or gave non-finite fluxes.
     """
-    from ..scene import fit_sources, measure_scene
-    from ..scene._host import host_products
-    from ..scene._measure import scene_stamps
+    from ..scene import fit_sources, host_products, measure_scene, scene_stamps
     from ..xr import frame_from_observations
 
     t0 = time.perf_counter()

@@ -1,0 +1,71 @@
+"""A fitted scene's products evaluated on the host equal the compiled ones."""
+
+import numpy as np
+
+from scarlet_xr.core import (
+    ConvolutionRenderer,
+    GaussianLikelihood,
+    GaussianMorphology,
+    PointSourceMorphology,
+    SceneModel,
+    SersicMorphology,
+    Source,
+)
+from scarlet_xr.scene import host_products
+from scarlet_xr.scene._host import render_on_host
+
+
+def _psf(size=11, sigma=1.2):
+    y, x = np.mgrid[:size, :size] - size // 2
+    p = np.exp(-0.5 * (x**2 + y**2) / sigma**2)
+    return p / p.sum()
+
+
+def _scene():
+    psf = _psf()
+    gen = np.random.default_rng(3)
+    src = []
+    for i in range(6):
+        # one source near the edge: its box is clipped by the frame
+        c = np.array([2.3, 40.6]) if i == 5 else gen.uniform(8, 40, 2)
+        spec = gen.uniform(1, 2, 3)
+        if i % 3 == 0:
+            src.append(Source(c, spec, GaussianMorphology(gen.uniform(1.0, 2.0), shape=15)))
+        elif i % 3 == 1:
+            bulge = SersicMorphology(4.0, 1.2, (0.1, -0.2), shape=21)
+            disk = SersicMorphology(1.0, 3.0, (0.2, 0.1), shape=27)
+            src.append(Source(c, components=[(spec, bulge), (0.5 * spec, disk)]))
+        else:
+            src.append(Source(c, spec, PointSourceMorphology(psf, shape=11)))
+    return SceneModel(src, (3, 48, 44), psf=psf)
+
+
+def test_host_products_equal_the_compiled_stamps_fluxes_cube_and_observation_images():
+    model = _scene()
+    groups, fluxes, cube = host_products(model)
+    np.testing.assert_allclose(fluxes, np.asarray(model.fluxes()), rtol=2e-5)
+    ref = np.asarray(model())
+    np.testing.assert_allclose(cube, ref, rtol=0, atol=2e-5 * np.abs(ref).max())
+    compiled = {}
+    for members, centers, images in model.component_stamps():
+        for j, k in enumerate(members):
+            compiled[k] = (np.asarray(centers[j]), np.asarray(images[j]))
+    assert sorted(compiled) == [g[0][0] for g in groups] == list(range(8))
+    for (k,), center, image in groups:
+        np.testing.assert_allclose(center[0], compiled[k][0], rtol=1e-6)
+        assert image[0].shape == compiled[k][1].shape
+        np.testing.assert_allclose(image[0], compiled[k][1], rtol=0, atol=2e-5 * np.abs(compiled[k][1]).max())
+    # and the model in an observation with a wider PSF, through the renderer's numpy twin
+    wide = np.stack([_psf(15, 1.8)] * 3)
+    renderer = ConvolutionRenderer((3, 48, 44), (3, 48, 44), (0, 1, 2), wide, _psf())
+    lik = GaussianLikelihood(np.zeros((3, 48, 44)), np.ones((3, 48, 44)), renderer)
+    (img,) = render_on_host(cube, [lik])
+    want = np.asarray(lik.render(model()))
+    assert img.dtype == np.float32
+    np.testing.assert_allclose(img, want, rtol=0, atol=2e-5 * np.abs(want).max())
+
+
+def test_models_with_active_weights_are_left_to_the_compiled_path():
+    model = _scene()
+    weighted = SceneModel(model.sources, model.shape, psf=np.asarray(model.psf), active=np.ones(6))
+    assert host_products(weighted) is None
