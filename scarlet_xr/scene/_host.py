@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..core import SceneModel, morphology_image
+from ._linear import _box_sums
 
 __all__ = ["host_products", "render_on_host"]
 
@@ -69,6 +70,7 @@ def host_products(model: SceneModel):
     sources = model.sources
     groups, fluxes = [], np.zeros((len(sources), nb))
     cube = np.zeros(model.shape)
+    units = _box_sums(model)  # each component's box sum at zero offset, as the linear solve uses
     k = 0
     for i, src in enumerate(sources):
         center = np.asarray(src.center.value, float)
@@ -77,8 +79,7 @@ def host_products(model: SceneModel):
         for comp in src.components:
             spec = np.asarray(comp.spectrum(), float)
             img = np.asarray(morphology_image(comp.morphology, offset), float)
-            unit = float(np.sum(np.asarray(morphology_image(comp.morphology, jnp.zeros(2, dtype)), float)))
-            fluxes[i] += spec * unit
+            fluxes[i] += spec * units[k]
             if comp.morphology.intrinsic and psf is not None:
                 img = _convolve_full(img, psf)
             box = spec[:, None, None] * img[None]

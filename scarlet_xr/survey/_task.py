@@ -178,14 +178,16 @@ def fit_blend_auto(ds, centers, *, max_steps: int = 1000, e_rel: float = 1e-6) -
     # the products on the host: no program compiled for this blend's mix of kinds and boxes
     model = fitted.model()
     host = host_products(model)
-    (lik,) = (b.likelihood for b in fitted.bound_observations(ds))
+    bound = fitted.bound_observations(ds)  # checked once, reused by the measurements
+    (lik,) = (b.likelihood for b in bound)
     w = np.asarray(lik.weights, float)
     resid = np.asarray(lik.data, float) - lik.renderer.render_numpy(host[2])
     chi2 = float(np.sum(w * resid**2)) / max(int(np.sum(w > 0)), 1)
     t1 = time.perf_counter()
     n = len(fitted.sources)
-    meas = _store_measurements(measure_scene(fitted, ds, stamps=scene_stamps(model, host[0]),
-                                             model_flux=host[1]), n, len(frame.bands))
+    meas = _store_measurements(measure_scene(fitted, bound, stamps=scene_stamps(model, host[0]),
+                                             model_flux=host[1], renderers=[b.renderer for b in bound]),
+                               n, len(frame.bands))
     kinds = [str(c["kind"]) for c in fitted.choices] if fitted.choices else [s.kind for s in fitted.sources]
     meas["kind_code"] = kind_codes(kinds)
     if not np.all(np.isfinite(meas["flux"])):
