@@ -331,3 +331,101 @@ def test_a_packed_scene_is_the_same_scene_with_a_few_stacked_arrays():
         counts[n] = len(jax.tree_util.tree_leaves(free))
     assert counts[48] == counts[12], counts
     assert counts[12] < len(jax.tree_util.tree_leaves(partition_free(model)[0])) / 2
+
+
+def _count_compiles(name):
+    """Context manager collecting the XLA compilations of programs named ``name``."""
+    import contextlib
+    import logging
+
+    @contextlib.contextmanager
+    def counting():
+        hits = []
+
+        class _Handler(logging.Handler):
+            def emit(self, record):
+                msg = record.getMessage()
+                if "Finished XLA compilation" in msg and f"jit({name})" in msg:
+                    hits.append(msg)
+
+        handler = _Handler(level=logging.DEBUG)
+        loggers = [logging.getLogger(n) for n in ("jax._src.dispatch", "jax._src.interpreters.pxla")]
+        old = [(lg.level, lg.propagate) for lg in loggers]
+        for lg in loggers:
+            lg.addHandler(handler)
+            lg.setLevel(logging.DEBUG)
+        try:
+            with jax.log_compiles(True):
+                yield hits
+        finally:
+            for lg, (level, prop) in zip(loggers, old, strict=True):
+                lg.removeHandler(handler)
+                lg.setLevel(level)
+                lg.propagate = prop
+
+    return counting()
+
+
+def test_a_canonical_scene_renders_the_same_and_gives_its_sources_back():
+    model = _mixed_scene(7)  # 3 Gaussians, 2 bulge+disk, 2 points, in mixed order, named
+    canon, restore = model.canonical()
+    # sorted by structure, unnamed, each structure padded to a power of two with weight-0 copies
+    assert canon.is_packed and canon.num_sources == 4 + 2 + 2
+    assert float(jnp.sum(canon.active)) == 7.0
+    assert all(s.name is None for s in canon.sources)
+    kinds = [type(s.components[0].morphology).__name__ for s in canon.sources]
+    assert kinds == sorted(kinds, key=kinds.index) and len(set(kinds)) == 3  # grouped
+    np.testing.assert_allclose(np.asarray(canon()), np.asarray(model()), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(canon.fluxes())[np.asarray(canon.active) > 0].sum(0),
+                               np.asarray(model.fluxes()).sum(0), rtol=1e-6)
+    # the placeholders' priors do not count (3 bulge+disk with an ellipticity prior: one placeholder)
+    eight = _mixed_scene(8)
+    canon8, _ = eight.canonical()
+    assert canon8.num_sources == 4 + 4 + 2
+    np.testing.assert_allclose(float(canon8.log_prior()), float(eight.log_prior()), rtol=1e-6)
+    back = canon.restored(*restore)
+    assert back.active is None and not back.is_packed
+    assert [s.name for s in back.sources] == [s.name for s in model.sources]
+    for a, b in zip(back.sources, model.sources, strict=True):
+        assert jax.tree_util.tree_structure(a) == jax.tree_util.tree_structure(b)
+        for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b), strict=True):
+            np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    # models it cannot make canonical come back as they are
+    packed = model.packed()
+    assert packed.canonical() == (packed, None)
+    weighted = SceneModel(model.sources, model.shape, psf=PSF, active=np.ones(7))
+    assert weighted.canonical()[1] is None
+
+
+def test_fits_of_scenes_in_the_same_buckets_share_one_compiled_step():
+    from scarlet_xr.core import ConvolutionRenderer, GaussianLikelihood
+    from scarlet_xr.infer import fit
+
+    psf = np.stack([PSF] * 3)
+    renderer = ConvolutionRenderer((3, 48, 48), (3, 48, 48), (0, 1, 2), psf, PSF)
+    truth = _mixed_scene(7)
+    data = np.asarray(truth()) + np.random.default_rng(1).normal(0, 0.01, (3, 48, 48))
+    lik = GaussianLikelihood(data, np.full(data.shape, 1e4), renderer)
+    # the same kinds in another order, other names and one Gaussian more (3 and 4: both bucket 4)
+    extra = Source(truth.sources[0].center.value + 3.0, truth.sources[0].components[0].spectrum.values.value,
+                   truth.sources[0].components[0].morphology, name="extra")
+    other = SceneModel([Source(s.center, components=s.components, name=f"other{i}")
+                        for i, s in enumerate(reversed(truth.sources))] + [extra], truth.shape, psf=PSF)
+    with _count_compiles("_chunk_impl") as hits:
+        fitted, hist = fit(truth, [lik], max_steps=5, canonical=True)
+        assert len(hits) == 1, hits
+        fitted_other, _ = fit(other, [lik], max_steps=5, canonical=True)
+        assert len(hits) == 1, hits  # reused, not compiled again
+        fit(other, [lik], max_steps=5)  # its own layout: another program
+        assert len(hits) == 2, hits
+    # each fit comes back in its own order, with its own names and sources
+    assert [s.name for s in fitted.sources] == [s.name for s in truth.sources]
+    assert [s.name for s in fitted_other.sources] == [s.name for s in other.sources]
+    assert fitted.active is None and fitted_other.num_sources == 8
+    # the same fit as in the scene's own layout
+    plain, plain_hist = fit(truth, [lik], max_steps=5)
+    for a, b in zip(fitted.sources, plain.sources, strict=True):
+        for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b), strict=True):
+            np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-4, atol=1e-5)
+    assert len(hist.loss) == 5
+    np.testing.assert_allclose(hist.loss, plain_hist.loss, rtol=1e-5)

@@ -79,13 +79,14 @@ class _Stack(NamedTuple):
     shared: tuple[bool, ...] | None
 
 
-def _stack(members, trees) -> _Stack:
+def _stack(members, trees, min_shared_size: int = 0) -> _Stack:
     if len(trees) == 1:
         return _Stack(tuple(members), trees[0], None)
     flat = [jax.tree_util.tree_flatten(t) for t in trees]
     treedef = flat[0][1]
     cols = list(zip(*(leaves for leaves, _ in flat), strict=True))
-    shared = tuple(all(x is col[0] for x in col) for col in cols)
+    shared = tuple(all(x is col[0] for x in col) and int(np.size(col[0])) >= min_shared_size
+                   for col in cols)
     leaves = [col[0] if sh else _stacked(col) for col, sh in zip(cols, shared, strict=True)]
     return _Stack(tuple(members), treedef.unflatten(leaves), shared)
 
@@ -101,26 +102,64 @@ def _stacked(col):
     return jnp.stack(col)
 
 
-def _stacks_by_structure(items) -> list[_Stack]:
+def _stacks_by_structure(items, min_shared_size: int = 0) -> list[_Stack]:
     """``items`` ``[(member, tree)]`` grouped by structure (types, leaf shapes, dtypes) and stacked."""
     buckets = {}
     for k, (member, tree) in enumerate(items):
         key = _stack_key(tree)
         buckets.setdefault(("single", k) if key is None else key, []).append((member, tree))
-    return [_stack([m for m, _ in b], [t for _, t in b]) for b in buckets.values()]
+    return [_stack([m for m, _ in b], [t for _, t in b], min_shared_size) for b in buckets.values()]
 
 
-def _groups_of(sources):
+def _groups_of(sources, min_shared_size: int = 0):
     """``(centres, components)``: the sources' centres and components stacked by structure.
 
     Components of one type and box size are evaluated in one ``vmap``-ed
     call, so the compiled graph grows with the number of distinct component
     structures, not with the number of sources. Names do not split groups.
+    Leaves that are one object in every member are kept once when they have
+    at least ``min_shared_size`` elements.
     """
-    centers = _stacks_by_structure([(i, s.center) for i, s in enumerate(sources)])
+    centers = _stacks_by_structure([(i, s.center) for i, s in enumerate(sources)], min_shared_size)
     comps = _stacks_by_structure([((i, j), c) for i, s in enumerate(sources)
-                                  for j, c in enumerate(s.components)])
+                                  for j, c in enumerate(s.components)], min_shared_size)
     return centers, comps
+
+
+CANONICAL_MAX_COUNT = 16
+"""Stacks of at most this many sources are padded to a power of two by :meth:`SceneModel.canonical`."""
+
+CANONICAL_MIN_SHARED = 4096
+"""In the canonical layout only leaves of at least this many elements are stored once when shared
+(a learned prior's network), so that the layout does not depend on which small arrays happen to
+be one object."""
+
+
+def _count_bucket(n: int, max_count: int = CANONICAL_MAX_COUNT) -> int:
+    """The canonical number of members of a stack of ``n``: the next power of two up to ``max_count``."""
+    if n > max_count:
+        return n
+    k = 1
+    while k < n:
+        k *= 2
+    return k
+
+
+def _renamed(src: Source, name) -> Source:
+    """``src`` with another ``name`` (a static field: part of a compiled program's key)."""
+    if src.name == name:
+        return src
+    new = object.__new__(type(src))
+    for f in dataclasses.fields(src):
+        object.__setattr__(new, f.name, name if f.name == "name" else getattr(src, f.name))
+    return new
+
+
+def _copied(src: Source) -> Source:
+    """A copy of ``src`` with its own arrays (no leaf is one object with ``src``'s)."""
+    return jax.tree_util.tree_map(
+        lambda x: jnp.array(x, copy=True) if isinstance(x, jax.Array)
+        else (np.array(x, copy=True) if isinstance(x, np.ndarray) else x), src)
 
 
 def _apply(fun, stack: _Stack, *args):
@@ -378,6 +417,69 @@ class SceneModel(eqx.Module):
             _treedefs=tuple(jax.tree_util.tree_structure(s) for s in self._sources),
         )
 
+    def canonical(self, max_count: int = CANONICAL_MAX_COUNT):
+        """The same scene in a canonical order and number of sources, to reuse compiled fits.
+
+        A compiled fit step is keyed on the scene's structure: the order of
+        its sources' types and box sizes, their number and their names. Here
+        the sources are sorted by structure, their names dropped, and each
+        structure's count padded to a power of two (up to ``max_count``;
+        larger stacks keep their count) with placeholder copies of weight 0
+        (``active``: they render to nothing and get no gradient from the
+        data). Scenes of one frame shape whose sources fall in the same
+        buckets then share one compiled step (``fit(..., canonical=True)``
+        fits this form and returns the scene as given, see :meth:`restored`).
+
+        Parameters
+        ----------
+        max_count : int
+            Stacks of at most this many sources are padded.
+
+        Returns
+        -------
+        model : SceneModel
+            The canonical scene, packed; ``self`` when it cannot be made
+            canonical (already packed, with ``active`` weights or variable
+            sources, or a source with a leaf that is not an array).
+        restore : tuple or None
+            ``(order, names)`` for :meth:`restored`; None when ``model`` is ``self``.
+        """
+        if self.is_packed or self.active is not None or self.num_epochs or not self._sources:
+            return self, None
+        sources = [_renamed(s, None) for s in self._sources]
+        groups = {}
+        for i, s in enumerate(sources):
+            key = _stack_key(s)
+            if key is None:
+                return self, None
+            groups.setdefault(key, []).append(i)
+        order, out = [], []
+        for key in sorted(groups, key=repr):
+            idx = groups[key]
+            order += idx + [-1] * (_count_bucket(len(idx), max_count) - len(idx))
+            out += [sources[i] for i in idx]
+            out += [_copied(sources[idx[0]]) for _ in range(len(order) - len(out))]
+        active = np.asarray([1.0 if i >= 0 else 0.0 for i in order])
+        model = self._replace(_sources=tuple(out), active=jnp.asarray(active, dtype=out[0].center.raw.dtype))
+        centers, comps = _groups_of(model._sources, CANONICAL_MIN_SHARED)
+        packed = model._replace(
+            _sources=(),
+            _stacks=(tuple(st.tree for st in centers), tuple(st.tree for st in comps)),
+            _layout=(tuple((st.members, st.shared) for st in centers),
+                     tuple((st.members, st.shared) for st in comps)),
+            _treedefs=tuple(jax.tree_util.tree_structure(s) for s in model._sources),
+        )
+        return packed, (tuple(order), tuple(s.name for s in self._sources))
+
+    def restored(self, order, names) -> SceneModel:
+        """The scene of :meth:`canonical` back in its given order, names and number of sources (unpacked)."""
+        srcs = self.unpacked().sources
+        out = [None] * len(names)
+        for pos, i in enumerate(order):
+            if i >= 0:
+                out[i] = _renamed(srcs[pos], names[i])
+        return self._replace(_sources=tuple(out), active=None, _stacks=None, _layout=None, _treedefs=None)
+
     def unpacked(self) -> SceneModel:
         """The same model with one :class:`~scarlet_xr.core.Source` per source (inverse of :meth:`packed`)."""
         if not self.is_packed:
@@ -439,12 +541,19 @@ class SceneModel(eqx.Module):
         return tuple(flags)
 
     def log_prior(self) -> jax.Array:
-        """Sum of the log priors of all non-fixed parameters (one ``vmap``-ed call per stack)."""
+        """Sum of the log priors of all non-fixed parameters (one ``vmap``-ed call per stack).
+
+        Sources of weight 0 (``active``: placeholders) contribute nothing.
+        """
         total = jnp.zeros(())
         for stacks in self._groups():
             for st in stacks:
                 if any(p.prior is not None and not p.fixed for p in _parameters(st.tree)):
-                    total = total + jnp.sum(_apply(_tree_log_prior, st))
+                    vals = _apply(_tree_log_prior, st)
+                    if self.active is not None:
+                        owners = np.array([m if np.ndim(m) == 0 else m[0] for m in st.members], np.int32)
+                        vals = jnp.where(self.active[owners] > 0, vals, 0.0)
+                    total = total + jnp.sum(vals)
         return total
 
     # -- rendering ---------------------------------------------------------------------------

@@ -166,6 +166,7 @@ def fit(
     progress: bool = False,
     chunk: int = 100,
     on_divergence: str = "warn",
+    canonical: bool = False,
 ):
     """Fit a model by minimising ``-log L - log prior`` with optax.
 
@@ -203,6 +204,14 @@ def fit(
         always stops and keeps the last finite state; ``"warn"`` logs a
         warning and reports ``status="diverged"``, ``"raise"`` raises
         :class:`FitDivergedError`.
+    canonical : bool
+        Fit a :class:`~scarlet_xr.core.SceneModel` in its canonical layout
+        (:meth:`~scarlet_xr.core.SceneModel.canonical`: sources sorted by
+        structure, unnamed, each structure's count padded to a power of two
+        with weight-0 placeholders), so that many scenes of one frame shape
+        (a survey's blends) share a few compiled programs instead of
+        compiling one each; the returned model is the scene as given.
+        Default False: the scene's own layout.
 
     Returns
     -------
@@ -219,10 +228,11 @@ def fit(
         If the fit diverges and ``on_divergence="raise"``.
     """
     return _fit(model, likelihoods, optimizer=optimizer, max_steps=max_steps, e_rel=e_rel,
-                progress=progress, chunk=chunk, on_divergence=on_divergence, lean=True)
+                progress=progress, chunk=chunk, on_divergence=on_divergence, lean=True, canonical=canonical)
 
 
-def _fit(model, likelihoods, *, optimizer, max_steps, e_rel, progress, chunk, on_divergence, lean):
+def _fit(model, likelihoods, *, optimizer, max_steps, e_rel, progress, chunk, on_divergence, lean,
+         canonical=False):
     """:func:`fit`; ``lean`` compiles the loop with XLA's classic CPU emitters (about 170 MB
     less peak memory for the HSC demo scene, same speed), otherwise with XLA's defaults
     (faster on the many small scenes of a survey's batched runner)."""
@@ -235,7 +245,10 @@ def _fit(model, likelihoods, *, optimizer, max_steps, e_rel, progress, chunk, on
     # a scene model's sources stacked by structure: the compiled step sees a few arrays,
     # not a few per source, so its size does not grow with the number of sources
     unpack = isinstance(model, SceneModel) and not model.is_packed
-    if unpack:
+    restore = None
+    if unpack and canonical:
+        model, restore = model.canonical()
+    if unpack and restore is None:
         model = model.packed()
     free, rest = partition_free(model)
     z, opt_state = _start(free, optimizer)
@@ -282,7 +295,7 @@ def _fit(model, likelihoods, *, optimizer, max_steps, e_rel, progress, chunk, on
         )
     fitted = eqx.combine(_finish(z), rest)
     if unpack:
-        fitted = fitted.unpacked()
+        fitted = fitted.unpacked() if restore is None else fitted.restored(*restore)
     hist = FitHistory(loss=loss, status=_STATUS[status], num_steps=n_done)
     if status == DIVERGED:
         msg = (

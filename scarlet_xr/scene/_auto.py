@@ -191,6 +191,7 @@ def fit_sources(
     center_sigma: float = CENTER_SIGMA,
     sky: str | None = None,
     windows="auto",
+    canonical: bool = False,
 ) -> Scene:
     """Initialise, choose models for and fit sources at ``centers``; return the fitted Scene.
 
@@ -241,6 +242,15 @@ def fit_sources(
         ``point``, the observations are on the frame's pixel grid, there is
         no ``sky`` and no epochs; True whenever those conditions allow; False
         never. The returned scene is on the whole frame either way.
+    canonical : bool
+        Fit in a layout that does not depend on the scene's content, for
+        many small scenes of one frame shape (a survey's blends padded to a
+        canonical stamp): every extended ``auto`` source gets the box
+        ``max_box`` (the largest the frame allows) from the start, and each
+        stage is fitted in the scene's canonical layout (``fit(...,
+        canonical=True)``), so that scenes whose sources fall in the same
+        buckets share compiled programs. Default False: boxes grown to each
+        source's size, the scene's own layout.
 
     Returns
     -------
@@ -266,6 +276,8 @@ def fit_sources(
         )
     auto_idx = [i for i, k in enumerate(kinds) if k == "auto"]
     max_box = min(max_box, _canonical(max(frame.shape)))
+    if canonical:  # one box for every extended source: the largest canonical size inside the frame
+        max_box = max([b for b in BOX_SIZES if b <= min(max_box, max(frame.shape))] or [max_box])
     if windows is not False and sky is None and not frame.epochs and on_frame_grid(obs, frame) and (
             windows is True or all(k in ("auto", "point") for k in kinds)):
         plan = plan_windows(frame.shape, centers, max_box, windows=windows, num_bands=len(frame.bands))
@@ -298,9 +310,12 @@ def fit_sources(
     # whatever its number of sources, and memory grows with the boxes, not the largest one
     # (moments inside the footprint underestimate sizes: start with room for twice the size)
     # (and never more than the frame holds: light outside it is not measured: max_box above)
+    # (canonical: one box for all, the largest any of them needs, so that the layout depends
+    # on the scene's counts and one box size only)
+    common = max_box if canonical else None
     for k in auto_idx:
         src = sources[k]
-        box = _common_box([src.components[0].morphology], max_box, scale=INIT_SIZE_MARGIN)
+        box = common or _common_box([src.components[0].morphology], max_box, scale=INIT_SIZE_MARGIN)
         morph = _resized(src.components[0].morphology, box)
         c = np.asarray(src.center.value, float)
         center = Parameter(c, step=src.center.step, prior=NormalPrior(c, center_sigma, CENTER_LIMIT))
@@ -310,17 +325,17 @@ def fit_sources(
     if auto_idx:
         model, hist = _fit(model, fit_liks, optimizer=_optimizer_for(model, optimizer),
                            max_steps=min(_STAGE1_STEPS, max_steps), e_rel=max(e_rel, _STAGE1_E_REL),
-                           progress=progress)
+                           progress=progress, canonical=canonical)
         losses.append(hist.loss)
         steps += hist.num_steps
         liks = _without_sky(fit_liks, model)
         model = _choose(model, liks, frame, auto_idx, choices)
-        model = _grow_boxes(model, auto_idx, choices, max_box, frame.psf)
-        model, one_sersic = _bulge_disk(model, liks, frame, auto_idx, choices, max_box)
+        model = _grow_boxes(model, auto_idx, choices, max_box, frame.psf, common=canonical)
+        model, one_sersic = _bulge_disk(model, liks, frame, auto_idx, choices, max_box, common=canonical)
     else:
         one_sersic = {}
     model, hist = _fit(model, fit_liks, optimizer=_optimizer_for(model, optimizer), max_steps=max_steps,
-                       e_rel=e_rel, progress=progress)
+                       e_rel=e_rel, progress=progress, canonical=canonical)
     losses.append(hist.loss)
     steps += hist.num_steps
     liks = _without_sky(fit_liks, model)
@@ -330,7 +345,7 @@ def fit_sources(
     upgraded = _free_form_misfits(model, liks, frame, auto_idx, choices, centers, one_sersic)
     if upgraded is not None:
         model, hist = _fit(upgraded, fit_liks, optimizer=_optimizer_for(upgraded, optimizer),
-                           max_steps=max_steps, e_rel=e_rel, progress=progress)
+                           max_steps=max_steps, e_rel=e_rel, progress=progress, canonical=canonical)
         losses.append(hist.loss)
         steps += hist.num_steps
         liks = _without_sky(fit_liks, model)
@@ -734,19 +749,23 @@ def _resized(sersic: SersicMorphology, size: int) -> SersicMorphology:
                             oversample=SERSIC_OVERSAMPLE)
 
 
-def _grow_boxes(model, auto_idx, choices, max_box, psf):
+def _grow_boxes(model, auto_idx, choices, max_box, psf, common: bool = False):
     """Give each extended ``auto`` source the canonical box its fitted size now needs.
 
     Boxes only grow (never shrink), so compiled shapes change at most once;
-    point sources keep theirs.
+    point sources keep theirs. With ``common``, every extended source gets the
+    largest box any of them needs.
     """
     sources = list(model.sources)
     changed = False
+    ext = [k for k in auto_idx if choices[k]["kind"] == "sersic"]
+    largest = max((max(sources[k].components[0].morphology.shape[0],
+                       _common_box([sources[k].components[0].morphology], max_box)) for k in ext), default=0)
     for k in auto_idx:
         m = sources[k].components[0].morphology
         if choices[k]["kind"] != "sersic":
             continue
-        box = max(m.shape[0], _common_box([m], max_box))
+        box = largest if common else max(m.shape[0], _common_box([m], max_box))
         if box == m.shape[0]:
             continue
         comp = eqx.tree_at(lambda c: c.morphology, sources[k].components[0], _resized(m, box))
@@ -757,14 +776,15 @@ def _grow_boxes(model, auto_idx, choices, max_box, psf):
     return eqx.tree_at(lambda m: m.sources, model, tuple(sources))
 
 
-def _bulge_disk(model, liks, frame, auto_idx, choices, max_box):
+def _bulge_disk(model, liks, frame, auto_idx, choices, max_box, common: bool = False):
     """Make extended ``auto`` sources with S/N > :data:`BULGE_DISK_SNR` bulge + disk.
 
     The bulge (Sersic n = 4) and the disk (n = 1) share the source's centre and
     orientation, each with its own spectrum; both start from the one-profile
     fit (:func:`~scarlet_xr.scene.bulge_disk_morphologies`), in the canonical box the disk needs.
     Returns the model and ``{k: (footprint reduced chi^2, one-Sersic source)}``
-    of the sources changed (see :func:`_free_form_misfits`).
+    of the sources changed (see :func:`_free_form_misfits`). With ``common``,
+    every bulge + disk gets the largest box any of them needs.
     """
     ext = [k for k in auto_idx if choices[k]["kind"] == "sersic"]
     one_sersic = {}
@@ -773,7 +793,7 @@ def _bulge_disk(model, liks, frame, auto_idx, choices, max_box):
     maps = []
     stats = _footprint_chi2(model, liks, frame, ext, maps=maps)
     sources = list(model.sources)
-    changed = False
+    made = {}  # k: (r_e, ellipticity, spectrum, step, box)
     for k in ext:
         snr = stats[k][2]
         if not snr > BULGE_DISK_SNR:
@@ -793,20 +813,23 @@ def _bulge_disk(model, liks, frame, auto_idx, choices, max_box):
         # box: the canonical size the (larger) disk needs
         _, disk = bulge_disk_morphologies(re, ell, 11, SERSIC_OVERSAMPLE)
         box = max(m.shape[0], _common_box([disk], max_box))
-        bulge, disk = bulge_disk_morphologies(re, ell, box, SERSIC_OVERSAMPLE)
         step = comp.spectrum.values.step if isinstance(comp.spectrum, Spectrum) else 0.03
-        split = BULGE_DISK_SPLIT
-        sources[k] = Source(src.center, components=[Component(Spectrum(split[0] * spec, step=step), bulge),
-                                                    Component(Spectrum(split[1] * spec, step=step), disk)],
-                            name=src.name)
+        made[k] = (re, ell, spec, step, box)
         choices[k].update(
             kind="bulge+disk",
             reason=choices[k]["reason"] + f"; bulge+disk: S/N {snr:.0f} > {BULGE_DISK_SNR:.0f} "
             "(a bulge and a disk with their own spectra measure colour gradients)",
         )
-        changed = True
-    if not changed:
+    if not made:
         return model, one_sersic
+    largest = max(v[4] for v in made.values())
+    split = BULGE_DISK_SPLIT
+    for k, (re, ell, spec, step, box) in made.items():
+        bulge, disk = bulge_disk_morphologies(re, ell, largest if common else box, SERSIC_OVERSAMPLE)
+        sources[k] = Source(sources[k].center,
+                            components=[Component(Spectrum(split[0] * spec, step=step), bulge),
+                                        Component(Spectrum(split[1] * spec, step=step), disk)],
+                            name=sources[k].name)
     one_sersic = {k: (*v, maps) for k, v in one_sersic.items()}
     return eqx.tree_at(lambda m: m.sources, model, tuple(sources)), one_sersic
 

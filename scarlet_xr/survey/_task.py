@@ -12,7 +12,7 @@ import numpy as np
 from ..infer import fit_batch
 from ..xr import observation_wcs, source_image
 from ..xr import FLAGS, MASKED_FRACTION_LIMIT
-from ._bucket import pad_observation, prepare_blend
+from ._bucket import bucket_key, pad_observation, prepare_blend
 from ._fits import read_blend
 from ._store import DONE, FAILED, MEASURE_VARS, PENDING, kind_codes, open_store, read_status, write_blend
 
@@ -91,7 +91,13 @@ def measure_blend(model, hist, frame, ds, key, n: int) -> dict:
     padded = pad_observation(ds, key.stamp, key.psf)
     m = measure_scene(scene, padded)
     out = _store_measurements(m, n, len(frame.bands))
-    # EDGE and MASKED relative to the real cutout, not the padded stamp
+    _cutout_flags(out, m, ds, n)
+    out["kind_code"] = kind_codes(["free"] * n)
+    return out
+
+
+def _cutout_flags(out: dict, m, ds, n: int) -> None:
+    """Redo ``EDGE`` and ``MASKED`` in ``out`` relative to the real cutout ``ds``, not its padded stamp."""
     deb = next(iter(m.deblended.values()))
     fp = np.stack([source_image(deb, "footprint", k) for k in range(n)]).astype(bool)
     ny, nx = ds.sizes["y"], ds.sizes["x"]
@@ -107,8 +113,6 @@ def measure_blend(model, hist, frame, ds, key, n: int) -> dict:
     flags[np.nan_to_num(frac) > MASKED_FRACTION_LIMIT] |= FLAGS["MASKED"]
     out["flags"] = flags
     out["masked_fraction"] = frac
-    out["kind_code"] = kind_codes(["free"] * n)
-    return out
 
 
 def _store_measurements(m, n: int, num_bands: int) -> dict:
@@ -136,7 +140,7 @@ def _centers(ds, it, options):
     return np.stack([np.atleast_1d(y), np.atleast_1d(x)], axis=1), np.asarray(it["rows"])
 
 
-def fit_blend_auto(ds, centers, *, max_steps: int = 1000, e_rel: float = 1e-6) -> dict:
+def fit_blend_auto(ds, centers, *, max_steps: int = 1000, e_rel: float = 1e-6, canonical: bool = True) -> dict:
     """Fit one blend with the default path and return its store record (see :func:`run_task`).
 
     The sources get the models the data support, as in ``scarlet-xr fit``
@@ -152,6 +156,12 @@ def fit_blend_auto(ds, centers, *, max_steps: int = 1000, e_rel: float = 1e-6) -
         Source centres ``(y, x)`` in pixels of ``ds``.
     max_steps, e_rel
         Optimizer settings of :func:`~scarlet_xr.scene.fit_sources`.
+    canonical : bool
+        Pad the cutout to its bucket's stamp and PSF size (:func:`bucket_key`;
+        padded pixels have weight 0, the WCS of the real pixels is unchanged)
+        and fit in the canonical layout (``fit_sources(..., canonical=True)``):
+        blends of one bucket then share compiled programs instead of compiling
+        their own (default). ``EDGE`` and ``MASKED`` refer to the real cutout.
 
     Returns
     -------
@@ -169,9 +179,18 @@ def fit_blend_auto(ds, centers, *, max_steps: int = 1000, e_rel: float = 1e-6) -
     from ..xr import frame_from_observations
 
     t0 = time.perf_counter()
+    centers = np.atleast_2d(np.asarray(centers, float))
+    cutout = ds
+    if canonical:
+        try:
+            key = bucket_key((ds.sizes["y"], ds.sizes["x"]), len(centers), ds["psf"].shape[-2:],
+                             ds["band"].values)
+        except ValueError:  # beyond the largest bucket: fitted as it is
+            canonical = False
+        else:
+            ds = pad_observation(ds, key.stamp, key.psf)
     frame = frame_from_observations(ds)
-    fitted = fit_sources(frame, ds, np.atleast_2d(np.asarray(centers, float)), max_steps=max_steps,
-                         e_rel=e_rel)
+    fitted = fit_sources(frame, ds, centers, max_steps=max_steps, e_rel=e_rel, canonical=canonical)
     hist = fitted.history
     if hist.status == "diverged":
         raise FloatingPointError(f"fit diverged after {hist.num_steps} steps (loss or gradient not finite)")
@@ -185,9 +204,11 @@ def fit_blend_auto(ds, centers, *, max_steps: int = 1000, e_rel: float = 1e-6) -
     chi2 = float(np.sum(w * resid**2)) / max(int(np.sum(w > 0)), 1)
     t1 = time.perf_counter()
     n = len(fitted.sources)
-    meas = _store_measurements(measure_scene(fitted, bound, stamps=scene_stamps(model, host[0]),
-                                             model_flux=host[1], renderers=[b.renderer for b in bound]),
-                               n, len(frame.bands))
+    m = measure_scene(fitted, bound, stamps=scene_stamps(model, host[0]), model_flux=host[1],
+                      renderers=[b.renderer for b in bound])
+    meas = _store_measurements(m, n, len(frame.bands))
+    if canonical:
+        _cutout_flags(meas, m, cutout, n)
     kinds = [str(c["kind"]) for c in fitted.choices] if fitted.choices else [s.kind for s in fitted.sources]
     meas["kind_code"] = kind_codes(kinds)
     if not np.all(np.isfinite(meas["flux"])):
