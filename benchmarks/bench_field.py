@@ -1,14 +1,16 @@
 """A whole field end to end: ``scarlet-xr survey FIELD.fits`` on a 5-band GalSim field, vs truth and scarlet2.
 
-Run: ``python benchmarks/bench_field.py [size] [n_sources] [n_peer]`` (default 2048 1000 20).
+Run: ``python benchmarks/bench_field.py [size] [n_sources] [n_peer]`` (default 2048 1000 20);
+``SCARLET_XR_BENCH_KIND=free`` measures the batched free-form runner instead of the default path.
 
 The field (:func:`scarlet_xr.survey.simulate_field`): ``size`` x ``size`` pixels,
 5 bands, about ``n_sources`` stars (25 %) and bulge+disk galaxies, 40 % of them
 placed 4-12 pixels from another source, noise rising 2x from left to right
 (``VARIANCE`` plane), three bad columns and one saturated star (``MASK``).
 
-Ours: the CLI in a fresh process, ``--kind free --workers 2`` (the batched free-form
-runner; the default ``--kind auto`` is measured on blends by ``bench_survey.py``; LocalCluster, one thread per
+Ours: the CLI in a fresh process, ``--workers 2`` with the default kind (``auto``: each
+source's model chosen from its data, blends padded to their bucket so that they share compiled
+fits; ``SCARLET_XR_BENCH_KIND=free``: the batched free-form runner; LocalCluster, one thread per
 worker) pinned to 2 cores, a fresh JAX compilation cache (compile time
 included). Peak memory: the sum of the RSS of the CLI process and its
 workers, sampled every 0.5 s (an upper bound: shared library pages count once
@@ -61,7 +63,7 @@ def _match(x, y, tx, ty, radius=1.5):
     return np.asarray(pairs, int).reshape(-1, 2)
 
 
-def _run_ours(field, out, catalog, cache, workers):
+def _run_ours(field, out, catalog, cache, workers, kind="auto"):
     """The CLI in a fresh process; returns (wall s, returncode, log tail, samples).
 
     Samples: ``(t s, sum of RSS MB, largest RSS MB, sum of PSS MB or NaN)``; timeline
@@ -72,10 +74,8 @@ def _run_ours(field, out, catalog, cache, workers):
     env = dict(os.environ, JAX_PLATFORMS="cpu", TQDM_DISABLE="1", SCARLET_XR_CACHE=str(cache))
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH", "")]))
     cores = sorted(os.sched_getaffinity(0))[:2] if hasattr(os, "sched_getaffinity") else None
-    # the batched runner (--kind free): the default path (--kind auto) costs about 9x its time
-    # (bench_survey.py), over an hour on this field with 2 cores
     cmd = [sys.executable, "-m", "scarlet_xr.cli", "survey", str(field), "--out", str(out), "--catalog",
-           str(catalog), "--workers", str(workers), "--kind", "free"]
+           str(catalog), "--workers", str(workers), "--kind", kind]
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             preexec_fn=(lambda: os.sched_setaffinity(0, cores)) if cores else None)
@@ -124,8 +124,9 @@ def main(size: int = 2048, n_sources: int = 1000, n_peer: int = 20, max_steps: i
     truth = simulate_field(tmp / "field.fits", shape=(size, size), n_sources=n_sources, seed=2027,
                            bad_columns=(size // 5, size // 2 + 3, 4 * size // 5), saturated_star=True)
     t_sim = time.perf_counter() - t0
+    kind = os.environ.get("SCARLET_XR_BENCH_KIND", "auto")
     wall, rc, log, samples, timeline = _run_ours(tmp / "field.fits", tmp / "field.zarr", tmp / "field.ecsv",
-                                       tmp / "jax_cache", workers)
+                                                 tmp / "jax_cache", workers, kind)
     if rc not in (0, 1):
         raise RuntimeError(f"scarlet-xr survey failed (exit code {rc}):\n{log}")
     cat = Table.read(tmp / "field.ecsv")
@@ -178,7 +179,8 @@ def main(size: int = 2048, n_sources: int = 1000, n_peer: int = 20, max_steps: i
         "work": str(tmp),
     }
     res.update(_peer(tmp, blends, flux, tflux, truth, n_peer, max_steps, c, t))
-    res.update(_cutout_fits(tmp, blends, flux, tflux, truth, n_peer, c, t))
+    res["kind"] = kind
+    res.update(_cutout_fits(tmp, blends, flux, tflux, truth, n_peer, c, t, kind))
     if res.get("peer_blends_per_s"):
         res["ratio_blends_per_s"] = round(res["ours_blends_per_s"] / res["peer_blends_per_s"], 2)
     print(json.dumps(res, indent=1))
@@ -224,7 +226,7 @@ def _peer(tmp, blends, flux, tflux, truth, n_peer, max_steps, c, t) -> dict:
     }
 
 
-def _cutout_fits(tmp, blends, flux, tflux, truth, n_blends, c, t, kind: str = "free") -> dict:
+def _cutout_fits(tmp, blends, flux, tflux, truth, n_blends, c, t, kind: str = "auto") -> dict:
     """The same blends fitted one by one as cutouts at the true positions (what the field run loses).
 
     Each blend of the peer's random subset is read from the cutout the field run wrote and

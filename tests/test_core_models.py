@@ -5,6 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from _compiles import count_compiles
+
 from scarlet_xr.core import (
     AutoMorphology,
     ConvolutionRenderer,
@@ -333,39 +335,6 @@ def test_a_packed_scene_is_the_same_scene_with_a_few_stacked_arrays():
     assert counts[12] < len(jax.tree_util.tree_leaves(partition_free(model)[0])) / 2
 
 
-def _count_compiles(name):
-    """Context manager collecting the XLA compilations of programs named ``name``."""
-    import contextlib
-    import logging
-
-    @contextlib.contextmanager
-    def counting():
-        hits = []
-
-        class _Handler(logging.Handler):
-            def emit(self, record):
-                msg = record.getMessage()
-                if "Finished XLA compilation" in msg and f"jit({name})" in msg:
-                    hits.append(msg)
-
-        handler = _Handler(level=logging.DEBUG)
-        loggers = [logging.getLogger(n) for n in ("jax._src.dispatch", "jax._src.interpreters.pxla")]
-        old = [(lg.level, lg.propagate) for lg in loggers]
-        for lg in loggers:
-            lg.addHandler(handler)
-            lg.setLevel(logging.DEBUG)
-        try:
-            with jax.log_compiles(True):
-                yield hits
-        finally:
-            for lg, (level, prop) in zip(loggers, old, strict=True):
-                lg.removeHandler(handler)
-                lg.setLevel(level)
-                lg.propagate = prop
-
-    return counting()
-
-
 def test_a_canonical_scene_renders_the_same_and_gives_its_sources_back():
     model = _mixed_scene(7)  # 3 Gaussians, 2 bulge+disk, 2 points, in mixed order, named
     canon, restore = model.canonical()
@@ -411,7 +380,7 @@ def test_fits_of_scenes_in_the_same_buckets_share_one_compiled_step():
                    truth.sources[0].components[0].morphology, name="extra")
     other = SceneModel([Source(s.center, components=s.components, name=f"other{i}")
                         for i, s in enumerate(reversed(truth.sources))] + [extra], truth.shape, psf=PSF)
-    with _count_compiles("_chunk_impl") as hits:
+    with count_compiles("_chunk_impl") as hits:
         fitted, hist = fit(truth, [lik], max_steps=5, canonical=True)
         assert len(hits) == 1, hits
         fitted_other, _ = fit(other, [lik], max_steps=5, canonical=True)

@@ -246,3 +246,55 @@ def test_free_kind_runs_batched_and_a_store_keeps_its_kind(survey, survey_store,
         deblend_catalog(path, out=out, kind="auto", client="synchronous", progress=False)
     with pytest.raises(ValueError, match="kind must be one of"):
         deblend_catalog(path, out=tmp_path / "x.zarr", kind="pixels", client="synchronous", progress=False)
+
+
+def test_default_path_pads_blends_to_their_bucket_and_reuses_compiled_fits(survey):
+    """Blends of one bucket share the compiled fit stages; padding changes no answer."""
+    from _compiles import count_compiles
+
+    from scarlet_xr.survey import read_blend
+    from scarlet_xr.survey._task import fit_blend_auto
+    from scarlet_xr.xr import observation_wcs
+
+    path, table = survey
+    # blend 1: two galaxies 7 px apart whose split is stable (blends 0 and 3 have a faint or
+    # degenerate neighbour whose flux moves by 5-10 % with the rounding of any change)
+    rows = table[np.asarray(table["blend"]) == 1]
+    ds = read_blend(path.parent / rows["file"][0])
+    wcs = observation_wcs(ds)
+    x, y = wcs.world_to_pixel_values(np.asarray(rows["ra"]), np.asarray(rows["dec"]))
+    centers = np.stack([y, x], 1)
+    import jax
+
+    jax.clear_caches()  # other tests of this process may have compiled these programs
+    with count_compiles("_chunk_impl") as hits:
+        first = fit_blend_auto(ds, centers)
+        n_first = len(hits)
+        # the same blend in a cutout 2 pixels wider (zero-weight columns): another cutout
+        # shape, the same bucket (stamp 32) -> no new fit program, the same answer
+        wider = ds.pad(x=(0, 2), constant_values=0.0)
+        wider["psf"] = ds["psf"]
+        again = fit_blend_auto(wider, centers)
+        assert len(hits) == n_first, hits
+    assert n_first >= 1 and again["kinds"] == first["kinds"]
+    np.testing.assert_allclose(again["flux"], first["flux"], rtol=1e-5)
+    # the same measurements as the blend fitted unpadded in its own layout (boxes differ:
+    # the padded fit gives every extended source the bucket's box)
+    # (kinds may differ: whether a bulge + disk beats one Sersic is decided by a few chi^2 here)
+    plain = fit_blend_auto(ds, centers, canonical=False)
+    truth = np.stack([np.asarray(f) for f in rows["true_flux"]])
+    err = np.median(np.abs(first["flux"] / truth - 1))
+    err_plain = np.median(np.abs(plain["flux"] / truth - 1))
+    assert err < 0.1 and abs(err - err_plain) < 0.02, (err, err_plain)
+    np.testing.assert_allclose(first["flux"].sum(1), plain["flux"].sum(1), rtol=0.05)
+    # positions in the cutout's pixels and the EDGE/MASKED flags refer to the real cutout
+    np.testing.assert_allclose(first["x"], plain["x"], atol=0.05)
+    bits = FLAGS["EDGE"] | FLAGS["MASKED"]
+    np.testing.assert_array_equal(first["measurements"]["flags"] & bits, plain["measurements"]["flags"] & bits)
+    # a cutout ending 2 rows below a source: its footprint touches the real edge (EDGE), not
+    # only the padding below it
+    k = int(np.argmax(centers[:, 0]))
+    short = ds.isel(y=slice(0, int(round(centers[k, 0])) + 3))
+    for canonical in (True, False):
+        flags = fit_blend_auto(short, centers, canonical=canonical)["measurements"]["flags"]
+        assert flags[k] & FLAGS["EDGE"], (canonical, flags)

@@ -245,8 +245,9 @@ def fit_sources(
     canonical : bool
         Fit in a layout that does not depend on the scene's content, for
         many small scenes of one frame shape (a survey's blends padded to a
-        canonical stamp): every extended ``auto`` source gets the box
-        ``max_box`` (the largest the frame allows) from the start, and each
+        canonical stamp): all extended ``auto`` sources share one box, the
+        largest canonical size inside the frame (or ``max_box`` when a
+        source needs more, at the start or after the first fit), and each
         stage is fitted in the scene's canonical layout (``fit(...,
         canonical=True)``), so that scenes whose sources fall in the same
         buckets share compiled programs. Default False: boxes grown to each
@@ -276,8 +277,6 @@ def fit_sources(
         )
     auto_idx = [i for i, k in enumerate(kinds) if k == "auto"]
     max_box = min(max_box, _canonical(max(frame.shape)))
-    if canonical:  # one box for every extended source: the largest canonical size inside the frame
-        max_box = max([b for b in BOX_SIZES if b <= min(max_box, max(frame.shape))] or [max_box])
     if windows is not False and sky is None and not frame.epochs and on_frame_grid(obs, frame) and (
             windows is True or all(k in ("auto", "point") for k in kinds)):
         plan = plan_windows(frame.shape, centers, max_box, windows=windows, num_bands=len(frame.bands))
@@ -310,9 +309,13 @@ def fit_sources(
     # whatever its number of sources, and memory grows with the boxes, not the largest one
     # (moments inside the footprint underestimate sizes: start with room for twice the size)
     # (and never more than the frame holds: light outside it is not measured: max_box above)
-    # (canonical: one box for all, the largest any of them needs, so that the layout depends
-    # on the scene's counts and one box size only)
-    common = max_box if canonical else None
+    # (canonical: one box for all, so that the layout depends on the scene's counts and the
+    # frame only; it grows below to the largest box any of them needs)
+    common = None
+    if canonical:  # one box for all: the largest canonical size inside the frame, unless one needs more
+        inside = min(max([b for b in BOX_SIZES if b <= max(frame.shape)] or [max_box]), max_box)
+        needed = _common_box([sources[k].components[0].morphology for k in auto_idx], max_box)
+        common = inside if needed <= inside else max_box
     for k in auto_idx:
         src = sources[k]
         box = common or _common_box([src.components[0].morphology], max_box, scale=INIT_SIZE_MARGIN)
