@@ -4,7 +4,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 from _compiles import count_compiles
 
 from scarlet_xr.core import (

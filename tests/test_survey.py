@@ -290,7 +290,8 @@ def test_default_path_pads_blends_to_their_bucket_and_reuses_compiled_fits(surve
     # positions in the cutout's pixels and the EDGE/MASKED flags refer to the real cutout
     np.testing.assert_allclose(first["x"], plain["x"], atol=0.05)
     bits = FLAGS["EDGE"] | FLAGS["MASKED"]
-    np.testing.assert_array_equal(first["measurements"]["flags"] & bits, plain["measurements"]["flags"] & bits)
+    np.testing.assert_array_equal(first["measurements"]["flags"] & bits,
+                                  plain["measurements"]["flags"] & bits)
     # a cutout ending 2 rows below a source: its footprint touches the real edge (EDGE), not
     # only the padding below it
     k = int(np.argmax(centers[:, 0]))

@@ -140,7 +140,8 @@ def _centers(ds, it, options):
     return np.stack([np.atleast_1d(y), np.atleast_1d(x)], axis=1), np.asarray(it["rows"])
 
 
-def fit_blend_auto(ds, centers, *, max_steps: int = 1000, e_rel: float = 1e-6, canonical: bool = True) -> dict:
+def fit_blend_auto(ds, centers, *, max_steps: int = 1000, e_rel: float = 1e-6,
+                   canonical: bool = True) -> dict:
     """Fit one blend with the default path and return its store record (see :func:`run_task`).
 
     The sources get the models the data support, as in ``scarlet-xr fit``
