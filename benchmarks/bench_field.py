@@ -124,9 +124,9 @@ def main(size: int = 2048, n_sources: int = 1000, n_peer: int = 20, max_steps: i
     truth = simulate_field(tmp / "field.fits", shape=(size, size), n_sources=n_sources, seed=2027,
                            bad_columns=(size // 5, size // 2 + 3, 4 * size // 5), saturated_star=True)
     t_sim = time.perf_counter() - t0
-    kind = os.environ.get("SCARLET_XR_BENCH_KIND", "auto")
+    fit_kind = os.environ.get("SCARLET_XR_BENCH_KIND", "auto")
     wall, rc, log, samples, timeline = _run_ours(tmp / "field.fits", tmp / "field.zarr", tmp / "field.ecsv",
-                                                 tmp / "jax_cache", workers, kind)
+                                                 tmp / "jax_cache", workers, fit_kind)
     if rc not in (0, 1):
         raise RuntimeError(f"scarlet-xr survey failed (exit code {rc}):\n{log}")
     cat = Table.read(tmp / "field.ecsv")
@@ -179,8 +179,8 @@ def main(size: int = 2048, n_sources: int = 1000, n_peer: int = 20, max_steps: i
         "work": str(tmp),
     }
     res.update(_peer(tmp, blends, flux, tflux, truth, n_peer, max_steps, c, t))
-    res["kind"] = kind
-    res.update(_cutout_fits(tmp, blends, flux, tflux, truth, n_peer, c, t, kind))
+    res["kind"] = fit_kind
+    res.update(_cutout_fits(tmp, blends, flux, tflux, truth, n_peer, c, t, fit_kind))
     if res.get("peer_blends_per_s"):
         res["ratio_blends_per_s"] = round(res["ours_blends_per_s"] / res["peer_blends_per_s"], 2)
     print(json.dumps(res, indent=1))
