@@ -211,7 +211,9 @@ def fit(
         with weight-0 placeholders), so that many scenes of one frame shape
         (a survey's blends) share a few compiled programs instead of
         compiling one each; the returned model is the scene as given.
-        Default False: the scene's own layout.
+        Other models, and scene models that cannot be made canonical
+        (packed, with ``active`` weights or variable sources), are fitted as
+        they are. Default False: the scene's own layout.
 
     Returns
     -------
