@@ -299,3 +299,28 @@ def test_default_path_pads_blends_to_their_bucket_and_reuses_compiled_fits(surve
     for canonical in (True, False):
         flags = fit_blend_auto(short, centers, canonical=canonical)["measurements"]["flags"]
         assert flags[k] & FLAGS["EDGE"], (canonical, flags)
+
+
+def test_a_worker_drops_its_compiled_programs_above_its_memory_bound():
+    """Between blends a survey worker empties JAX's in-memory caches when it holds too much."""
+    import jax
+    import jax.numpy as jnp
+    from _compiles import count_compiles
+
+    from scarlet_xr.survey._task import _bound_compiled_memory, _resident_mb
+
+    rss = _resident_mb()
+    assert rss is not None and rss > 10  # MB, read from /proc (Linux) or psutil
+
+    @jax.jit
+    def double(x):
+        return 2 * x
+
+    with count_compiles("double") as hits:
+        double(jnp.ones(3))
+        assert not _bound_compiled_memory(rss + 1e6)  # under the bound: kept
+        double(jnp.ones(3))
+        assert len(hits) == 1
+        assert _bound_compiled_memory(1.0)  # over it: dropped, compiled again when needed
+        double(jnp.ones(3))
+        assert len(hits) == 2

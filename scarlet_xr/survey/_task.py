@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 
 import equinox as eqx
@@ -16,7 +17,11 @@ from ._bucket import bucket_key, pad_observation, prepare_blend
 from ._fits import read_blend
 from ._store import DONE, FAILED, MEASURE_VARS, PENDING, kind_codes, open_store, read_status, write_blend
 
-__all__ = ["run_task", "detect_centers", "fit_blend_auto", "CANONICAL_MAX_STAMP"]
+__all__ = ["run_task", "detect_centers", "fit_blend_auto", "CANONICAL_MAX_STAMP", "WORKER_MEMORY_MB"]
+
+WORKER_MEMORY_MB = 900
+"""Resident memory (MB) of a survey worker above which it drops its in-memory compiled programs
+between blends (environment variable ``SCARLET_XR_WORKER_MEMORY_MB`` overrides)."""
 
 CANONICAL_MAX_STAMP = 96
 """Blends whose bucket's stamp is at most this are fitted padded, in the canonical layout.
@@ -235,10 +240,52 @@ def fit_blend_auto(ds, centers, *, max_steps: int = 1000, e_rel: float = 1e-6,
     }
 
 
+def _resident_mb() -> float | None:
+    """This process's resident memory in MB (None when it cannot be read)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError, AttributeError, IndexError):
+        try:
+            import psutil
+
+            return psutil.Process().memory_info().rss / 2**20
+        except Exception:  # noqa: BLE001 - no way to read it: no bound
+            return None
+
+
+def _bound_compiled_memory(limit_mb: float) -> bool:
+    """Drop JAX's in-memory compiled programs when this process holds more than ``limit_mb``.
+
+    Each blend structure that is not yet compiled adds its programs to JAX's
+    in-memory caches, which are never emptied: over a whole field a worker's
+    memory grew from 0.7 to 2.3 GB. Dropping them keeps it bounded; programs
+    needed again come back from the persistent compilation cache (when one is
+    configured: the CLI's default) instead of being compiled anew.
+    Returns whether the caches were dropped.
+    """
+    rss = _resident_mb()
+    if rss is None or rss <= limit_mb:
+        return False
+    import gc
+
+    import jax
+
+    jax.clear_caches()
+    gc.collect()
+    return True
+
+
 def _run_auto(group, items, options) -> list:
-    """The default-path branch of :func:`run_task`: one blend after another."""
+    """The default-path branch of :func:`run_task`: one blend after another.
+
+    After each blend the worker's in-memory compiled programs are dropped if it
+    holds more than :data:`WORKER_MEMORY_MB` (see :func:`_bound_compiled_memory`).
+    """
     report = []
+    limit = float(os.environ.get("SCARLET_XR_WORKER_MEMORY_MB", WORKER_MEMORY_MB))
     for it in items:
+        _bound_compiled_memory(limit)
         try:
             ds = read_blend(it["path"])
             centers, rows = _centers(ds, it, options)
