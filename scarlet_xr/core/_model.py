@@ -408,7 +408,11 @@ class SceneModel(eqx.Module):
         """
         if self.is_packed:
             return self
-        centers, comps = _groups_of(self._sources)
+        return self._packed_with(0)
+
+    def _packed_with(self, min_shared_size: int) -> SceneModel:
+        """:meth:`packed`, sharing only leaves of at least ``min_shared_size`` elements."""
+        centers, comps = _groups_of(self._sources, min_shared_size)
         return self._replace(
             _sources=(),
             _stacks=(tuple(st.tree for st in centers), tuple(st.tree for st in comps)),
@@ -461,15 +465,7 @@ class SceneModel(eqx.Module):
             out += [_copied(sources[idx[0]]) for _ in range(len(order) - len(out))]
         active = np.asarray([1.0 if i >= 0 else 0.0 for i in order])
         model = self._replace(_sources=tuple(out), active=jnp.asarray(active, dtype=out[0].center.raw.dtype))
-        centers, comps = _groups_of(model._sources, CANONICAL_MIN_SHARED)
-        packed = model._replace(
-            _sources=(),
-            _stacks=(tuple(st.tree for st in centers), tuple(st.tree for st in comps)),
-            _layout=(tuple((st.members, st.shared) for st in centers),
-                     tuple((st.members, st.shared) for st in comps)),
-            _treedefs=tuple(jax.tree_util.tree_structure(s) for s in model._sources),
-        )
-        return packed, (tuple(order), tuple(s.name for s in self._sources))
+        return model._packed_with(CANONICAL_MIN_SHARED), (tuple(order), tuple(s.name for s in self._sources))
 
     def restored(self, order, names) -> SceneModel:
         """The scene of :meth:`canonical` back in its given order, names and number of sources (unpacked)."""
