@@ -181,9 +181,43 @@ def test_faint_neighbour_flux_with_and_without_learned_prior(prior):
     # without a prior the free-form models trade flux: here the faint source's box swallows
     # the bright galaxy's wing (measured: faint 3.5x its true flux)
     assert r0[1] > 2.0, r0
-    # with the learned prior the faint source keeps its own flux (measured 1.12)
-    assert abs(r1[1] - 1.0) < 0.2, r1
+    # with the learned prior the faint source keeps most of its own flux (measured 1.29; 1.12
+    # before the box's pixels outside the network's 31 px stamp got the prior too, which on 16
+    # low-S/N make_scenes scenes lowered the galaxies' median error from 0.357 to 0.222)
+    assert abs(r1[1] - 1.0) < 0.35, r1
     assert abs(r1[0] - 1.0) < 0.1, r1
+
+
+def test_default_path_with_learned_prior_keeps_points_and_starts_pixels_from_the_fit(prior):
+    """``fit_sources(prior=learned_prior())``: model choice first, then galaxies as pixels with the prior."""
+    obs, centers, true_flux = _faint_next_to_bright()
+    psf = galsim.Moffat(beta=3.0, fwhm=2.8).drawImage(nx=41, ny=41, scale=1.0).array
+    star_at = np.array([8.0, 31.0])
+    star = 60.0 * psf / np.sqrt((psf**2).sum())  # S/N 60 per band, far from the pair
+    data = obs["data"].values.copy()
+    shifted = np.roll(np.roll(star, int(star_at[0]) - 20, axis=0), int(star_at[1]) - 20, axis=1)
+    data += shifted[None]
+    obs = sx.make_observation(data, psf=obs["psf"].values, variance=np.ones(data.shape),
+                              bands=["g", "r", "i"], name="sim")
+    frame = sx.frame_from_observations(obs)
+    centers = np.vstack([centers, star_at])
+    plain = sx.fit_sources(frame, obs, centers)
+    fitted = sx.fit_sources(frame, obs, centers, prior=prior)
+    kinds = [c["kind"] for c in fitted.choices]
+    assert kinds == ["free", "free", "point"], fitted.choices
+    assert "morphology prior" in fitted.choices[0]["reason"]
+    assert [c["kind"] for c in plain.choices][2] == "point"
+    for k in (0, 1):
+        morph = fitted.sources[k].components[0].morphology
+        assert isinstance(morph, FreeFormMorphology) and isinstance(morph.image.prior, LearnedMorphologyPrior)
+    ratio = fitted.measured_flux.sum(1)[:2] / true_flux
+    plain_ratio = plain.measured_flux.sum(1)[:2] / true_flux
+    # measured: with the prior 1.04 and 1.35, without 1.00 and 1.16 (the faint neighbour takes
+    # more of the bright galaxy's wing as pixels: the limit docs/default_path.md describes)
+    assert abs(ratio[0] - 1.0) < 0.06 and abs(ratio[1] - 1.0) < 0.45, ratio
+    assert abs(plain_ratio[0] - 1.0) < 0.03 and abs(plain_ratio[1] - 1.0) < 0.25, plain_ratio
+    with pytest.raises(ValueError, match="prior must be a prior object"):
+        sx.fit_sources(frame, obs, centers, prior="learned")
 
 
 # -- priors in the sampler: consistent potentials -----------------------------
@@ -258,6 +292,8 @@ def test_learned_prior_sampling_form_is_consistent_and_sees_every_pixel(prior):
     assert unseen is not None and float(jnp.max(jnp.abs(unseen))) > 0
     null = jnp.asarray(anchored.unseen(jnp.asarray(np.random.default_rng(5).normal(size=gal.shape))))
     null = 0.02 * null / jnp.max(jnp.abs(null))
-    assert float(prior.log_prob(gal + null)) == pytest.approx(float(prior.log_prob(gal)), abs=1e-2)
+    # both forms give it the score's width: the fit form too (unconstrained, those pixels fitted
+    # noise: low-S/N galaxies 0.357 -> 0.222 median flux error in the prior stage, seed 555)
+    assert float(prior.log_prob(gal + null)) < float(prior.log_prob(gal)) - 10.0
     assert float(anchored.log_prob(gal + null)) < -10.0
     assert prior.unseen(jnp.ones((31, 31))) is None

@@ -61,8 +61,9 @@ def add_parser(sub) -> None:
                         "symmetric, point, sersic, bulge+disk, gaussian, spergel, starlet")
     p.add_argument("--max-steps", type=int, default=1000, help="maximum optimizer steps")
     p.add_argument("--prior", choices=("none", "learned"), default="none",
-                   help="morphology prior of free-form sources: 'learned' applies the shipped "
-                        "galaxy-shape prior (scarlet_xr.nn.learned_prior) to every free-form model")
+                   help="'learned': after the default fit, extended sources become free-form pixels "
+                        "started from their fitted models, with the shipped galaxy-shape prior "
+                        "(scarlet_xr.nn.learned_prior), and are refitted; point sources stay points")
     p.add_argument("--threshold", type=float, default=3.0, help="detection threshold in sigma")
     p.add_argument("--subtract-background", action="store_true",
                    help="subtract the sep background level from each band")
@@ -145,7 +146,7 @@ def run(args) -> int:
         raise ValueError("--sky is not supported with --sample (the sampler has no sky); fit with --sky, "
                          "or subtract the sky and sample")
     enable_compile_cache()
-    from .. import Scene, frame_from_observations, initialize_sources
+    from .. import frame_from_observations
     from ..scene import detect_sources, fit_sources
 
     obs = _load(args)
@@ -160,18 +161,13 @@ def run(args) -> int:
         if len(centers) == 0:
             raise ValueError(f"no sources detected above {args.threshold} sigma; give --sources")
     kinds = kinds if kinds is not None else args.kind
+    prior = None
     if getattr(args, "prior", "none") == "learned":
-        from ..nn import learned_prior, with_morphology_prior
+        from ..nn import learned_prior
 
-        given = [kinds] * len(centers) if isinstance(kinds, str) else kinds
-        kinds = ["free" if k == "auto" else k for k in given]
-        with Scene(frame) as scene:
-            initialize_sources(frame, obs, centers, kinds=kinds)
-        scene = with_morphology_prior(scene, learned_prior())
-        fitted = scene.fit(obs, max_steps=args.max_steps, progress=True)
-    else:
-        fitted = fit_sources(frame, obs, centers, kinds=kinds, max_steps=args.max_steps, progress=True,
-                             sky=sky)
+        prior = learned_prior()
+    fitted = fit_sources(frame, obs, centers, kinds=kinds, max_steps=args.max_steps, progress=True,
+                         sky=sky, prior=prior)
     extra = {"inputs": ",".join(Path(f).name for f in args.files), "sky": sky or "none"}
     tree = fitted.to_datatree(obs, extra_attrs=extra,
                               zero_points=parse_zero_points(args.zero_point))

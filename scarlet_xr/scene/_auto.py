@@ -44,11 +44,13 @@ import numpy as np
 
 from ..core import (
     Component,
+    FreeFormMorphology,
     GaussianLikelihood,
     MonotonicMorphology,
     NormalPrior,
     Parameter,
     PointSourceMorphology,
+    Positive,
     SersicMorphology,
     Source,
     Spectrum,
@@ -134,6 +136,9 @@ INIT_SIZE_MARGIN = 2.0
 CENTER_SIGMA = 0.75
 """Prior width (model pixels) on the centres of ``auto`` sources while fitting."""
 
+FREE_STEP = 0.03
+"""Natural step of free-form pixels (peak 1) in the morphology-prior stage."""
+
 CENTER_LIMIT = 1.5
 """Centres of ``auto`` sources stay within this many model pixels of the given position."""
 
@@ -192,6 +197,7 @@ def fit_sources(
     sky: str | None = None,
     windows="auto",
     canonical: bool = False,
+    prior=None,
 ) -> Scene:
     """Initialise, choose models for and fit sources at ``centers``; return the fitted Scene.
 
@@ -252,6 +258,16 @@ def fit_sources(
         canonical=True)``), so that scenes whose sources fall in the same
         buckets share compiled programs. Default False: boxes grown to each
         source's size, the scene's own layout.
+    prior : object, optional
+        Morphology prior for a last stage in pixels (any prior a
+        :class:`~scarlet_xr.core.Parameter` accepts, e.g.
+        :func:`scarlet_xr.nn.learned_prior`): after the model choice and fits
+        above, every extended ``auto`` source becomes free-form pixels
+        (:class:`~scarlet_xr.core.FreeFormMorphology`) started from its fitted
+        model, with this prior on its image, and the scene is refitted; point
+        sources stay points. Sources given as ``"free"`` get the prior too.
+        Default None: no pixel stage (see ``docs/default_path.md`` for what
+        the learned prior does to fluxes).
 
     Returns
     -------
@@ -275,6 +291,9 @@ def fit_sources(
             f"unknown source kind(s) {unknown}; expected 'auto', one of {KINDS} or an alias "
             f"{sorted(KIND_ALIASES)}"
         )
+    if isinstance(prior, str):
+        raise ValueError(f"prior must be a prior object (e.g. scarlet_xr.nn.learned_prior()) or None; "
+                         f"got the string {prior!r}")
     auto_idx = [i for i, k in enumerate(kinds) if k == "auto"]
     max_box = min(max_box, _canonical(max(frame.shape)))
     if windows is not False and sky is None and not frame.epochs and on_frame_grid(obs, frame) and (
@@ -283,7 +302,7 @@ def fit_sources(
         if plan is not None:
             return _fit_windows(frame, obs, centers, kinds, names, plan, max_steps=max_steps, e_rel=e_rel,
                                 optimizer=optimizer, progress=progress, max_box=max_box,
-                                center_sigma=center_sigma)
+                                center_sigma=center_sigma, prior=prior)
     else:
         plan_windows(frame.shape, centers, max_box, windows=windows)  # validates the argument
     check_fit_memory(obs, frame)
@@ -348,6 +367,15 @@ def fit_sources(
     upgraded = _free_form_misfits(model, liks, frame, auto_idx, choices, centers, one_sersic)
     if upgraded is not None:
         model, hist = _fit(upgraded, fit_liks, optimizer=_optimizer_for(upgraded, optimizer),
+                           max_steps=max_steps, e_rel=e_rel, progress=progress, canonical=canonical)
+        losses.append(hist.loss)
+        steps += hist.num_steps
+        liks = _without_sky(fit_liks, model)
+        sol = solve_linear(model, liks, frame.psf)
+        model = set_spectra(model, sol.amplitudes)
+    if prior is not None:
+        model = _with_pixel_prior(model, frame, auto_idx, choices, centers, prior)
+        model, hist = _fit(model, fit_liks, optimizer=_optimizer_for(model, optimizer),
                            max_steps=max_steps, e_rel=e_rel, progress=progress, canonical=canonical)
         losses.append(hist.loss)
         steps += hist.num_steps
@@ -668,29 +696,8 @@ def _free_form_misfits(model, liks, frame, auto_idx, choices, given, one_sersic=
             continue
         if chi2 <= MISFIT_CHI2 or snr < MISFIT_SNR:
             continue
-        src = sources[k]
-        # pixels anchored on the given position's pixel (the peak a detection found) or, when
-        # the fitted profile moved more than a pixel from it (a catalog position off the
-        # peak) and stays inside the frame, on the profile's centre; started from the profile
-        fitted = np.asarray(src.center.value, float)
-        inside = np.all((fitted >= 0) & (fitted <= np.asarray(frame.shape) - 1))
-        anchor = np.round(fitted if inside and np.hypot(*(fitted - given[k])) > 1.0 else given[k])
-        offset = jnp.asarray(np.asarray(src.center.value, float) - anchor, src.center.raw.dtype)
-        # the source's light (all its components, weighted by their flux) on the largest box
-        spectra = [np.asarray(c.spectrum(), float) for c in src.components]
-        total = np.sum(spectra, axis=0)
-        size = max(c.morphology.shape[0] for c in src.components)
-        img = np.zeros((size, size))
-        for c, sp in zip(src.components, spectra, strict=True):
-            part = np.asarray(morphology_image(c.morphology, offset), float)
-            if c.morphology.intrinsic:  # pixels live at the model PSF's resolution
-                part = _np_convolve(part, np.asarray(frame.psf, float))
-            o = (size - part.shape[0]) // 2
-            img[o : o + part.shape[0], o : o + part.shape[1]] += part * sp.sum() / max(total.sum(), 1e-30)
-        peak = float(img.max())
-        img = np.clip(img / peak, 1e-3, None)
-        spec = total * peak
-        sources[k] = Source(anchor, Spectrum(spec), MonotonicMorphology(img), name=src.name)
+        anchor, spec, img = _pixel_start(sources[k], frame, given[k])
+        sources[k] = Source(anchor, Spectrum(spec), MonotonicMorphology(img), name=sources[k].name)
         choices[k].update(
             kind="monotonic",
             reason=choices[k]["reason"]
@@ -701,6 +708,60 @@ def _free_form_misfits(model, liks, frame, auto_idx, choices, given, one_sersic=
     if not changed:
         return None
     return type(model)(sources, model.shape, psf=frame.psf)
+
+
+def _with_pixel_prior(model, frame, auto_idx, choices, given, prior):
+    """Extended ``auto`` sources as free-form pixels with ``prior``, started from their fits.
+
+    Given free-form sources get ``prior`` on their image; point sources and
+    other given kinds are unchanged.
+    """
+    sources = list(model.sources)
+    auto = set(auto_idx)
+    for k, src in enumerate(sources):
+        morphs = [c.morphology for c in src.components]
+        if k not in auto:
+            if len(morphs) == 1 and isinstance(morphs[0], FreeFormMorphology):
+                img = morphs[0].image
+                sources[k] = Source(src.center, src.components[0].spectrum,
+                                    FreeFormMorphology(Parameter(img.value, img.constraint, step=img.step,
+                                                                 prior=prior)), name=src.name)
+            continue
+        if choices[k]["kind"] == "point":
+            continue
+        anchor, spec, img = _pixel_start(src, frame, given[k])
+        image = Parameter(img, Positive(), step=FREE_STEP, prior=prior)
+        sources[k] = Source(anchor, Spectrum(spec), FreeFormMorphology(image), name=src.name)
+        choices[k].update(kind="free", reason=choices[k]["reason"]
+                          + f"; pixels with a morphology prior, started from the fitted {choices[k]['kind']}")
+    return type(model)(sources, model.shape, psf=frame.psf)
+
+
+def _pixel_start(src, frame, given):
+    """Pixel model start for a fitted source: ``(anchor, spectrum, image with peak 1)``.
+
+    The pixels are anchored on the given position's pixel (the peak a detection
+    found) or, when the fitted profile moved more than a pixel from it (a catalog
+    position off the peak) and stays inside the frame, on the profile's centre;
+    the image is the source's light (all its components, weighted by their flux)
+    at the model PSF's resolution on its largest box, floored at 1e-3 of the peak.
+    """
+    fitted = np.asarray(src.center.value, float)
+    inside = np.all((fitted >= 0) & (fitted <= np.asarray(frame.shape) - 1))
+    anchor = np.round(fitted if inside and np.hypot(*(fitted - given)) > 1.0 else given)
+    offset = jnp.asarray(fitted - anchor, src.center.raw.dtype)
+    spectra = [np.asarray(c.spectrum(), float) for c in src.components]
+    total = np.sum(spectra, axis=0)
+    size = max(c.morphology.shape[0] for c in src.components)
+    img = np.zeros((size, size))
+    for c, sp in zip(src.components, spectra, strict=True):
+        part = np.asarray(morphology_image(c.morphology, offset), float)
+        if c.morphology.intrinsic:  # pixels live at the model PSF's resolution
+            part = _np_convolve(part, np.asarray(frame.psf, float))
+        o = (size - part.shape[0]) // 2
+        img[o : o + part.shape[0], o : o + part.shape[1]] += part * sp.sum() / max(total.sum(), 1e-30)
+    peak = float(img.max())
+    return anchor, total * peak, np.clip(img / peak, 1e-3, None)
 
 
 def _choose(model, liks, frame, auto_idx, choices):
