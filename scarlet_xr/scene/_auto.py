@@ -806,7 +806,7 @@ def _needed_box(sersic: SersicMorphology, scale: float = 1.0) -> int:
 
 
 def _resized(sersic: SersicMorphology, size: int) -> SersicMorphology:
-    """The same profile on a ``size`` box, sampled 2x2 per pixel (the centre keeps 16x16)."""
+    """The same profile on a ``size`` box, sampled :data:`SERSIC_OVERSAMPLE` per pixel (the centre 16x16)."""
     if sersic.shape == (size, size) and sersic.oversample == SERSIC_OVERSAMPLE:
         return sersic
     return SersicMorphology(sersic.n, sersic.r_e, sersic.ellipticity, shape=size,
