@@ -364,18 +364,15 @@ def fit_sources(
     _flag_truncated(model, auto_idx, choices, max_box)
     sol = solve_linear(model, liks, frame.psf)
     model = set_spectra(model, sol.amplitudes)
-    upgraded = _free_form_misfits(model, liks, frame, auto_idx, choices, centers, one_sersic)
-    if upgraded is not None:
-        model, hist = _fit(upgraded, fit_liks, optimizer=_optimizer_for(upgraded, optimizer),
-                           max_steps=max_steps, e_rel=e_rel, progress=progress, canonical=canonical)
-        losses.append(hist.loss)
-        steps += hist.num_steps
-        liks = _without_sky(fit_liks, model)
-        sol = solve_linear(model, liks, frame.psf)
-        model = set_spectra(model, sol.amplitudes)
+    # later stages with pixel models: bright misfits, then (with a prior) every extended source
+    upgrades = [lambda m: _free_form_misfits(m, liks, frame, auto_idx, choices, centers, one_sersic)]
     if prior is not None:
-        model = _with_pixel_prior(model, frame, auto_idx, choices, centers, prior)
-        model, hist = _fit(model, fit_liks, optimizer=_optimizer_for(model, optimizer),
+        upgrades.append(lambda m: _with_pixel_prior(m, frame, auto_idx, choices, centers, prior))
+    for upgrade in upgrades:
+        upgraded = upgrade(model)
+        if upgraded is None:
+            continue
+        model, hist = _fit(upgraded, fit_liks, optimizer=_optimizer_for(upgraded, optimizer),
                            max_steps=max_steps, e_rel=e_rel, progress=progress, canonical=canonical)
         losses.append(hist.loss)
         steps += hist.num_steps
