@@ -297,3 +297,19 @@ def test_learned_prior_sampling_form_is_consistent_and_sees_every_pixel(prior):
     assert float(prior.log_prob(gal + null)) < float(prior.log_prob(gal)) - 10.0
     assert float(anchored.log_prob(gal + null)) < -10.0
     assert prior.unseen(jnp.ones((31, 31))) is None
+
+
+def test_pixel_prior_stage_sets_the_prior_of_given_free_form_sources(prior):
+    """Sources given as free-form pixels keep their image and get the stage's prior."""
+    from scarlet_xr.scene._auto import _with_pixel_prior
+
+    frame = sx.Frame(["r"], (21, 21))
+    image = _galaxy(11, hlr=1.5)
+    with sx.Scene(frame) as scene:
+        sx.Source([10, 10], sx.Spectrum([1.0]), FreeFormMorphology(image))
+    model = scene.model()
+    out = _with_pixel_prior(model, frame, [], [{"kind": "free"}], np.array([[10.0, 10.0]]), prior)
+    morph = out.sources[0].components[0].morphology
+    assert isinstance(morph.image.prior, LearnedMorphologyPrior)
+    np.testing.assert_allclose(np.asarray(morph.image.value), image, rtol=1e-5, atol=1e-6)
+    assert model.sources[0].components[0].morphology.image.prior is None

@@ -719,10 +719,8 @@ def _with_pixel_prior(model, frame, auto_idx, choices, given, prior):
         morphs = [c.morphology for c in src.components]
         if k not in auto:
             if len(morphs) == 1 and isinstance(morphs[0], FreeFormMorphology):
-                img = morphs[0].image
-                sources[k] = Source(src.center, src.components[0].spectrum,
-                                    FreeFormMorphology(Parameter(img.value, img.constraint, step=img.step,
-                                                                 prior=prior)), name=src.name)
+                sources[k] = eqx.tree_at(lambda s_: s_.components[0].morphology.image.prior, src, prior,
+                                         is_leaf=lambda v: v is None)
             continue
         if choices[k]["kind"] == "point":
             continue
