@@ -75,8 +75,9 @@ def test_morphology_contract(name):
     # Fourier-shifted point sources ring slightly below zero
     assert float(img.min()) >= -1e-2 * float(img.max())
     if name in UNIT_FLUX:
-        # analytic normalisation: unit total flux when the box holds the profile
-        assert abs(float(img.sum()) - 1.0) < 2e-3
+        # analytic normalisation: unit total flux when the box holds the profile (the 41 px
+        # boxes miss 1.5e-3 of the elongated Sersic's light)
+        assert abs(float(img.sum()) - 1.0) < 3e-3
     import equinox as eqx
 
     grads = eqx.filter_grad(lambda m: jnp.sum(m(offset) ** 2))(morph)
@@ -397,3 +398,35 @@ def test_fits_of_scenes_in_the_same_buckets_share_one_compiled_step():
             np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-4, atol=1e-5)
     assert len(hist.loss) == 5
     np.testing.assert_allclose(hist.loss, plain_hist.loss, rtol=1e-5)
+
+
+@pytest.mark.parametrize("n, r_e, bound", [(0.5, 4.0, 2e-3), (1.0, 0.5, 3e-3), (1.0, 2.5, 2e-3),
+                                           (2.0, 1.0, 3e-3), (4.0, 1.0, 6e-3), (4.0, 4.0, 2e-3)])
+def test_sersic_pixels_are_pixel_integrals(n, r_e, bound):
+    """The sampled Sersic (2 samples per axis in the centre, 1 beyond 7 px, finer at the cusp)
+    matches its pixel integrals from a brute-force 24x24-per-pixel numpy sum (64x64 in the
+    central 5x5) to ``bound`` of the flux, summed over the box's absolute errors."""
+    from scipy.special import gammaln
+
+    from scarlet_xr.core._morphology import _sersic_b
+
+    shape, offset, (g1, g2) = 45, (0.3, -0.2), (0.2, 0.1)
+    b = _sersic_b(n)
+
+    def integral(y0, y1, x0, x1, k):
+        s = (np.arange(k) + 0.5) / k
+        y = (y0 + (y1 - y0) * s)[:, None] - offset[0]
+        x = (x0 + (x1 - x0) * s)[None, :] - offset[1]
+        kk = 1.0 / np.sqrt(1.0 - g1**2 - g2**2)
+        u, v = kk * ((1 - g1) * x - g2 * y), kk * (-g2 * x + (1 + g1) * y)
+        r = np.sqrt(u**2 + v**2)
+        return np.exp(-b * ((r / r_e) ** (1 / n) - 1)).mean()
+
+    c = shape // 2
+    ref = np.array([[integral(i - c - 0.5, i - c + 0.5, j - c - 0.5, j - c + 0.5,
+                              64 if max(abs(i - c), abs(j - c)) <= 2 else 24)
+                     for j in range(shape)] for i in range(shape)])
+    ref /= np.exp(np.log(2 * np.pi * n) + 2 * np.log(r_e) + b - 2 * n * np.log(b) + gammaln(2 * n))
+    img = np.asarray(SersicMorphology(n, r_e, (g1, g2), shape=shape, oversample=2)(jnp.array(offset)),
+                     dtype=float)
+    assert np.abs(img - ref).sum() < bound

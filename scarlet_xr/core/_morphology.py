@@ -44,10 +44,18 @@ def odd_box(size) -> tuple[int, int]:
 
 
 def _grid(shape, offset, oversample: int):
-    """Sub-pixel sample coordinates relative to the source centre (y, x)."""
+    """Sub-pixel sample coordinates relative to the source centre (y, x).
+
+    ``k x k`` equally weighted samples per pixel: the midpoints of ``k`` equal
+    sub-pixels, or for ``k = 2`` the two Gauss-Legendre nodes (``+-1 / (2 sqrt 3)``),
+    whose mean integrates cubics exactly at the same cost.
+    """
     h, w = shape
     k = oversample
-    sub = (jnp.arange(k) + 0.5) / k - 0.5
+    if k == 2:
+        sub = jnp.array([-0.5, 0.5]) / math.sqrt(3.0)
+    else:
+        sub = (jnp.arange(k) + 0.5) / k - 0.5
     y = (jnp.arange(h) - h // 2)[:, None] + sub[None, :]
     x = (jnp.arange(w) - w // 2)[:, None] + sub[None, :]
     y = y.reshape(-1) - offset[0]
@@ -205,8 +213,63 @@ class GaussianMorphology(AbstractMorphology):
         return _bin(img, self.shape, self.oversample)
 
 
-_CORE = 5
-_CORE_OVERSAMPLE = 16
+_ZONE = 15
+"""Side of the central square of a Sersic box sampled ``oversample`` times per pixel and axis;
+pixels outside it get half as many (at least one). With ``oversample`` 2 (Gauss-Legendre
+nodes) and one sample outside, the summed pixel values of Sersic profiles with n 0.5-4 and
+r_e 0.5-6 px in a 61 px box are 0.3-6.4e-3 below their integral (2x2 midpoints everywhere:
+0.1-6.6e-3; the largest at n 4, r_e 0.5 px come from the cusp) and their summed absolute
+errors 0.7-6.4e-3 of the flux, with a quarter of the samples outside the zone."""
+
+_CORE_LEVELS = ((7, 4), (3, 12), (1, 24))
+"""Nested central squares ``(side, samples per axis)`` sampled more finely for the cusp of
+high-index profiles. Against 64 samples per axis, the pixel values' summed absolute error
+is at most 2.6e-3 of the flux for n <= 2 and r_e >= 0.3 px, 1.2e-2 for n = 4 and 2.4e-2
+for n = 6 at r_e = 0.3 px, with 2656 samples (one 5x5 square at 16 per axis: 6400
+samples, errors 1.9e-3, 2.2e-2 and 4.1e-2)."""
+
+
+def _level_samples(shape, levels):
+    """Sample coordinates (numpy, relative to the box centre) of nested central squares.
+
+    Returns ``(y, x, parts)``: the flat sample coordinates of every level in turn
+    and per level ``(side_y, side_x, k)``; each ``(side, k)`` of ``levels``
+    (outermost first) samples its central ``side x side`` pixels ``k x k`` times.
+    """
+    h, w = shape
+    ys, xs, parts = [], [], []
+    for side, k in levels:
+        sh, sw = min(h, side), min(w, side)
+        sub = np.array([-0.5, 0.5]) / math.sqrt(3.0) if k == 2 else (np.arange(k) + 0.5) / k - 0.5
+        y = ((np.arange(sh) - sh // 2)[:, None] + sub[None, :]).reshape(-1)
+        x = ((np.arange(sw) - sw // 2)[:, None] + sub[None, :]).reshape(-1)
+        ys.append(np.repeat(y, x.size))
+        xs.append(np.tile(x, y.size))
+        parts.append((sh, sw, k))
+    return np.concatenate(ys), np.concatenate(xs), parts
+
+
+def _sampled(profile, shape, offset, levels):
+    """Pixel means of ``profile`` on a ``shape`` box, each ``(side, k)`` of ``levels`` (outermost
+    first) re-sampling its central ``side x side`` square ``k x k`` times per pixel.
+
+    The profile is evaluated once on the samples of all levels (one elementwise
+    program, and one in the gradient, whatever the number of levels).
+    """
+    h, w = shape
+    y, x, parts = _level_samples(shape, levels)
+    values = profile(jnp.asarray(y, jnp.float32) - offset[0], jnp.asarray(x, jnp.float32) - offset[1])
+    img, start = None, 0
+    for sh, sw, k in parts:
+        n = sh * k * sw * k
+        part = values[start : start + n].reshape(sh, k, sw, k).mean(axis=(1, 3))
+        start += n
+        if img is None:
+            img = part
+        else:
+            y0, x0 = h // 2 - sh // 2, w // 2 - sw // 2
+            img = img.at[y0 : y0 + sh, x0 : x0 + sw].set(part)
+    return img
 
 
 def _sersic_b(n):
@@ -231,7 +294,11 @@ class SersicMorphology(AbstractMorphology):
     shape : int or (int, int), optional
         Box size; default ``2 * ceil(4 r_e) + 1`` (at least 11).
     oversample : int
-        Sub-pixel samples per axis (the central 5x5 pixels use 16).
+        Sub-pixel samples per axis in the central 15x15 pixels; pixels beyond
+        them, where the profile is smooth on the pixel scale, get half as many
+        (at least one, at the centre), and the central 7x7, 3x3 and 1x1 pixels
+        at least 4, 12 and 24 (the cusp of high-index profiles). Two samples
+        per axis are placed at the Gauss-Legendre nodes.
     """
 
     n: Parameter
@@ -265,15 +332,15 @@ class SersicMorphology(AbstractMorphology):
             r = jnp.sqrt(_elliptical_r2(y, x, ell) + 1e-12)
             return jnp.exp(-b * ((r / re) ** (1.0 / n) - 1.0))
 
-        y, x = _grid(self.shape, offset, self.oversample)
-        img = _bin(profile(y, x), self.shape, self.oversample)
-        # the cusp of high-n profiles needs finer sampling in the central pixels
-        c = _CORE
         h, w = self.shape
-        if h >= c and w >= c:
-            yc, xc = _grid((c, c), offset, _CORE_OVERSAMPLE)
-            core = _bin(profile(yc, xc), (c, c), _CORE_OVERSAMPLE)
-            img = img.at[h // 2 - c // 2 : h // 2 + c // 2 + 1, w // 2 - c // 2 : w // 2 + c // 2 + 1].set(core)
+        k = self.oversample
+        # half the samples per axis (at least one) beyond the central zone, ``oversample``
+        # inside it, finer at the cusp
+        levels = [(max(h, w), max(1, k // 2) if max(h, w) > _ZONE else k)]
+        if max(h, w) > _ZONE:
+            levels.append((_ZONE, k))
+        levels += [(side, max(k, kc)) for side, kc in _CORE_LEVELS if side < max(h, w)]
+        img = _sampled(profile, self.shape, offset, levels)
         log_norm = (
             jnp.log(2 * jnp.pi * n) + 2 * jnp.log(re) + b - 2 * n * jnp.log(b) + gammaln(2 * n)
         )
