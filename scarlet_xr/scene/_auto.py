@@ -133,6 +133,9 @@ SERSIC_OVERSAMPLE = 2
 INIT_SIZE_MARGIN = 2.0
 """Initial boxes hold ``BOX_RADII_RE`` times this many initial half-light radii."""
 
+FITTED_BOX_MARGIN = 1.0
+"""After the first fit, boxes hold ``BOX_RADII_RE`` times this many fitted half-light radii."""
+
 CENTER_SIGMA = 0.75
 """Prior width (model pixels) on the centres of ``auto`` sources while fitting."""
 
@@ -795,6 +798,12 @@ def _common_box(morphs, max_box: int, scale: float = 1.0) -> int:
     return min(_canonical(max(max(m.shape[0], _needed_box(m, scale)) for m in morphs)), max_box)
 
 
+def _fitted_box(sersic: SersicMorphology, max_box: int) -> int:
+    """Canonical box for a fitted Sersic: what it needs (:func:`_needed_box` with
+    :data:`FITTED_BOX_MARGIN`), up to ``max_box``."""
+    return min(_canonical(_needed_box(sersic, FITTED_BOX_MARGIN)), max_box)
+
+
 def _needed_box(sersic: SersicMorphology, scale: float = 1.0) -> int:
     """Box side holding ``BOX_RADII_RE`` half-light radii (times ``scale``) plus the PSF core."""
     return 2 * int(math.ceil(BOX_RADII_RE * scale * float(sersic.r_e.value) + 2)) + 1
@@ -811,9 +820,11 @@ def _resized(sersic: SersicMorphology, size: int) -> SersicMorphology:
 def _grow_boxes(model, auto_idx, choices, max_box, psf, common: bool = False):
     """Give each extended ``auto`` source the canonical box its fitted size now needs.
 
-    Boxes only grow (never shrink), so compiled shapes change at most once;
-    point sources keep theirs. With ``common``, every extended source gets the
-    largest box any of them needs.
+    Called once, after the first fit, so compiled shapes change at most once.
+    Own boxes grow or shrink to :func:`_fitted_box` (the start's boxes hold
+    twice the first guess of each size, and the steps' cost grows with the
+    boxes' area); point sources keep theirs. With ``common``, every extended
+    source gets the largest box any of them needs (never smaller than now).
     """
     sources = list(model.sources)
     changed = False
@@ -824,7 +835,9 @@ def _grow_boxes(model, auto_idx, choices, max_box, psf, common: bool = False):
         m = sources[k].components[0].morphology
         if choices[k]["kind"] != "sersic":
             continue
-        box = largest if common else max(m.shape[0], _common_box([m], max_box))
+        # (own boxes: the size the fitted profile needs, smaller than the start's when the
+        # first fit found it smaller: the steps' cost grows with the boxes' area)
+        box = largest if common else _fitted_box(m, max_box)
         if box == m.shape[0]:
             continue
         comp = eqx.tree_at(lambda c: c.morphology, sources[k].components[0], _resized(m, box))
