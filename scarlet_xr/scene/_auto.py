@@ -75,6 +75,7 @@ from ._init import (
     sky_positions_to_pixels,
 )
 from ._linear import set_spectra, solve_linear
+from ._local import local_problem, merged
 from ._scene import Scene
 from ._window import check_fit_memory, on_frame_grid, plan_windows, window_frame, window_observations
 
@@ -375,8 +376,18 @@ def fit_sources(
         upgraded = upgrade(model)
         if upgraded is None:
             continue
-        model, hist = _fit(upgraded, fit_liks, optimizer=_optimizer_for(upgraded, optimizer),
-                           max_steps=max_steps, e_rel=e_rel, progress=progress, canonical=canonical)
+        upgraded, changed = upgraded if isinstance(upgraded, tuple) else (upgraded, None)
+        # a few changed sources of a large scene: refit their neighbourhood alone
+        local = (None if canonical or changed is None
+                 else local_problem(upgraded, changed, fit_liks, frame.psf))
+        if local is not None:
+            idx, sub, sub_liks = local
+            sub, hist = _fit(sub, sub_liks, optimizer=_optimizer_for(sub, optimizer), max_steps=max_steps,
+                             e_rel=e_rel, progress=progress)
+            model = merged(upgraded, idx, sub, frame.psf)
+        else:
+            model, hist = _fit(upgraded, fit_liks, optimizer=_optimizer_for(upgraded, optimizer),
+                               max_steps=max_steps, e_rel=e_rel, progress=progress, canonical=canonical)
         losses.append(hist.loss)
         steps += hist.num_steps
         liks = _without_sky(fit_liks, model)
@@ -662,7 +673,7 @@ def _free_form_misfits(model, liks, frame, auto_idx, choices, given, one_sersic=
     reduced chi^2 14-23 as bulge + disk, 1.0 as one Sersic, and came out 1 %
     (7 sigma) too bright as monotonic pixels, which cannot go below zero
     where the noise does).
-    Returns the new model, or None if nothing changed.
+    Returns ``(new model, indices of the changed sources)``, or None if nothing changed.
     """
     one_sersic = one_sersic or {}
     ext = [k for k in auto_idx if choices[k]["kind"] in ("sersic", "bulge+disk")]
@@ -671,7 +682,7 @@ def _free_form_misfits(model, liks, frame, auto_idx, choices, given, one_sersic=
     maps = []
     stats = _footprint_chi2(model, liks, frame, ext, maps=maps)
     sources = list(model.sources)
-    changed = False
+    changed = []
     extra = model.shape[0] - 1  # a second spectrum, two indices fixed instead of one free
     for k in ext:
         chi2, npix, snr = stats[k]
@@ -692,7 +703,7 @@ def _free_form_misfits(model, liks, frame, auto_idx, choices, given, one_sersic=
             sources[k] = one_sersic[k][1]
             choices[k].update(kind="sersic",
                               reason=choices[k]["reason"] + f"; back to one Sersic: the bulge+disk {back}")
-            changed = True
+            changed.append(k)
             continue
         if chi2 <= MISFIT_CHI2 or snr < MISFIT_SNR:
             continue
@@ -704,10 +715,10 @@ def _free_form_misfits(model, liks, frame, auto_idx, choices, given, one_sersic=
             + f"; monotonic pixels: the {choices[k]['kind']} model leaves reduced chi2 {chi2:.2f} > "
             f"{MISFIT_CHI2} on its footprint ({npix} px) at S/N {snr:.0f}",
         )
-        changed = True
+        changed.append(k)
     if not changed:
         return None
-    return type(model)(sources, model.shape, psf=frame.psf)
+    return type(model)(sources, model.shape, psf=frame.psf), changed
 
 
 def _with_pixel_prior(model, frame, auto_idx, choices, given, prior):
