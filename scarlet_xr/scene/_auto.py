@@ -134,6 +134,10 @@ SERSIC_OVERSAMPLE = 2
 INIT_SIZE_MARGIN = 2.0
 """Initial boxes hold ``BOX_RADII_RE`` times this many initial half-light radii."""
 
+LOCAL_CHI2_COMPONENTS = 64
+"""Above this many components, a source's chi^2 as a point re-solves only the spectra coupled
+to it (the rest held at the scene's solution) instead of the whole scene's."""
+
 FITTED_BOX_MARGIN = 1.0
 """After the first fit, boxes hold ``BOX_RADII_RE`` times this many fitted half-light radii."""
 
@@ -177,11 +181,30 @@ def _delta_chi2_point(model, liks, frame, auto_idx, comp_of_source):
         return tot
 
     base = list(range(nc))
-    ref = chi2(base)
     out = {}
+    if nc <= LOCAL_CHI2_COMPONENTS:
+        ref = chi2(base)
+        for j, k in enumerate(auto_idx):
+            sel = [c for c in base if c not in comp_of_source[k]] + [nc + j]
+            out[k] = chi2(sel) - ref
+        return out
+    # many components: each swap re-solves only the components coupled to the source or its point,
+    # the others held at the whole scene's solution (solving all of them per source costs n^4)
+    xs = [_solve_band(a[b][:nc, :nc], rhs[b][:nc])[0] for b in range(nb)]
+    coupled = np.any(a != 0, axis=0)
+
+    def local_chi2(b, sel, held):
+        r = rhs[b][sel] - a[b][np.ix_(sel, held)] @ xs[b][held]
+        aa = a[b][np.ix_(sel, sel)]
+        y, _ = _solve_band(aa, r)
+        return -2 * y @ r + y @ aa @ y
+
     for j, k in enumerate(auto_idx):
-        sel = [c for c in base if c not in comp_of_source[k]] + [nc + j]
-        out[k] = chi2(sel) - ref
+        own = list(comp_of_source[k])
+        near = np.flatnonzero((coupled[own].any(axis=0) | coupled[nc + j])[:nc])
+        held = np.setdiff1d(np.arange(nc), near)
+        swap = [c for c in near if c not in own] + [nc + j]
+        out[k] = sum(local_chi2(b, swap, held) - local_chi2(b, list(near), held) for b in range(nb))
     return out
 
 

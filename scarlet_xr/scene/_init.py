@@ -601,30 +601,37 @@ def _gram(patches, data, weights, band_index, num_bands):
     a = np.zeros((num_bands, n, n))
     rhs = np.zeros((num_bands, n))
     dd = np.zeros(num_bands)
+    bands = np.asarray(band_index, int)
+    data = np.asarray(data, float)
+    weights = np.asarray(weights, float)
+    wd = weights * data
+    np.add.at(dd, bands, np.sum(wd * data, axis=(1, 2)))
     live = [i for i, p in enumerate(patches) if p is not None]
-    boxes = {i: (p[0], p[0] + p[2].shape[1], p[1], p[1] + p[2].shape[2]) for i, p in enumerate(patches)
-             if p is not None}
-    data = np.asarray(data)
-    weights = np.asarray(weights)
-    for j, b in enumerate(band_index):
-        w = np.asarray(weights[j], float)
-        wd = w * np.asarray(data[j], float)
-        dd[b] += float(np.sum(wd * np.asarray(data[j], float)))
-        for ii, i in enumerate(live):
-            y0, y1, x0, x1 = boxes[i]
-            ri = patches[i][2][j]
-            rhs[b, i] += float(np.sum(ri * wd[y0:y1, x0:x1]))
-            wr = w[y0:y1, x0:x1] * ri
-            a[b, i, i] += float(np.sum(wr * ri))
-            for k in live[ii + 1 :]:
-                v0, v1, u0, u1 = boxes[k]
-                oy0, oy1, ox0, ox1 = max(y0, v0), min(y1, v1), max(x0, u0), min(x1, u1)
-                if oy1 <= oy0 or ox1 <= ox0:
-                    continue
-                rk = patches[k][2][j, oy0 - v0 : oy1 - v0, ox0 - u0 : ox1 - u0]
-                v = float(np.sum(wr[oy0 - y0 : oy1 - y0, ox0 - x0 : ox1 - x0] * rk))
-                a[b, i, k] += v
-                a[b, k, i] += v
+    if not live:
+        return a, rhs, dd
+    box = np.array([(patches[i][0], patches[i][0] + patches[i][2].shape[1],
+                     patches[i][1], patches[i][1] + patches[i][2].shape[2]) for i in live])
+    # pairs of boxes that overlap (found at once; a crowded scene has few among all pairs)
+    over = ((np.maximum(box[:, None, 0], box[None, :, 0]) < np.minimum(box[:, None, 1], box[None, :, 1]))
+            & (np.maximum(box[:, None, 2], box[None, :, 2]) < np.minimum(box[:, None, 3], box[None, :, 3])))
+    wr = []
+    for ii, i in enumerate(live):
+        y0, y1, x0, x1 = box[ii]
+        ri = patches[i][2]
+        wri = weights[:, y0:y1, x0:x1] * ri
+        wr.append(wri)
+        np.add.at(rhs[:, i], bands, np.sum(ri * wd[:, y0:y1, x0:x1], axis=(1, 2)))
+        np.add.at(a[:, i, i], bands, np.sum(wri * ri, axis=(1, 2)))
+    for ii, kk in zip(*np.nonzero(np.triu(over, 1)), strict=True):
+        i, k = live[ii], live[kk]
+        y0, _, x0, _ = box[ii]
+        v0, _, u0, _ = box[kk]
+        oy0, oy1 = max(y0, v0), min(box[ii, 1], box[kk, 1])
+        ox0, ox1 = max(x0, u0), min(box[ii, 3], box[kk, 3])
+        rk = patches[k][2][:, oy0 - v0 : oy1 - v0, ox0 - u0 : ox1 - u0]
+        v = np.sum(wr[ii][:, oy0 - y0 : oy1 - y0, ox0 - x0 : ox1 - x0] * rk, axis=(1, 2))
+        np.add.at(a[:, i, k], bands, v)
+        np.add.at(a[:, k, i], bands, v)
     return a, rhs, dd
 
 
