@@ -17,7 +17,7 @@ import numpy as np
 from ..core import GaussianLikelihood
 from ._host import host_products, render_on_host
 
-__all__ = ["local_problem", "LOCAL_FRACTION"]
+__all__ = ["LOCAL_FRACTION", "local_problem", "merged", "neighbourhood"]
 
 LOCAL_FRACTION = 0.5
 """The neighbourhood is refitted alone when it holds at most this fraction of the sources."""
@@ -74,10 +74,13 @@ def local_problem(model, changed, likelihoods, psf):
         into ``model.sources``, its scene model and the likelihoods of the
         data less the other sources' model. None when the neighbourhood holds
         more than :data:`LOCAL_FRACTION` of the sources, or the rest cannot be
-        rendered on the host (variable sources, epochs, fitted sky).
+        rendered on the host or subtracted from the data (variable sources,
+        epochs, a fitted sky, likelihoods other than
+        :class:`~scarlet_xr.core.GaussianLikelihood`).
     """
     sources = model.sources
-    if any(getattr(lik, "sky", None) is not None or getattr(lik, "epoch", None) is not None
+    # (other likelihood types, e.g. correlated noise, would not survive being rebuilt here)
+    if any(type(lik) is not GaussianLikelihood or lik.sky is not None or lik.epoch is not None
            for lik in likelihoods):
         return None
     psf_size = 0 if psf is None else int(np.shape(psf)[-1])
@@ -99,7 +102,23 @@ def local_problem(model, changed, likelihoods, psf):
 
 
 def merged(model, idx, sub, psf):
-    """``model`` with the sources ``idx`` replaced by those of ``sub`` (in order)."""
+    """``model`` with the sources ``idx`` replaced by those of ``sub`` (in order).
+
+    Parameters
+    ----------
+    model : SceneModel
+        The whole scene.
+    idx : sequence of int
+        Indices into ``model.sources`` (from :func:`local_problem`).
+    sub : SceneModel
+        The neighbourhood's scene, one source per index.
+    psf : array or None
+        The model PSF.
+
+    Returns
+    -------
+    SceneModel
+    """
     sources = list(model.sources)
     for k, src in zip(idx, sub.sources, strict=True):
         sources[k] = src
