@@ -43,6 +43,13 @@ def odd_box(size) -> tuple[int, int]:
     return (h + 1 - h % 2, w + 1 - w % 2)
 
 
+def _nodes(k: int) -> np.ndarray:
+    """Sub-pixel sample offsets in (-0.5, 0.5): Gauss-Legendre nodes for ``k = 2``, else midpoints."""
+    if k == 2:
+        return np.array([-0.5, 0.5]) / math.sqrt(3.0)
+    return (np.arange(k) + 0.5) / k - 0.5
+
+
 def _grid(shape, offset, oversample: int):
     """Sub-pixel sample coordinates relative to the source centre (y, x).
 
@@ -51,11 +58,7 @@ def _grid(shape, offset, oversample: int):
     whose mean integrates cubics exactly at the same cost.
     """
     h, w = shape
-    k = oversample
-    if k == 2:
-        sub = jnp.array([-0.5, 0.5]) / math.sqrt(3.0)
-    else:
-        sub = (jnp.arange(k) + 0.5) / k - 0.5
+    sub = jnp.asarray(_nodes(oversample))
     y = (jnp.arange(h) - h // 2)[:, None] + sub[None, :]
     x = (jnp.arange(w) - w // 2)[:, None] + sub[None, :]
     y = y.reshape(-1) - offset[0]
@@ -240,7 +243,7 @@ def _level_samples(shape, levels):
     ys, xs, parts = [], [], []
     for side, k in levels:
         sh, sw = min(h, side), min(w, side)
-        sub = np.array([-0.5, 0.5]) / math.sqrt(3.0) if k == 2 else (np.arange(k) + 0.5) / k - 0.5
+        sub = _nodes(k)
         y = ((np.arange(sh) - sh // 2)[:, None] + sub[None, :]).reshape(-1)
         x = ((np.arange(sw) - sw // 2)[:, None] + sub[None, :]).reshape(-1)
         ys.append(np.repeat(y, x.size))
