@@ -58,7 +58,7 @@ def _grid(shape, offset, oversample: int):
     whose mean integrates cubics exactly at the same cost.
     """
     h, w = shape
-    sub = jnp.asarray(_nodes(oversample))
+    sub = jnp.asarray(_nodes(oversample), jnp.result_type(offset))  # the offset's dtype, not x64's
     y = (jnp.arange(h) - h // 2)[:, None] + sub[None, :]
     x = (jnp.arange(w) - w // 2)[:, None] + sub[None, :]
     y = y.reshape(-1) - offset[0]
