@@ -7,6 +7,7 @@ from ._fit import fit as fit
 from ._fit import loss_function as loss_function
 from ._fit import newton_step as newton_step
 from ._fit import settling_optimizer as settling_optimizer
+from ._refine import refine as refine
 from ._params import free_filter as free_filter
 from ._params import log_prior as log_prior
 from ._params import partition_free as partition_free
@@ -31,6 +32,7 @@ __all__ = [
     "loss_function",
     "newton_step",
     "partition_free",
+    "refine",
     "sample",
     "settling_optimizer",
     "stack_trees",

@@ -59,6 +59,7 @@ from ..core import (
 )
 from ..infer import FitHistory, default_optimizer, settling_optimizer
 from ..infer import fit as _fit
+from ..infer import refine
 from ..wcs import Frame
 from ..xr import bind_observations, normalize_observations
 from ._init import (
@@ -416,6 +417,14 @@ def fit_sources(
         liks = _without_sky(fit_liks, model)
         sol = solve_linear(model, liks, frame.psf)
         model = set_spectra(model, sol.amplitudes)
+    if not canonical:  # Gauss-Newton steps settle what Adam left creeping along valleys
+        model, polish = refine(model, fit_liks)
+        if polish.num_steps:
+            losses.append(polish.loss)
+            steps += polish.num_steps
+            liks = _without_sky(fit_liks, model)
+            sol = solve_linear(model, liks, frame.psf)
+            model = set_spectra(model, sol.amplitudes)
     model = _drop_center_priors(model, auto_idx)
     fitted = scene._replace(model)
     fitted.history = FitHistory(loss=np.concatenate(losses), status=hist.status, num_steps=steps)
@@ -815,7 +824,7 @@ def _choose(model, liks, frame, auto_idx, choices):
             # the point source is its own morphology type: points and Sersics render in
             # separate vmapped groups, each computing only what it needs
             comp = eqx.tree_at(lambda c: c.morphology, sources[k].components[0],
-                               PointSourceMorphology(frame.psf))
+                               PointSourceMorphology(frame.psf, sigma=frame.psf_sigma))
             sources[k] = eqx.tree_at(lambda s: s.components, sources[k], (comp,))
         else:
             n_idx = float(morph.n.value)

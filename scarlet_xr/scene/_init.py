@@ -306,7 +306,7 @@ def initialize_sources(
             )
         kind = kinds[i]
         if kind == "point":
-            morphs.append(PointSourceMorphology(frame.psf))
+            morphs.append(PointSourceMorphology(frame.psf, sigma=frame.psf_sigma))
             images.append(_np_shift(morphs[-1].psf, (cy - iy, cx - ix)))
             continue
         rmax = max_box // 2

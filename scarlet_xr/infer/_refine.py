@@ -1,0 +1,165 @@
+"""Levenberg-Marquardt refinement of a fitted model under Gaussian likelihoods.
+
+A first-order optimizer (Adam) reaches the basin of the optimum quickly but then
+creeps along its valleys: on blends of bulge + disk galaxies the loss still fell
+by a few units after 1300 steps, and the fluxes moved by 2-5 %. Near the optimum
+the loss ``1/2 |r|^2 - log prior`` is close to quadratic, and Gauss-Newton steps
+with the Jacobian of the whitened residuals ``r = sqrt(w) (d - R(m))`` land on it
+in a few iterations. The damping (Levenberg-Marquardt, Marquardt's diagonal
+scaling) keeps each step inside the region where the quadratic model holds; a
+step is kept only when the loss decreases.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.flatten_util import ravel_pytree
+
+from ..core import AbstractMorphology, GaussianLikelihood, SceneModel
+from ._fit import FitHistory, _from_z, _to_z
+from ._params import free_filter, log_prior, step_tree
+
+__all__ = ["refine", "MAX_JACOBIAN"]
+
+logger = logging.getLogger(__name__)
+
+MAX_JACOBIAN = 4e7
+"""Largest Jacobian (residuals x parameters) :func:`refine` builds; larger problems are skipped."""
+
+
+def _spec(model):
+    """Free-parameter filter with the parameters of pixel morphologies held fixed."""
+    spec = free_filter(model)
+
+    def is_morph(x):
+        return isinstance(x, AbstractMorphology)
+
+    def hold(m, s):
+        if is_morph(m) and m.pixel_anchored:
+            return jax.tree_util.tree_map(lambda _: False, s)
+        return s
+
+    return jax.tree_util.tree_map(hold, model, spec, is_leaf=is_morph)
+
+
+@eqx.filter_jit
+def _parts(x, unravel, steps, rest, likelihoods):
+    """Loss, gradient, whitened residuals' Jacobian and prior Hessian at ``x``."""
+
+    def model_of(v):
+        return eqx.combine(_from_z(unravel(v), steps), rest)
+
+    def residuals(v):
+        cube = model_of(v)()
+        return jnp.concatenate([(jnp.sqrt(lik.weights) * lik.residual(cube)).ravel() for lik in likelihoods])
+
+    def neg_log_prior(v):
+        return -log_prior(model_of(v))
+
+    r, jvp = jax.linearize(residuals, x)
+    jac = jax.vmap(jvp, in_axes=1, out_axes=1)(jnp.eye(x.size, dtype=x.dtype))
+    loss = 0.5 * jnp.sum(r * r) + neg_log_prior(x)
+    grad = jac.T @ r + jax.grad(neg_log_prior)(x)
+    return loss, grad, jac, jax.hessian(neg_log_prior)(x)
+
+
+@eqx.filter_jit
+def _loss(x, unravel, steps, rest, likelihoods):
+    model = eqx.combine(_from_z(unravel(x), steps), rest)
+    cube = model()
+    total = -log_prior(model)
+    for lik in likelihoods:
+        total = total - lik(cube)
+    return total
+
+
+def refine(model, likelihoods, *, max_steps: int = 20, tol: float = 1e-7, max_jacobian: float = MAX_JACOBIAN):
+    """Refine a fitted model with Levenberg-Marquardt steps.
+
+    Parameters
+    ----------
+    model : SceneModel or equinox.Module
+        A model near its optimum (e.g. after :func:`fit`). Parameters of pixel
+        morphologies (free-form, monotonic, starlet) are held fixed: they are too
+        many for a dense Jacobian.
+    likelihoods : sequence of GaussianLikelihood
+        Plain :class:`~scarlet_xr.core.GaussianLikelihood` terms only (with or
+        without a profiled sky); with any other likelihood the model is
+        returned unchanged.
+    max_steps : int
+        Most Gauss-Newton iterations.
+    tol : float
+        Stop when an accepted step lowers the loss by less than ``tol`` times
+        the loss (or by less than 1e-3, a thousandth of a unit of chi^2).
+    max_jacobian : float
+        Skip (return the model unchanged) when residuals x parameters exceeds this.
+
+    Returns
+    -------
+    model : same type as ``model``
+    history : FitHistory
+        The loss before each iteration and after the last; ``status`` is
+        ``"converged"``, ``"max_steps"`` or ``"skipped"`` (nothing to do, or
+        a problem outside the limits above).
+    """
+    likelihoods = tuple(likelihoods)
+    skipped = FitHistory(loss=np.zeros(0), status="skipped", num_steps=0)
+    if not likelihoods or any(type(lik) is not GaussianLikelihood for lik in likelihoods):
+        return model, skipped
+    pack = isinstance(model, SceneModel) and not model.is_packed
+    work = model.packed() if pack else model
+    free, rest = eqx.partition(work, _spec(work))
+    steps = step_tree(free)
+    x, unravel = ravel_pytree(_to_z(free, steps))
+    num_res = sum(int(np.prod(lik.data.shape)) for lik in likelihoods)
+    if x.size == 0 or x.size * num_res > max_jacobian:
+        return model, skipped
+    args = (unravel, steps, rest, likelihoods)
+    loss, grad, jac, hp = _parts(x, *args)
+    loss = float(loss)
+    if not np.isfinite(loss):
+        return model, skipped
+    hist = [loss]
+    lam = 1e-3
+    status = "max_steps"
+    for _ in range(max_steps):
+        jac = np.asarray(jac, np.float64)
+        a = jac.T @ jac + np.asarray(hp, np.float64)
+        g = np.asarray(grad, np.float64)
+        if not (np.all(np.isfinite(a)) and np.all(np.isfinite(g))):
+            status = "converged" if len(hist) > 1 else "skipped"
+            break
+        diag = np.maximum(np.abs(np.diag(a)), 1e-12 * max(np.abs(np.diag(a)).max(), 1e-30))
+        new = None
+        while lam < 1e8:
+            try:
+                dx = np.linalg.solve(a + lam * np.diag(diag), -g)
+            except np.linalg.LinAlgError:
+                lam *= 10
+                continue
+            cand = x + jnp.asarray(dx, x.dtype)
+            value = float(_loss(cand, *args))
+            if np.isfinite(value) and value < loss:
+                new = cand
+                lam = max(lam / 3, 1e-7)
+                break
+            lam *= 4
+        if new is None:
+            status = "converged"
+            break
+        gain = loss - value
+        x, loss = new, value
+        hist.append(loss)
+        if gain < max(tol * abs(loss), 1e-3):
+            status = "converged"
+            break
+        _, grad, jac, hp = _parts(x, *args)
+    out = eqx.combine(_from_z(unravel(x), steps), rest)
+    if pack:
+        out = out.unpacked()
+    return out, FitHistory(loss=np.asarray(hist), status=status, num_steps=len(hist) - 1)
