@@ -76,3 +76,27 @@ def test_initialization_errors_are_explicit():
         sx.initialize_sources(frame, empty, [[4.0, 4.0]])
     with pytest.raises(ValueError, match="unknown source kind"):
         sx.initialize_sources(frame, obs, centers, kinds="blob")
+
+
+def test_refine_lands_on_the_optimum_adam_creeps_towards():
+    """Levenberg-Marquardt after a short Adam fit of Sersic sources reaches a loss that 3000
+    more Adam steps do not beat; a likelihood it cannot linearise as whitened residuals is
+    left alone."""
+    from scarlet_xr.core import CorrelatedGaussianLikelihood
+    from scarlet_xr.infer import refine
+
+    obs, centers, fluxes, images = galsim_blend(1, n_sources=3, noise=NOISE)
+    frame = sx.frame_from_observations(obs)
+    with sx.Scene(frame) as scene:
+        sx.initialize_sources(frame, obs, centers, kinds="sersic")
+    short = scene.fit(obs, max_steps=30)
+    liks = [b.likelihood for b in short.observations]
+    refined, hist = refine(short.model(), liks)
+    assert hist.status == "converged" and hist.num_steps >= 1
+    assert hist.loss[-1] < short.history.loss[-1] - 10.0, (hist.loss, short.history.loss[-1])
+    long = short.fit(obs, max_steps=3000, e_rel=1e-9)
+    assert hist.loss[-1] <= long.history.loss[-1] + 0.05 * len(centers), (hist.loss, long.history.loss)
+    lik = liks[0]
+    corr = CorrelatedGaussianLikelihood(lik.data, lik.weights, lik.renderer, np.ones((len(NOISE), 1, 1)))
+    same, skipped = refine(short.model(), [corr])
+    assert skipped.status == "skipped" and skipped.num_steps == 0

@@ -70,6 +70,7 @@ def _parts(x, unravel, steps, rest, likelihoods):
 
 @eqx.filter_jit
 def _loss(x, unravel, steps, rest, likelihoods):
+    """The loss alone at ``x`` (a trial step: one render instead of one per parameter)."""
     model = eqx.combine(_from_z(unravel(x), steps), rest)
     cube = model()
     total = -log_prior(model)
@@ -78,7 +79,8 @@ def _loss(x, unravel, steps, rest, likelihoods):
     return total
 
 
-def refine(model, likelihoods, *, max_steps: int = 20, tol: float = 1e-7, max_jacobian: float = MAX_JACOBIAN):
+def refine(model, likelihoods, *, max_steps: int = 12, tol: float = 1e-7, min_gain: float = 0.05,
+           max_jacobian: float = MAX_JACOBIAN):
     """Refine a fitted model with Levenberg-Marquardt steps.
 
     Parameters
@@ -93,9 +95,10 @@ def refine(model, likelihoods, *, max_steps: int = 20, tol: float = 1e-7, max_ja
         returned unchanged.
     max_steps : int
         Most Gauss-Newton iterations.
-    tol : float
+    tol, min_gain : float
         Stop when an accepted step lowers the loss by less than ``tol`` times
-        the loss (or by less than 1e-3, a thousandth of a unit of chi^2).
+        the loss or by less than ``min_gain`` (0.05: a tenth of a unit of
+        chi^2, far below what moves a flux by its error).
     max_jacobian : float
         Skip (return the model unchanged) when residuals x parameters exceeds this.
 
@@ -120,6 +123,8 @@ def refine(model, likelihoods, *, max_steps: int = 20, tol: float = 1e-7, max_ja
     if x.size == 0 or x.size * num_res > max_jacobian:
         return model, skipped
     args = (unravel, steps, rest, likelihoods)
+    # the linearisation costs one forward pass of the render per parameter: trial steps
+    # evaluate the loss alone, and the Jacobian is rebuilt only where a step was kept
     loss, grad, jac, hp = _parts(x, *args)
     loss = float(loss)
     if not np.isfinite(loss):
@@ -155,7 +160,7 @@ def refine(model, likelihoods, *, max_steps: int = 20, tol: float = 1e-7, max_ja
         gain = loss - value
         x, loss = new, value
         hist.append(loss)
-        if gain < max(tol * abs(loss), 1e-3):
+        if gain < max(tol * abs(loss), min_gain):
             status = "converged"
             break
         _, grad, jac, hp = _parts(x, *args)

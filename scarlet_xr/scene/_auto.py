@@ -57,9 +57,8 @@ from ..core import (
     filter_jit,
     morphology_image,
 )
-from ..infer import FitHistory, default_optimizer, settling_optimizer
+from ..infer import FitHistory, default_optimizer, refine, settling_optimizer
 from ..infer import fit as _fit
-from ..infer import refine
 from ..wcs import Frame
 from ..xr import bind_observations, normalize_observations
 from ._init import (
