@@ -339,12 +339,17 @@ def decode(node, arrays, where: str):
         cls = _resolve_class(node["class"], where)
         fields = _mapping(node, "fields", where)
         names = {f.name for f in dataclasses.fields(cls)}
-        if set(fields) != names:
+        # a field added to a class later, with a default, may be absent from older files
+        defaults = {f.name: f.default for f in dataclasses.fields(cls)
+                    if f.default is not dataclasses.MISSING}
+        if not set(fields) <= names or not names - set(fields) <= set(defaults):
             raise ValueError(
                 f"scene file fields {sorted(fields)} at {where} do not match {cls.__name__} "
                 f"fields {sorted(names)} (saved by another version of the class?)"
             )
         obj = object.__new__(cls)
+        for key in names - set(fields):
+            object.__setattr__(obj, key, defaults[key])
         for key, value in fields.items():
             object.__setattr__(obj, key, decode(value, arrays, f"{where}.{key}"))
         return obj
