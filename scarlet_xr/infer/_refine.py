@@ -21,7 +21,7 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from ..core import AbstractMorphology, GaussianLikelihood, SceneModel
-from ._fit import FitHistory, _from_z, _to_z
+from ._fit import FitHistory, _from_z, _to_z, loss_function
 from ._params import free_filter, log_prior, step_tree
 
 __all__ = ["refine", "MAX_JACOBIAN"]
@@ -71,12 +71,7 @@ def _parts(x, unravel, steps, rest, likelihoods):
 @eqx.filter_jit
 def _loss(x, unravel, steps, rest, likelihoods):
     """The loss alone at ``x`` (a trial step: one render instead of one per parameter)."""
-    model = eqx.combine(_from_z(unravel(x), steps), rest)
-    cube = model()
-    total = -log_prior(model)
-    for lik in likelihoods:
-        total = total - lik(cube)
-    return total
+    return loss_function(eqx.combine(_from_z(unravel(x), steps), rest), likelihoods)
 
 
 def refine(model, likelihoods, *, max_steps: int = 12, tol: float = 1e-7, min_gain: float = 0.05,
