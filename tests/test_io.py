@@ -475,14 +475,20 @@ def test_masked_bad_column_does_not_bias_the_fit(tmp_path, data_dir, hsc_fits_ob
     frame = sx.frame_from_observations(clean)
     centers = detect_sources(clean, frame)
     assert len(centers) >= 4 and np.min(np.abs(centers[:, 1] - 25)) < 3  # the column crosses a source
-    flux = {}
+    flux, sigma = {}, {}
     for key, fname, bits in (("clean", "clean", "SAT"), ("masked", "bad", "BAD"), ("unmasked", "bad", "SAT")):
         obs = open_observation(tmp_path / f"{fname}.fits", mask_bits=bits)
         assert np.all((obs["weight"].values[:, :, 25] == 0) == (key == "masked"))
         fitted = fit_sources(frame, obs, centers, kinds="sersic", max_steps=300)
-        flux[key] = fitted.to_datatree(obs)["sources"]["flux"].sum("band").values
-    err_masked = np.abs(flux["masked"] / flux["clean"] - 1)
-    err_unmasked = np.abs(flux["unmasked"] / flux["clean"] - 1)
-    assert np.all(err_masked < 0.05), err_masked        # measured <= 0.034
-    assert np.max(err_unmasked) > 0.2, err_unmasked     # measured 0.02 .. 2.8
-    assert np.max(err_unmasked) > 5 * np.max(err_masked)
+        cat = fitted.to_datatree(obs)["sources"]
+        flux[key] = cat["flux"].sum("band").values
+        sigma[key] = np.sqrt((cat["flux_err"] ** 2).sum("band")).values
+    # masking drops the column's pixels, so a flux may move within 5 % or within its error; a
+    # faint source (S/N ~ 3) whose centre sits on the image edge is measured by extrapolation
+    tol = np.maximum(0.05 * flux["clean"], np.maximum(sigma["clean"], sigma["masked"]))
+    z_masked = np.abs(flux["masked"] - flux["clean"]) / tol
+    z_unmasked = np.abs(flux["unmasked"] - flux["clean"]) / tol
+    assert np.all(z_masked < 1.0), z_masked               # measured <= 0.92 (the edge source)
+    assert np.sum(flux["clean"] > 20 * sigma["clean"]) >= 3  # most sources are bright: 5 % binds
+    assert np.max(z_unmasked) > 5, z_unmasked             # measured up to 10
+    assert np.max(z_unmasked) > 5 * np.max(z_masked)

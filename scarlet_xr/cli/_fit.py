@@ -60,6 +60,9 @@ def add_parser(sub) -> None:
                         "Sersic or bulge+disk, chosen per source from the data), free, monotonic, "
                         "symmetric, point, sersic, bulge+disk, gaussian, spergel, starlet")
     p.add_argument("--max-steps", type=int, default=1000, help="maximum optimizer steps")
+    p.add_argument("--no-refine", action="store_true",
+                   help="skip the Levenberg-Marquardt steps that settle the fit on its optimum "
+                        "(scarlet_xr.infer.refine; on by default)")
     p.add_argument("--prior", choices=("none", "learned"), default="none",
                    help="'learned': after the default fit, extended sources become free-form pixels "
                         "started from their fitted models, with the shipped galaxy-shape prior "
@@ -167,7 +170,7 @@ def run(args) -> int:
 
         prior = learned_prior()
     fitted = fit_sources(frame, obs, centers, kinds=kinds, max_steps=args.max_steps, progress=True,
-                         sky=sky, prior=prior)
+                         sky=sky, prior=prior, refine_fit=not getattr(args, "no_refine", False))
     extra = {"inputs": ",".join(Path(f).name for f in args.files), "sky": sky or "none"}
     tree = fitted.to_datatree(obs, extra_attrs=extra,
                               zero_points=parse_zero_points(args.zero_point))
