@@ -1,5 +1,6 @@
 """Fitting: recovery on GalSim blends, the real HSC scene, divergence handling."""
 
+import jax
 import numpy as np
 import optax
 import pytest
@@ -100,3 +101,24 @@ def test_refine_lands_on_the_optimum_adam_creeps_towards():
     corr = CorrelatedGaussianLikelihood(lik.data, lik.weights, lik.renderer, np.ones((len(NOISE), 1, 1)))
     same, skipped = refine(short.model(), [corr])
     assert skipped.status == "skipped" and skipped.num_steps == 0
+    # many parameters: the Jacobian in batches of columns equals the one-pass Jacobian
+    import equinox as eqx
+    from jax.flatten_util import ravel_pytree
+
+    from scarlet_xr.infer import _refine
+    from scarlet_xr.infer._fit import _to_z
+    from scarlet_xr.infer._params import step_tree
+
+    work = short.model().packed()
+    free, rest = eqx.partition(work, _refine._spec(work))
+    steps = step_tree(free)
+    x, unravel = ravel_pytree(_to_z(free, steps))
+    jacs = []
+    for batch in (x.size, 4):
+        monkey = pytest.MonkeyPatch()
+        monkey.setattr(_refine, "JACOBIAN_BATCH", batch)
+        with jax.disable_jit():  # traced afresh with this batch size
+            jacs.append(np.asarray(_refine._parts(x, unravel, steps, rest, tuple(liks))[2]))
+        monkey.undo()
+    assert x.size > 4 * 3 and jacs[0].shape == jacs[1].shape
+    np.testing.assert_allclose(jacs[1], jacs[0], rtol=1e-4, atol=1e-4 * np.abs(jacs[0]).max())

@@ -24,12 +24,17 @@ from ..core import AbstractMorphology, GaussianLikelihood, SceneModel
 from ._fit import FitHistory, _from_z, _to_z, loss_function
 from ._params import free_filter, log_prior, step_tree
 
-__all__ = ["refine", "MAX_JACOBIAN"]
+__all__ = ["refine", "MAX_JACOBIAN", "JACOBIAN_BATCH"]
 
 logger = logging.getLogger(__name__)
 
 MAX_JACOBIAN = 4e7
 """Largest Jacobian (residuals x parameters) :func:`refine` builds; larger problems are skipped."""
+
+JACOBIAN_BATCH = 128
+"""Most Jacobian columns (parameters) linearised at once: up to this many parameters in one
+vectorised pass; more in batches of this many, so that the forward passes' intermediates of
+only one batch are in memory together (the batched loop compiles about 1.5 s slower)."""
 
 
 def _spec(model):
@@ -62,7 +67,11 @@ def _parts(x, unravel, steps, rest, likelihoods):
         return -log_prior(model_of(v))
 
     r, jvp = jax.linearize(residuals, x)
-    jac = jax.vmap(jvp, in_axes=1, out_axes=1)(jnp.eye(x.size, dtype=x.dtype))
+    eye = jnp.eye(x.size, dtype=x.dtype)
+    if x.size <= JACOBIAN_BATCH:  # all columns in one vectorised pass (compiles fastest)
+        jac = jax.vmap(jvp, in_axes=1, out_axes=1)(eye)
+    else:  # in batches: the forward passes' intermediates of one batch in memory at a time
+        jac = jax.lax.map(jvp, eye, batch_size=JACOBIAN_BATCH).T
     loss = 0.5 * jnp.sum(r * r) + neg_log_prior(x)
     grad = jac.T @ r + jax.grad(neg_log_prior)(x)
     return loss, grad, jac, jax.hessian(neg_log_prior)(x)
