@@ -31,6 +31,20 @@ def test_fit_detects_and_writes_netcdf(nc_run, capsys):
     assert {"data", "model", "weight"} <= set(node.data_vars)
 
 
+def test_no_refine_stops_where_the_optimizer_stopped(nc_run, tmp_path, data_dir):
+    """The default fit ends with Levenberg-Marquardt steps that only lower the loss;
+    ``--no-refine`` stops where Adam stopped, on the same trajectory."""
+    _, first = nc_run
+    out = tmp_path / "plain.nc"
+    assert main(["fit", str(data_dir / "Cut_HSC.fits"), "--psf", str(data_dir / "PSF_HSC.fits"),
+                 "--bands", "g,r,i,z,y", "--no-refine", "--out", str(out)]) == 0
+    refined = xr.open_datatree(first, engine="h5netcdf")["fit"]["loss"].values
+    plain = xr.open_datatree(out, engine="h5netcdf")["fit"]["loss"].values
+    assert len(refined) > len(plain)
+    np.testing.assert_allclose(refined[: len(plain)], plain, rtol=1e-5)
+    assert refined[-1] < plain[-1] - 0.05, (refined[-1], plain[-1])
+
+
 def test_fit_with_catalog_writes_zarr(nc_run, tmp_path, data_dir, capsys):
     _, first = nc_run
     src = xr.open_datatree(first, engine="h5netcdf")["sources"].to_dataset()
