@@ -307,7 +307,8 @@ def fit_sources(
         (:func:`scarlet_xr.infer.refine`; not for canonical survey layouts).
         Default True. On ``make_scenes.py`` blends galaxy flux errors fell
         from 2.18x to 1.88x the noise floor (seed 3141) and from 2.46x to
-        2.35x (seed 555), at one to two seconds more per scene. False keeps
+        2.35x (seed 555); it doubled the time per scene compiled afresh
+        (median 5.5 -> 11.3 s, mostly compiling; seed 4242). False keeps
         the fit where the optimizer stopped.
     point_refit : bool
         The point-or-extended test compares the first fit's Sersic with a
