@@ -301,6 +301,40 @@ def test_default_path_pads_blends_to_their_bucket_and_reuses_compiled_fits(surve
         assert flags[k] & FLAGS["EDGE"], (canonical, flags)
 
 
+def test_dropped_programs_give_their_memory_back_to_the_system():
+    """Dropping compiled programs lowers a worker's resident memory: the freed C heap's pages are
+    handed back (``malloc_trim``). Without that, 40 programs grew memory by ~130 MB and dropping
+    them gave back nothing (380 -> 380 MB; with it 370 -> 299 MB)."""
+    import ctypes.util
+
+    import jax
+    import jax.numpy as jnp
+
+    from scarlet_xr.survey._task import _bound_compiled_memory, _resident_mb, _return_free_memory
+
+    if not ctypes.util.find_library("c") or not hasattr(ctypes.CDLL(ctypes.util.find_library("c")), "malloc_trim"):
+        pytest.skip("the C library has no malloc_trim (not glibc)")
+
+    def program(k):
+        @jax.jit
+        def f(x):
+            for j in range(k % 7 + 3):
+                x = jnp.fft.irfft2(jnp.fft.rfft2(x) * (j + k)) + jnp.sin(x) * k
+            return x
+
+        return f
+
+    _return_free_memory()
+    before = _resident_mb()
+    for k in range(40):
+        program(k)(jnp.ones((64 + k, 64))).block_until_ready()
+    grown = _resident_mb()
+    assert grown - before > 40, (before, grown)  # MB held by the compiled programs
+    after = _bound_compiled_memory(1.0)
+    assert after is not None
+    assert grown - after > 0.3 * (grown - before), (before, grown, after)
+
+
 def test_a_worker_drops_its_compiled_programs_above_its_memory_bound():
     """Between blends a survey worker empties JAX's in-memory caches when it holds too much."""
     import jax

@@ -20,20 +20,19 @@ from ._store import DONE, FAILED, MEASURE_VARS, PENDING, kind_codes, open_store,
 __all__ = ["run_task", "detect_centers", "fit_blend_auto", "CANONICAL_MAX_STAMP", "WORKER_MEMORY_MB",
            "WORKER_MEMORY_STEP_MB"]
 
-WORKER_MEMORY_MB = 900
-"""Resident memory (MB) of a survey worker above which it drops its in-memory compiled programs
-between blends (environment variable ``SCARLET_XR_WORKER_MEMORY_MB`` overrides)."""
+WORKER_MEMORY_MB = 700
+"""Resident memory (MB) of a survey worker above which it hands free heap pages back to the
+system and, if still above, drops its in-memory compiled programs between blends (environment
+variable ``SCARLET_XR_WORKER_MEMORY_MB`` overrides). A worker holds about 450 MB after a drop."""
 
 WORKER_MEMORY_STEP_MB = 150
 """After a drop, a worker drops again only once it holds this much more (MB) than right after it.
 
-Dropping returns little memory to the system (the freed heap is reused by the next
-programs, so resident memory stays where it was): with a fixed bound every later
-blend was over it and lost its programs. Measured, 24 survey blends in one process
-(persistent compilation cache on): no bound 68.0 s, growing to 1020 MB; bound 700 MB
-on every blend 78.9 s, flat at 715 MB; bound 700 MB plus a 60 MB step 72.2 s, 706 ->
-770 MB. On the 2048 px field with a fixed 700 MB bound the run took 1077 s instead of
-760 s."""
+Without handing the freed pages back (``malloc_trim``, glibc only) a drop returns little
+memory to the system: the freed heap is reused by the next programs, and with a fixed
+bound every later blend was over it and lost its programs (on the 2048 px field 1077 s
+instead of 760 s). With glibc a worker is back near 450 MB after a drop, under the bound,
+so the step matters only where pages cannot be handed back (macOS)."""
 
 CANONICAL_MAX_STAMP = 96
 """Blends whose bucket's stamp is at most this are fitted padded, in the canonical layout.
@@ -271,9 +270,12 @@ def _bound_compiled_memory(limit_mb: float, floor_mb: float | None = None) -> fl
 
     Each blend structure that is not yet compiled adds its programs to JAX's
     in-memory caches, which are never emptied: over a whole field a worker's
-    memory grew from 0.7 to 2.3 GB. Dropping them bounds it; programs needed
-    again come back from the persistent compilation cache (when one is
-    configured: the CLI's default) instead of being compiled anew.
+    memory grew from 0.7 to 2.3 GB. Above the bound the C heap's free pages
+    are handed back first (:func:`_return_free_memory`); if that is not
+    enough the programs are dropped and the pages they held handed back.
+    Programs needed again come back from the persistent compilation cache
+    (when one is configured: the CLI's default) instead of being compiled
+    anew.
 
     Parameters
     ----------
@@ -293,14 +295,40 @@ def _bound_compiled_memory(limit_mb: float, floor_mb: float | None = None) -> fl
     bound = limit_mb if floor_mb is None else max(limit_mb, floor_mb + WORKER_MEMORY_STEP_MB)
     if rss is None or rss <= bound:
         return None
+    if _return_free_memory():  # the heap's free pages first (what compiling left): often enough
+        rss = _resident_mb() or rss
+        if rss <= bound:
+            return None
     import gc
 
     import jax
 
     jax.clear_caches()
     gc.collect()
+    _return_free_memory()
     after = _resident_mb()
     return rss if after is None else after
+
+
+def _return_free_memory() -> bool:
+    """Hand the C heap's free pages back to the system (glibc's ``malloc_trim``).
+
+    The programs that :func:`_bound_compiled_memory` drops are freed into the
+    C heap, which keeps the pages for reuse: without this the resident memory
+    of a worker hardly falls after a drop. Returns False where the C library
+    has no ``malloc_trim`` (not glibc: macOS, musl), and nothing is done.
+    """
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        trim = libc.malloc_trim
+    except (OSError, AttributeError):
+        return False
+    trim.argtypes = [ctypes.c_size_t]
+    trim(0)
+    return True
 
 
 def _run_auto(group, items, options) -> list:
