@@ -35,6 +35,17 @@ _WORK_MARK = "field.json"
 _BLENDS = "blends.ecsv"
 _SEGMAP = "segmentation.npy"
 
+DEBLEND_NTHRESH = 64
+"""Threshold levels of the detection's deblending (``sep.extract``'s ``deblend_nthresh``)."""
+
+DEBLEND_CONT = 3e-4
+"""Smallest share of a parent's flux a peak needs to be its own detection (``deblend_cont``).
+
+On the 2048 px benchmark field (1001 true sources, 40 % of them 4-12 px from another),
+detections matched to the truth within 1.5 px: 621 of 684 with sep's default 0.005 and 32
+levels, 675 of 721 with 3e-4 and 64 levels (1e-4: 677 of 722). Missed pairs of different
+colours are one detection, and the fit then gives their light to one smooth or monotonic model."""
+
 
 class _FieldFile:
     """One FITS file of the field, memory-mapped; pixels are read in windows."""
@@ -481,7 +492,8 @@ def _prepare(field: _Field, work: Path, params: dict, fingerprint: str):
                          f"directory (no {_WORK_MARK}); expected it empty or absent")
     (work / "cutouts").mkdir(parents=True, exist_ok=True)
     objs, seg, no_data = _detect(field, threshold=params["threshold"], minarea=params["minarea"],
-                        window=params["window"], deblend_nthresh=32, deblend_cont=0.005)
+                        window=params["window"], deblend_nthresh=DEBLEND_NTHRESH,
+                        deblend_cont=DEBLEND_CONT)
     if len(objs) == 0:
         raise ValueError(f"no source detected above {params['threshold']} sigma in the field")
     blends = _group(objs, seg, margin=params["margin"], max_size=params["max_blend_size"],
@@ -544,7 +556,8 @@ def deblend_field(
     is estimated with ``sep``.
 
     Steps: (1) detection with ``sep`` on the inverse-variance weighted coadd
-    of all bands; (2) blends = connected detection footprints (``sep``'s
+    of all bands, its peaks split down to :data:`DEBLEND_CONT` of their
+    parent's flux (:data:`DEBLEND_NTHRESH` levels); (2) blends = connected detection footprints (``sep``'s
     segmentation) dilated by ``margin`` pixels; a blend larger than
     ``max_blend_size`` pixels or with more than ``max_blend_sources`` sources
     is split in two along its longer side, recursively; (3) each blend is cut
@@ -627,7 +640,8 @@ def deblend_field(
         raise ValueError(f"workdir and out must differ; got {str(work)!r} for both")
     params = {"threshold": float(threshold), "minarea": int(minarea), "margin": int(margin),
               "max_blend_size": int(max_blend_size), "max_blend_sources": int(max_blend_sources),
-              "mask_bits": mask_bits, "window": int(window), "layout": 1}
+              "mask_bits": mask_bits, "window": int(window), "layout": 1,
+              "deblend": [DEBLEND_NTHRESH, DEBLEND_CONT]}
     field = _Field(files, mask_bits)
     try:
         fp = _fingerprint(field, {k: v for k, v in params.items() if k != "window"})
