@@ -301,70 +301,95 @@ def test_default_path_pads_blends_to_their_bucket_and_reuses_compiled_fits(surve
         assert flags[k] & FLAGS["EDGE"], (canonical, flags)
 
 
+_DROP_CHILD = """
+import json, sys
+import jax, jax.numpy as jnp
+sys.path.insert(0, sys.argv[1])
+sys.path.insert(0, sys.argv[2])
+from _compiles import count_compiles
+from scarlet_xr.survey._task import (WORKER_MEMORY_STEP_MB, _bound_compiled_memory, _resident_mb,
+                                     _return_free_memory)
+out = {"trim": _return_free_memory()}
+
+def program(k):
+    @jax.jit
+    def f(x):
+        for j in range(k % 7 + 3):
+            x = jnp.fft.irfft2(jnp.fft.rfft2(x) * (j + k)) + jnp.sin(x) * k
+        return x
+    return f
+
+@jax.jit
+def double(x):
+    return 2 * x
+
+with count_compiles("double") as hits:
+    rss = _resident_mb()
+    double(jnp.ones(3))
+    out["kept"] = _bound_compiled_memory(rss + 1e6)
+    double(jnp.ones(3))
+    out["hits_kept"] = len(hits)
+    out["dropped"] = _bound_compiled_memory(1.0)
+    double(jnp.ones(3))
+    out["hits_dropped"] = len(hits)
+    out["step_kept"] = _bound_compiled_memory(1.0, floor_mb=_resident_mb())
+    double(jnp.ones(3))
+    out["hits_step_kept"] = len(hits)
+    out["step_dropped"] = _bound_compiled_memory(1.0, floor_mb=_resident_mb() - 2 * WORKER_MEMORY_STEP_MB)
+    double(jnp.ones(3))
+    out["hits_step_dropped"] = len(hits)
+_return_free_memory()
+out["before"] = _resident_mb()
+for k in range(40):
+    program(k)(jnp.ones((64 + k, 64))).block_until_ready()
+out["grown"] = _resident_mb()
+out["after"] = _bound_compiled_memory(1.0)
+print(json.dumps(out))
+"""
+
+
+def _drop_in_child():
+    """Run the memory-bound checks in a fresh process: ``jax.clear_caches`` can crash a process that
+    goes on using programs traced before it (JAX issue 15973), so the test process never calls it."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    here = Path(__file__).resolve().parent
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    res = subprocess.run([sys.executable, "-c", _DROP_CHILD, str(here.parent), str(here)], env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
 def test_dropped_programs_give_their_memory_back_to_the_system():
     """Dropping compiled programs lowers a worker's resident memory: the freed C heap's pages are
     handed back (``malloc_trim``). Without that, 40 programs grew memory by ~130 MB and dropping
     them gave back nothing (380 -> 380 MB; with it 370 -> 299 MB)."""
-    import ctypes.util
-
-    import jax
-    import jax.numpy as jnp
-
-    from scarlet_xr.survey._task import _bound_compiled_memory, _resident_mb, _return_free_memory
-
-    if not ctypes.util.find_library("c") or not hasattr(ctypes.CDLL(ctypes.util.find_library("c")), "malloc_trim"):
+    out = _drop_in_child()
+    if not out["trim"]:
         pytest.skip("the C library has no malloc_trim (not glibc)")
-
-    def program(k):
-        @jax.jit
-        def f(x):
-            for j in range(k % 7 + 3):
-                x = jnp.fft.irfft2(jnp.fft.rfft2(x) * (j + k)) + jnp.sin(x) * k
-            return x
-
-        return f
-
-    _return_free_memory()
-    before = _resident_mb()
-    for k in range(40):
-        program(k)(jnp.ones((64 + k, 64))).block_until_ready()
-    grown = _resident_mb()
-    assert grown - before > 40, (before, grown)  # MB held by the compiled programs
-    after = _bound_compiled_memory(1.0)
+    before, grown, after = out["before"], out["grown"], out["after"]
+    assert grown - before > 40, out  # MB held by the compiled programs
     assert after is not None
-    assert grown - after > 0.3 * (grown - before), (before, grown, after)
+    assert grown - after > 0.3 * (grown - before), out
 
 
 def test_a_worker_drops_its_compiled_programs_above_its_memory_bound():
     """Between blends a survey worker empties JAX's in-memory caches when it holds too much."""
-    import jax
-    import jax.numpy as jnp
-    from _compiles import count_compiles
+    out = _drop_in_child()
+    assert not out["kept"] and out["hits_kept"] == 1  # under the bound: kept, compiled once
+    assert out["dropped"] is not None and out["dropped"] > 10  # over it: dropped ...
+    assert out["hits_dropped"] == 2  # ... and compiled again when needed
+    # after a drop, over the bound but not WORKER_MEMORY_STEP_MB above the last drop: kept
+    assert out["step_kept"] is None and out["hits_step_kept"] == 2
+    assert out["step_dropped"] is not None and out["hits_step_dropped"] == 3
 
-    from scarlet_xr.survey._task import _bound_compiled_memory, _resident_mb
 
-    rss = _resident_mb()
-    assert rss is not None and rss > 10  # MB, read from /proc (Linux) or psutil
+def test_synchronous_runs_never_drop_the_callers_programs():
+    """Only dask worker processes bound their memory; the caller's own process is left alone."""
+    from scarlet_xr.survey._task import _in_worker_process
 
-    @jax.jit
-    def double(x):
-        return 2 * x
-
-    with count_compiles("double") as hits:
-        double(jnp.ones(3))
-        assert not _bound_compiled_memory(rss + 1e6)  # under the bound: kept
-        double(jnp.ones(3))
-        assert len(hits) == 1
-        after = _bound_compiled_memory(1.0)  # over it: dropped, compiled again when needed
-        assert after is not None and after > 10
-        double(jnp.ones(3))
-        assert len(hits) == 2
-        # after a drop, over the bound but not WORKER_MEMORY_STEP_MB above the last drop: kept
-        from scarlet_xr.survey._task import WORKER_MEMORY_STEP_MB
-
-        assert _bound_compiled_memory(1.0, floor_mb=_resident_mb()) is None
-        double(jnp.ones(3))
-        assert len(hits) == 2
-        assert _bound_compiled_memory(1.0, floor_mb=_resident_mb() - 2 * WORKER_MEMORY_STEP_MB) is not None
-        double(jnp.ones(3))
-        assert len(hits) == 3
+    assert _in_worker_process() is False

@@ -334,15 +334,21 @@ def _return_free_memory() -> bool:
 def _run_auto(group, items, options) -> list:
     """The default-path branch of :func:`run_task`: one blend after another.
 
-    After each blend the worker's in-memory compiled programs are dropped if it
-    holds more than :data:`WORKER_MEMORY_MB`, and after a drop only once it holds
-    :data:`WORKER_MEMORY_STEP_MB` more (see :func:`_bound_compiled_memory`).
+    In a dask worker process, between blends the worker's in-memory compiled
+    programs are dropped if it holds more than :data:`WORKER_MEMORY_MB`, and
+    after a drop only once it holds :data:`WORKER_MEMORY_STEP_MB` more (see
+    :func:`_bound_compiled_memory`). In the caller's own process
+    (``client="synchronous"``) nothing is dropped: ``jax.clear_caches`` can
+    crash a process that goes on using JAX programs traced before it (JAX
+    issue 15973, seen once in our test suite), which a worker process that
+    only fits blends does not.
     """
     report = []
     limit = float(os.environ.get("SCARLET_XR_WORKER_MEMORY_MB", WORKER_MEMORY_MB))
+    bounded = _in_worker_process()
     floor = None
     for it in items:
-        after = _bound_compiled_memory(limit, floor)
+        after = _bound_compiled_memory(limit, floor) if bounded else None
         floor = floor if after is None else after
         try:
             ds = read_blend(it["path"])
@@ -356,6 +362,19 @@ def _run_auto(group, items, options) -> list:
             write_blend(group, it["index"], {"status": FAILED, "error": _error(err)})
             report.append((it["index"], FAILED))
     return report
+
+
+def _in_worker_process() -> bool:
+    """True inside a separate dask worker process (not the caller's own process)."""
+    try:
+        from distributed import get_worker
+
+        get_worker()
+    except (ImportError, ValueError):
+        return False
+    import multiprocessing
+
+    return multiprocessing.parent_process() is not None
 
 
 def _error(err: BaseException) -> str:
