@@ -1,5 +1,6 @@
 """Survey runner: Zarr results, resume, failure isolation, a killed worker, the catalog, CLI."""
 
+import functools
 import os
 import shutil
 import signal
@@ -348,9 +349,11 @@ print(json.dumps(out))
 """
 
 
+@functools.cache
 def _drop_in_child():
     """Run the memory-bound checks in a fresh process: ``jax.clear_caches`` can crash a process that
-    goes on using programs traced before it (JAX issue 15973), so the test process never calls it."""
+    goes on using programs traced before it (JAX issue 15973), so the test process never calls it.
+    Run once; both tests read its results."""
     import json
     import subprocess
     import sys
