@@ -76,10 +76,15 @@ def cli_run(field, tmp_path_factory):
 def test_field_end_to_end_through_the_cli(field, cli_run):
     assert cli_run["rc"] == 0
     cat, blends, truth = cli_run["catalog"], cli_run["blends"], field["truth"]
-    # one catalog row per detected source, in the order of the generated blend catalog
-    assert len(cat) == len(blends) and cat["id"].tolist() == list(range(len(cat)))
+    # one catalog row per detected source, in the order of the generated blend catalog, then the
+    # sources the fits added at residual peaks (flag ADDED, no input row, no detection)
+    n_det = len(blends)
+    assert cat["id"][:n_det].tolist() == list(range(n_det))
+    added = (cat["flags"] & FLAGS["ADDED"]) > 0
+    assert not added[:n_det].any() and added[n_det:].all() and np.all(cat["id"][n_det:] == -1)
+    assert np.all(np.isnan(cat["x_det"][n_det:])) and np.all(np.isfinite(cat["x_det"][:n_det]))
     assert np.all((cat["flags"] & FLAGS["FAILED"]) == 0)
-    assert len(np.unique(np.c_[cat["blend"], cat["x_det"]], axis=0)) == len(cat)
+    assert len(np.unique(np.c_[cat["blend"], cat["x_det"]][:n_det], axis=0)) == n_det
     assert (cat["blend_size"] > 1).any() and (cat["blend_size"] == 1).any()  # blends and isolated sources
     assert cat["x"].unit == "pix" and cat.meta["bands"] == BANDS
     pairs = _match(cat, truth)
@@ -104,7 +109,13 @@ def test_field_end_to_end_through_the_cli(field, cli_run):
     np.testing.assert_allclose(cat["mag_r"][good], 27.0 - 2.5 * np.log10(cat["flux_r"][good]), rtol=1e-5)
     # sources whose footprint touches the field border or is cut by their blend box are flagged EDGE
     edge = np.asarray(blends["edge"], bool)
-    assert np.all(cat["flags"][edge] & FLAGS["EDGE"])
+    assert np.all(cat["flags"][:n_det][edge] & FLAGS["EDGE"])
+    # every added source is a true source that no detection found (merged with a neighbour)
+    det_pairs = _match(cat[:n_det], truth)
+    missed = np.setdiff1d(np.arange(len(truth)), det_pairs[:, 1])
+    for i in np.flatnonzero(added):
+        d = np.hypot(truth["x"][missed] - cat["x"][i], truth["y"][missed] - cat["y"][i])
+        assert d.min() < 3.0, (i, d.min())
 
 
 def test_masked_column_does_not_bias_the_flux(field, cli_run, tmp_path):

@@ -63,6 +63,10 @@ def add_parser(sub) -> None:
     p.add_argument("--no-refine", action="store_true",
                    help="skip the Levenberg-Marquardt steps that settle the fit on its optimum "
                         "(scarlet_xr.infer.refine; on by default)")
+    p.add_argument("--find-missing", choices=("auto", "yes", "no"), default="auto",
+                   help="add sources where the fit's residual has a significant peak away from every "
+                        "source (flag ADDED; detections merge sources a PSF width or two apart). "
+                        "auto (default): when the sources were detected here, not with --sources")
     p.add_argument("--prior", choices=("none", "learned"), default="none",
                    help="'learned': after the default fit, extended sources become free-form pixels "
                         "started from their fitted models, with the shipped galaxy-shape prior "
@@ -169,8 +173,11 @@ def run(args) -> int:
         from ..nn import learned_prior
 
         prior = learned_prior()
+    find = getattr(args, "find_missing", "auto")
+    find_missing = args.sources is None if find == "auto" else find == "yes"
     fitted = fit_sources(frame, obs, centers, kinds=kinds, max_steps=args.max_steps, progress=True,
-                         sky=sky, prior=prior, refine_fit=not getattr(args, "no_refine", False))
+                         sky=sky, prior=prior, refine_fit=not getattr(args, "no_refine", False),
+                         find_missing=find_missing)
     extra = {"inputs": ",".join(Path(f).name for f in args.files), "sky": sky or "none"}
     tree = fitted.to_datatree(obs, extra_attrs=extra,
                               zero_points=parse_zero_points(args.zero_point))
@@ -185,7 +192,9 @@ def run(args) -> int:
         )
         tree = attach_posterior(tree, post)
     write_tree(tree, out)
-    print(f"scarlet-xr fit: {len(obs)} observation(s), {len(centers)} sources ({origin})")
+    added = len(fitted.sources) - len(centers)
+    more = f", {added} added at residual peaks (flag ADDED)" if added else ""
+    print(f"scarlet-xr fit: {len(obs)} observation(s), {len(centers)} sources ({origin}){more}")
     for ds in obs:
         notes = []
         if ds.attrs.get("planes"):

@@ -23,6 +23,11 @@ def add_parser(sub) -> None:
                    help="source models: auto (default, as `scarlet-xr fit`: point source, Sersic or "
                         "bulge+disk chosen per source from the data) or free (free-form pixels, fitted in "
                         "vmapped batches: faster, less accurate on blends)")
+    p.add_argument("--find-missing", choices=("auto", "yes", "no"), default="auto",
+                   help="--kind auto: add sources where a blend's fit leaves a significant residual peak "
+                        "away from every source (flag ADDED; detections merge sources a PSF width or two "
+                        "apart). auto (default): for a whole field and for blends without catalog "
+                        "positions; catalog rows stay one-to-one")
     p.add_argument("--max-steps", type=int, default=None,
                    help="maximum optimizer steps per blend (default 1000 for --kind auto, 300 for free)")
     p.add_argument("--blends-per-task", type=int, default=8, help="blends per dask task")
@@ -122,6 +127,9 @@ def run(args) -> int:
               "max_steps": args.max_steps, "kind": args.kind, "retry_failed": args.retry_failed,
               "progress": True,
               "compile_cache": None if cache.lower() in ("", "0", "off", "none") else cache}
+    find = getattr(args, "find_missing", "auto")
+    if find != "auto":
+        runner["find_missing"] = find == "yes"
     try:
         if field:
             import xarray as xr
@@ -153,8 +161,9 @@ def run(args) -> int:
     print(f"wrote {args.out}")
     if args.catalog_out and field:
         n_edge = int(((table["flags"] & FLAGS["EDGE"]) > 0).sum())
-        print(f"wrote {args.catalog_out}: {len(table)} detected sources in {status.size} blends "
-              f"({n_edge} flagged EDGE)")
+        n_added = int(((table["flags"] & FLAGS["ADDED"]) > 0).sum())
+        print(f"wrote {args.catalog_out}: {len(table) - n_added} detected and {n_added} added sources in "
+              f"{status.size} blends ({n_edge} flagged EDGE)")
     elif args.catalog_out:
         from ..survey import survey_catalog
         from ..xr import write_catalog

@@ -79,6 +79,7 @@ def fit_observations(
     detect_threshold: float = 3.0,
     progress: bool = False,
     sky: str | None = None,
+    find_missing: bool | None = None,
 ):
     """Detect (if needed), initialise and fit sources; return the results DataTree.
 
@@ -102,6 +103,11 @@ def fit_observations(
         Fit a background per band with the sources (see
         :func:`scarlet_xr.scene.fit_sources`); stored as ``sky`` in each
         ``/observations/<name>`` (and included in its ``model``).
+    find_missing : bool, optional
+        Add sources at significant peaks of the fit's residual (see
+        :func:`scarlet_xr.scene.fit_sources`): detections merge sources a
+        PSF width or two apart. Default: when ``centers`` is None (the
+        sources were detected here); given centres stay the catalog.
 
     Returns
     -------
@@ -124,5 +130,6 @@ def fit_observations(
     else:
         frame_centers = np.atleast_2d(np.asarray(centers, float)) - np.asarray(frame.origin, float)
     fitted = fit_sources(frame, obs, frame_centers, kinds=kinds, max_steps=max_steps, e_rel=e_rel,
-                         optimizer=optimizer, progress=progress, sky=sky)
+                         optimizer=optimizer, progress=progress, sky=sky,
+                         find_missing=centers is None if find_missing is None else bool(find_missing))
     return fitted.to_datatree(obs)

@@ -503,6 +503,8 @@ def measure_scene(scene, observations=None, *, zero_points=None, stamps=None, mo
     for k, c in enumerate(scene.choices or []):
         if c.get("box_truncated"):
             flags[k] |= FLAGS["BOX_TRUNCATED"]
+        if c.get("added"):
+            flags[k] |= FLAGS["ADDED"]
     flags[edge] |= FLAGS["EDGE"]
     flags[np.nan_to_num(masked_fraction) > MASKED_FRACTION_LIMIT] |= FLAGS["MASKED"]
     status = getattr(scene.history, "status", "")

@@ -374,6 +374,9 @@ class Scene:
                 kind_reason=("source", [str(c["reason"]) for c in self.choices]),
                 delta_chi2_point=("source", [float(c["delta_chi2_point"]) for c in self.choices]),
                 box_truncated=("source", [bool(c["box_truncated"]) for c in self.choices]),
+                added=("source", [bool(c.get("added", False)) for c in self.choices], {
+                    "description": "not among the given positions: added at a significant peak of the "
+                                   "fit's residual (see scarlet_xr.scene.fit_sources, find_missing)"}),
             )
         tree["sources"] = src
         if sky is not None:

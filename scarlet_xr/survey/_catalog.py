@@ -31,7 +31,7 @@ def _zero_points(group, zero_points, bands, blend_index, valid):
     return None if np.all(np.isnan(out)) else out
 
 
-def survey_catalog(store, *, zero_points=None, columns=None):
+def survey_catalog(store, *, zero_points=None, columns=None, added: bool = False):
     """The catalog of a survey store: one row per input catalog row, in input order.
 
     Column names, units and descriptions follow
@@ -57,6 +57,12 @@ def survey_catalog(store, *, zero_points=None, columns=None):
         (``MAGZERO``, ``FLUXMAG0``, ...); no magnitudes if none is known.
     columns : sequence of str, optional
         Keep only these columns (in this order).
+    added : bool
+        Also list the fitted sources without an input row, after the input
+        rows, with ``id`` -1: those the fits added where their residual had a
+        significant peak (``find_missing``, flag ``ADDED``) and those detected
+        in blends without catalog positions. Default False: one row per input
+        row.
 
     Returns
     -------
@@ -70,9 +76,6 @@ def survey_catalog(store, *, zero_points=None, columns=None):
         If ``store`` is not a survey store, was written by a version without
         measurements, or a requested column is unknown.
     """
-    import astropy.units as u
-    from astropy.table import Column, Table
-
     path = Path(store)
     if not path.exists():
         raise ValueError(f"survey store {str(path)!r} does not exist")
@@ -85,14 +88,47 @@ def survey_catalog(store, *, zero_points=None, columns=None):
     check_store(group)
     blend_index = np.asarray(group["blend_index"][:], np.int64)
     valid = np.asarray(group["valid"][:], bool)
-    n_rows = len(blend_index)
 
     def row(name):
         values = np.asarray(group[name][:])
         return values.astype(np.float64) if values.dtype.kind == "f" else values
 
+    table = _table(group, bands, files, blend_index, valid, row, np.arange(len(blend_index)), zero_points)
+    if added:
+        from astropy.table import vstack
+
+        from ._store import DONE, read_status
+
+        done = (read_status(group) == DONE)[:, None]
+        rowless = np.asarray(group["source_row"][:]) < 0
+        b, s = np.nonzero(np.asarray(group["source_valid"][:], bool) & rowless & done)
+        if len(b):
+            per_slot = {"flux": "source_flux", "ra": "source_ra", "dec": "source_dec", "x": "source_x",
+                        "y": "source_y", "kind_code": "source_kind_code", "flags": "source_flags"}
+
+            def slot(name):
+                values = np.asarray(group[per_slot.get(name, f"source_{name}")][:])[b, s]
+                return values.astype(np.float64) if values.dtype.kind == "f" else values
+
+            more = _table(group, bands, files, b.astype(np.int64), np.ones(len(b), bool), slot,
+                          np.full(len(b), -1), zero_points)
+            table = vstack([table, more], metadata_conflicts="silent")
+    table.meta = {
+        "bands": bands,
+        "flags": flag_descriptions(),
+        "scarlet_xr_version": str(group.attrs.get("scarlet_xr_version", "")),
+        "store": str(path),
+    }
+    return select_columns(table, columns)
+
+
+def _table(group, bands, files, blend_index, valid, row, ids, zero_points):
+    """Catalog columns of rows whose store variables ``row(name)`` gives (see :func:`survey_catalog`)."""
+    import astropy.units as u
+    from astropy.table import Column, Table
+
     table = Table()
-    table["id"] = Column(np.arange(n_rows), description="row of the input catalog")
+    table["id"] = Column(ids, description="row of the input catalog (-1: added by the fit)")
     table["file"] = Column(np.where(blend_index >= 0, files[np.maximum(blend_index, 0)], ""),
                            description="blend file of the row (as given in the input catalog)")
     table["blend_index"] = Column(blend_index, description="blend of the survey store (-1: none)")
@@ -132,16 +168,10 @@ def survey_catalog(store, *, zero_points=None, columns=None):
                 description=f"1-sigma error of color_{b1}_{b2} (band errors added in quadrature)")
     kind = str(group.attrs.get("source_kind", "freeform"))
     names = list(group.attrs.get("kind_codes", []))
-    codes = np.asarray(group["kind_code"][:], np.int64) if "kind_code" in group else np.full(len(valid), -1)
+    codes = np.asarray(row("kind_code"), np.int64) if "kind_code" in group else np.full(len(valid), -1)
     per_source = np.array([names[c] if 0 <= c < len(names) else kind for c in codes], dtype=object)
     table["kind"] = Column(np.where(valid, per_source, "none").astype(str),
                            description="model kind ('none' without a fit)")
-    table["flags"] = Column(np.asarray(group["flags"][:], np.int64), unit=u.dimensionless_unscaled,
+    table["flags"] = Column(np.asarray(row("flags"), np.int64), unit=u.dimensionless_unscaled,
                             description="bitmask: " + "; ".join(f"{k}={v}" for k, v in FLAGS.items()))
-    table.meta = {
-        "bands": bands,
-        "flags": flag_descriptions(),
-        "scarlet_xr_version": str(group.attrs.get("scarlet_xr_version", "")),
-        "store": str(path),
-    }
-    return select_columns(table, columns)
+    return table

@@ -603,15 +603,19 @@ def deblend_field(
     **runner
         Passed on to :func:`deblend_catalog` (``client``, ``n_workers``,
         ``blends_per_task``, ``batch_size``, ``max_steps``, ``e_rel``,
-        ``retry_failed``, ``progress``, ``compile_cache``).
+        ``retry_failed``, ``progress``, ``compile_cache``, ``find_missing``).
+        ``find_missing`` defaults to True here: the fits add sources where
+        their residual has a significant peak away from every source (the
+        detection merges sources a PSF width or two apart).
 
     Returns
     -------
     astropy.table.Table
-        One row per detected source (order of ``blends.ecsv``), with the
-        columns of :func:`survey_catalog`; ``x``, ``y`` are field pixels,
-        plus ``blend``, ``blend_size`` (sources in its blend), ``x_det``,
-        ``y_det`` (detection). ``EDGE`` is set in ``flags`` for sources whose
+        One row per detected source (order of ``blends.ecsv``), then one per
+        source the fits added (``id`` -1, flag ``ADDED``, no ``x_det``,
+        ``y_det``), with the columns of :func:`survey_catalog`; ``x``, ``y``
+        are field pixels, plus ``blend``, ``blend_size`` (detected sources in
+        its blend), ``x_det``, ``y_det`` (detection). ``EDGE`` is set in ``flags`` for sources whose
         footprint touches the field's border or was cut by their blend's box,
         besides the model footprints touching the cutout's border.
 
@@ -651,25 +655,34 @@ def deblend_field(
             logger.info("cut %d blend(s) into %s", n_cut, work / "cutouts")
     finally:
         field.close()
+    runner.setdefault("find_missing", True)
     deblend_catalog(work / _BLENDS, out=out, **runner)
-    cat = survey_catalog(out, zero_points=zero_points)
-    x0 = np.asarray(table["blend_x0"], float)
-    y0 = np.asarray(table["blend_y0"], float)
+    cat = survey_catalog(out, zero_points=zero_points, added=True)
+    n_det = len(table)
+    # rows past the detections: sources the fits added at residual peaks (flag ADDED)
+    first = {}
+    for i, b in enumerate(np.asarray(cat["blend_index"][:n_det])):
+        first.setdefault(int(b), i)
+    src = np.concatenate([np.arange(n_det), [first[int(b)] for b in np.asarray(cat["blend_index"][n_det:])]])
+    src = src.astype(int)
+    x0 = np.asarray(table["blend_x0"], float)[src]
+    y0 = np.asarray(table["blend_y0"], float)[src]
     cat["x"] = cat["x"] + x0
     cat["y"] = cat["y"] + y0
     cat["x"].description = "model centroid x, field pixel (0 = first pixel)"
     cat["y"].description = "model centroid y, field pixel (0 = first pixel)"
     at = cat.colnames.index("blend_index") + 1
-    cat.add_column(np.asarray(table["blend"]), name="blend", index=at)
+    det = np.arange(len(cat)) < n_det
+    cat.add_column(np.asarray(table["blend"])[src], name="blend", index=at)
     cat["blend"].description = "blend of the field (cutout)"
-    cat.add_column(np.asarray(table["blend_size"]), name="blend_size", index=at + 1)
+    cat.add_column(np.asarray(table["blend_size"])[src], name="blend_size", index=at + 1)
     cat["blend_size"].description = "number of detected sources in the blend"
-    cat.add_column(np.asarray(table["x_det"]), name="x_det", index=at + 2)
-    cat.add_column(np.asarray(table["y_det"]), name="y_det", index=at + 3)
-    cat["x_det"].description = "detection x, field pixel"
-    cat["y_det"].description = "detection y, field pixel"
+    cat.add_column(np.where(det, np.asarray(table["x_det"], float)[src], np.nan), name="x_det", index=at + 2)
+    cat.add_column(np.where(det, np.asarray(table["y_det"], float)[src], np.nan), name="y_det", index=at + 3)
+    cat["x_det"].description = "detection x, field pixel (NaN: added by the fit, flag ADDED)"
+    cat["y_det"].description = "detection y, field pixel (NaN: added by the fit, flag ADDED)"
     flags = np.asarray(cat["flags"], np.int64)
-    flags[np.asarray(table["edge"], bool)] |= FLAGS["EDGE"]
+    flags[:n_det][np.asarray(table["edge"], bool)] |= FLAGS["EDGE"]
     cat["flags"][:] = flags
     cat.meta["field"] = [str(f) for f in ([files] if isinstance(files, (str, os.PathLike)) else files)]
     cat.meta["workdir"] = str(work)

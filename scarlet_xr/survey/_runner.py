@@ -119,6 +119,7 @@ def deblend_catalog(
     retry_failed: bool = False,
     progress: bool = True,
     compile_cache=None,
+    find_missing: bool | None = None,
 ) -> xr.Dataset:
     """Deblend every blend of a catalog and write the results to one Zarr store.
 
@@ -169,6 +170,15 @@ def deblend_catalog(
     compile_cache : str or Path, optional
         JAX persistent compilation cache shared by the workers. Default
         ``$SCARLET_XR_CACHE`` if set (``off``, ``none``, ``0`` or empty: no cache, as for the CLI).
+    find_missing : bool, optional
+        ``kind="auto"``: add sources where a blend's fit leaves a significant
+        residual peak (see :func:`scarlet_xr.scene.fit_sources`; detections
+        merge sources a PSF width or two apart). They are stored in the
+        blend's slots without a catalog row (``source_row`` -1), flagged
+        ``ADDED``, and listed by ``survey_catalog(..., added=True)``.
+        Default: in blends without catalog positions (detected here); True
+        adds them to catalog blends too (:func:`deblend_field` does, its
+        catalog being its own detections). A store keeps its setting.
 
     Returns
     -------
@@ -214,6 +224,11 @@ def deblend_catalog(
     if bands is None:
         raise ValueError(f"no readable blend file; first error: {next(iter(header_errors.values()))}")
     slots = max(k.slots for k in keys if k is not None)
+    searched = find_missing is True or (find_missing is None and any(b["ra"] is None for b in blends))
+    if kind == "auto" and searched:  # room for the sources a fit may add
+        from ..scene._missing import MISSING_MAX_SOURCES
+
+        slots = max(slots, _slots_needed(MISSING_MAX_SOURCES))
     out = Path(out)
     if out.exists():
         group = open_store(out)
@@ -229,10 +244,15 @@ def deblend_catalog(
                 f"{out} was started with kind {group.attrs.get('source_kind', 'freeform')!r}; resume it "
                 f"with that kind, or choose another --out for kind {store_kind!r}"
             )
+        got_find = group.attrs.get("find_missing", None)
+        if got_find != find_missing:
+            raise ValueError(f"{out} was started with find_missing={got_find!r}; resume it with that "
+                             f"setting, or choose another --out for find_missing={find_missing!r}")
     else:
         group = create_store(out, files=[b["file"] for b in blends], bands=bands, slots=slots,
                              n_rows=n_rows, fingerprint=fp,
-                             attrs={"scarlet_xr_version": __version__, "source_kind": store_kind})
+                             attrs={"scarlet_xr_version": __version__, "source_kind": store_kind,
+                                    "find_missing": find_missing})
         index = np.full(n_rows, -1, np.int64)
         for i, b in enumerate(blends):
             index[b["rows"]] = i
@@ -262,7 +282,7 @@ def deblend_catalog(
     if cache is not None and str(cache).strip().lower() in ("", "0", "off", "none"):
         cache = None
     options = {"kind": kind, "max_steps": int(max_steps), "e_rel": float(e_rel),
-               "max_sources": int(max_sources),
+               "max_sources": int(max_sources), "find_missing": find_missing,
                "redo_failed": bool(retry_failed), "compile_cache": str(cache) if cache else None,
                "batch_size": batch_size}
     if tasks:

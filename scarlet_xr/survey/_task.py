@@ -166,7 +166,7 @@ def _centers(ds, it, options):
 
 
 def fit_blend_auto(ds, centers, *, max_steps: int = 1000, e_rel: float = 1e-6,
-                   canonical: bool = True) -> dict:
+                   canonical: bool = True, find_missing: bool = False) -> dict:
     """Fit one blend with the default path and return its store record (see :func:`run_task`).
 
     The sources get the models the data support, as in ``scarlet-xr fit``
@@ -189,6 +189,10 @@ def fit_blend_auto(ds, centers, *, max_steps: int = 1000, e_rel: float = 1e-6,
         blends of one bucket then share compiled programs instead of compiling
         their own (default; for stamps up to :data:`CANONICAL_MAX_STAMP`).
         ``EDGE`` and ``MASKED`` refer to the real cutout.
+    find_missing : bool
+        Add sources at significant peaks of the residual (see
+        :func:`scarlet_xr.scene.fit_sources`); they come after the given
+        ones, flagged ``ADDED``. Default False.
 
     Returns
     -------
@@ -219,7 +223,8 @@ def fit_blend_auto(ds, centers, *, max_steps: int = 1000, e_rel: float = 1e-6,
             if canonical:
                 ds = pad_observation(ds, key.stamp, key.psf)
     frame = frame_from_observations(ds)
-    fitted = fit_sources(frame, ds, centers, max_steps=max_steps, e_rel=e_rel, canonical=canonical)
+    fitted = fit_sources(frame, ds, centers, max_steps=max_steps, e_rel=e_rel, canonical=canonical,
+                         find_missing=find_missing)
     hist = fitted.history
     if hist.status == "diverged":
         raise FloatingPointError(f"fit diverged after {hist.num_steps} steps (loss or gradient not finite)")
@@ -353,9 +358,13 @@ def _run_auto(group, items, options) -> list:
         try:
             ds = read_blend(it["path"])
             centers, rows = _centers(ds, it, options)
-            result = fit_blend_auto(ds, centers, max_steps=options["max_steps"], e_rel=options["e_rel"])
+            find = options.get("find_missing")
+            find = it["ra"] is None if find is None else bool(find)
+            result = fit_blend_auto(ds, centers, max_steps=options["max_steps"], e_rel=options["e_rel"],
+                                    find_missing=find)
             result.pop("kinds")
-            result["rows"] = rows
+            # sources added at residual peaks have no catalog row
+            result["rows"] = np.concatenate([rows, np.full(result["num_sources"] - len(rows), -1)])
             write_blend(group, it["index"], result)
             report.append((it["index"], DONE))
         except Exception as err:  # bad data or a failed fit: record and go on

@@ -47,6 +47,7 @@ FLAGS = {
     "FLUX_NONPOSITIVE": 32,  # flux <= 0 in at least one band
     "FAILED": 64,  # no fit: the blend failed (survey catalogs); values are NaN
     "NO_FOOTPRINT": 128,  # the model is below the footprint threshold everywhere
+    "ADDED": 256,  # not among the given positions: added at a significant peak of the fit's residual
 }
 
 MASKED_FRACTION_LIMIT = 0.1
@@ -68,6 +69,7 @@ def flag_descriptions() -> dict[str, str]:
         "FLUX_NONPOSITIVE": "flux <= 0 in at least one band",
         "FAILED": "no fit (failed blend); values are NaN",
         "NO_FOOTPRINT": "model below the footprint threshold everywhere",
+        "ADDED": "not among the given positions: added where the fit's residual had a significant peak",
     }
     return {k: f"{v}: {text[k]}" for k, v in FLAGS.items()}
 
