@@ -157,6 +157,8 @@ def main(size: int = 2048, n_sources: int = 1000, n_peer: int = 20, max_steps: i
         "n_blends": n_blends,
         "n_isolated": int((np.bincount(np.asarray(blends["blend"])) == 1).sum()),
         "largest_blend": int(np.max(blends["blend_size"])),
+        "n_added": int(((flags & FLAGS["ADDED"]) > 0).sum()),
+        "added_matched_truth": int(((flags[c] & FLAGS["ADDED"]) > 0).sum()),
         "matched_truth": int(len(pairs)),
         "unmatched_detections": int(len(cat) - len(pairs)),
         "failed_rows": int(((flags & FLAGS["FAILED"]) > 0).sum()),

@@ -127,9 +127,8 @@ def test_fit_sample_and_report(tmp_path, data_dir, capsys):
     assert np.all(np.isfinite(cat["flux_err_r"])) and str(cat["flux_post_g"].unit) == str(cat["flux_g"].unit)
 
 
-def test_fit_with_learned_prior_keeps_points_and_fits_no_worse(nc_run, tmp_path, data_dir):
+def test_fit_with_learned_prior_keeps_points_and_fits_no_worse(tmp_path, data_dir):
     """``--prior learned`` refits the default path's extended sources as pixels with the prior."""
-    _, with_added = nc_run
     # the same sources for both: the detections only (the default also adds sources at residual peaks)
     first, out = tmp_path / "plain.nc", tmp_path / "learned.nc"
     args = ["fit", str(data_dir / "Cut_HSC.fits"), "--psf", str(data_dir / "PSF_HSC.fits"),
@@ -138,13 +137,7 @@ def test_fit_with_learned_prior_keeps_points_and_fits_no_worse(nc_run, tmp_path,
     rc = main([*args, "--prior", "learned", "--out", str(out)])
     assert rc == 0
     plain = xr.open_datatree(first, engine="h5netcdf")
-    # the default's added source (a faint galaxy 7 px from a bright one on this cutout) lowers chi^2
-    default = xr.open_datatree(with_added, engine="h5netcdf")
-    added = default["sources"]["added"].values
-    assert added.sum() >= 1 and not plain["sources"]["added"].values.any()
-    assert not added[: plain["sources"].sizes["source"]].any()
-    assert (default["observations/Cut_HSC"].attrs["chi2_reduced"]
-            < plain["observations/Cut_HSC"].attrs["chi2_reduced"] - 0.01)
+    assert not plain["sources"]["added"].values.any()
     tree = xr.open_datatree(out, engine="h5netcdf")
     kinds = [str(k) for k in tree["sources"]["kind"].values]
     plain_kinds = [str(k) for k in plain["sources"]["kind"].values]
