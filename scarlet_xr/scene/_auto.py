@@ -241,6 +241,7 @@ def fit_sources(
     refine_fit: bool = True,
     point_refit: bool = True,
     find_missing: bool = False,
+    pixel_steps: int | None = None,
 ) -> Scene:
     """Initialise, choose models for and fit sources at ``centers``; return the fitted Scene.
 
@@ -348,6 +349,10 @@ def fit_sources(
         20 blends of the field benchmark that a smooth model fitted worst
         (2048 px, seed 2027) it matched 13 more true sources (59 instead of
         46) and their median flux error fell from 0.20 to 0.12.
+    pixel_steps : int, optional
+        Most steps of the stages with pixel models (monotonic misfits, the
+        learned prior); default ``max_steps``. Survey blends use 300
+        (:func:`scarlet_xr.survey.fit_blend_auto`).
 
     Returns
     -------
@@ -383,7 +388,8 @@ def fit_sources(
             return _fit_windows(frame, obs, centers, kinds, names, plan, max_steps=max_steps, e_rel=e_rel,
                                 optimizer=optimizer, progress=progress, max_box=max_box,
                                 center_sigma=center_sigma, prior=prior, refine_fit=refine_fit,
-                                point_refit=point_refit, find_missing=find_missing)
+                                point_refit=point_refit, find_missing=find_missing,
+                                pixel_steps=pixel_steps)
     else:
         plan_windows(frame.shape, centers, max_box, windows=windows)  # validates the argument
     check_fit_memory(obs, frame)
@@ -439,7 +445,8 @@ def fit_sources(
                              passes=MISSING_PASSES if find_missing is True else int(find_missing),
                              max_steps=max_steps, e_rel=e_rel, optimizer=optimizer, progress=progress,
                              max_box=max_box, center_sigma=center_sigma, sky=sky, canonical=canonical,
-                             prior=prior, refine_fit=refine_fit, point_refit=point_refit)
+                             prior=prior, refine_fit=refine_fit, point_refit=point_refit,
+                             pixel_steps=pixel_steps)
 
     if auto_idx:
         model, hist = _fit(model, fit_liks, optimizer=_optimizer_for(model, optimizer),
@@ -472,6 +479,7 @@ def fit_sources(
     upgrades = [lambda m: _free_form_misfits(m, liks, frame, auto_idx, choices, centers, one_sersic)]
     if prior is not None:
         upgrades.append(lambda m: _with_pixel_prior(m, frame, auto_idx, choices, centers, prior))
+    stage_steps = max_steps if pixel_steps is None else min(max_steps, int(pixel_steps))
     for upgrade in upgrades:
         upgraded = upgrade(model)
         if upgraded is None:
@@ -482,12 +490,12 @@ def fit_sources(
                  else local_problem(upgraded, changed, fit_liks, frame.psf))
         if local is not None:
             idx, sub, sub_liks = local
-            sub, hist = _fit(sub, sub_liks, optimizer=_optimizer_for(sub, optimizer), max_steps=max_steps,
+            sub, hist = _fit(sub, sub_liks, optimizer=_optimizer_for(sub, optimizer), max_steps=stage_steps,
                              e_rel=e_rel, progress=progress)
             model = merged(upgraded, idx, sub, frame.psf)
         else:
             model, hist = _fit(upgraded, fit_liks, optimizer=_optimizer_for(upgraded, optimizer),
-                               max_steps=max_steps, e_rel=e_rel, progress=progress, canonical=canonical)
+                               max_steps=stage_steps, e_rel=e_rel, progress=progress, canonical=canonical)
         losses.append(hist.loss)
         steps += hist.num_steps
         liks = _without_sky(fit_liks, model)
@@ -523,7 +531,7 @@ def fit_sources(
             alt = fit_sources(frame, obs, given, kinds=alt_kinds, names=names, max_steps=max_steps,
                               e_rel=e_rel, optimizer=optimizer, progress=progress, max_box=max_box,
                               center_sigma=center_sigma, sky=sky, windows=False, prior=prior,
-                              refine_fit=refine_fit, point_refit=False)
+                              refine_fit=refine_fit, point_refit=False, pixel_steps=pixel_steps)
             fitted = _better_with_points(fitted, alt, compact)
     return fitted
 

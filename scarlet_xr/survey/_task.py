@@ -44,6 +44,15 @@ boxes: measured on a 128 px blend of 6 sources (one box of 121 px for all),
 48.5 s padded against 19.2 s (both compiled already)."""
 
 
+SURVEY_PIXEL_STEPS = 300
+"""Most steps of a survey blend's stages with pixel models (``fit_sources(..., pixel_steps=)``).
+
+On 40 blends of the field benchmark with monotonic sources (2048 px, seed 2027, sources added at
+residual peaks; two sets of 20), capping those stages at 300 steps (from 1000) took 16-17 % less
+time, matched the same true sources and measured them no worse (median flux error 0.107 vs 0.120
+and 0.060 vs 0.061; mean clipped error 0.245 vs 0.263 and 0.222 vs 0.228)."""
+
+
 def detect_centers(ds, max_sources: int, thresh: float = 5.0) -> np.ndarray:
     """Detect sources on the weighted coadd; return ``(n, 2)`` (y, x), brightest first."""
     try:
@@ -230,7 +239,7 @@ def fit_blend_auto(ds, centers, *, max_steps: int = 1000, e_rel: float = 1e-6,
     # field benchmark too large for a canonical stamp it took 43 % of their time and 1.6 GB of peak
     # memory (compiling the Jacobian) for the same fluxes (median error 0.049 with it, 0.050 without)
     fitted = fit_sources(frame, ds, centers, max_steps=max_steps, e_rel=e_rel, canonical=canonical,
-                         find_missing=find_missing, refine_fit=False)
+                         find_missing=find_missing, refine_fit=False, pixel_steps=SURVEY_PIXEL_STEPS)
     hist = fitted.history
     if hist.status == "diverged":
         raise FloatingPointError(f"fit diverged after {hist.num_steps} steps (loss or gradient not finite)")
