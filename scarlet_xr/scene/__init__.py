@@ -12,6 +12,8 @@ from ._io import load_scene as load_scene
 from ._measure import Measurements as Measurements
 from ._measure import measure_scene as measure_scene
 from ._measure import scene_stamps as scene_stamps
+from ._missing import MISSING_MAX_SOURCES as MISSING_MAX_SOURCES
+from ._missing import missing_sources as missing_sources
 from ._io import save_scene as save_scene
 from ._sample import attach_posterior as attach_posterior
 from ._sample import sample_scene as sample_scene
@@ -20,6 +22,7 @@ from ._scene import Scene as Scene
 
 __all__ = [
     "BOX_SIZES",
+    "MISSING_MAX_SOURCES",
     "Measurements",
     "Scene",
     "attach_posterior",
@@ -32,6 +35,7 @@ __all__ = [
     "initialize_sources",
     "load_scene",
     "measure_scene",
+    "missing_sources",
     "sample_scene",
     "save_scene",
     "scene_stamps",

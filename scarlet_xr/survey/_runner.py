@@ -226,7 +226,7 @@ def deblend_catalog(
     slots = max(k.slots for k in keys if k is not None)
     searched = find_missing is True or (find_missing is None and any(b["ra"] is None for b in blends))
     if kind == "auto" and searched:  # room for the sources a fit may add
-        from ..scene._missing import MISSING_MAX_SOURCES
+        from ..scene import MISSING_MAX_SOURCES
 
         slots = max(slots, _slots_needed(MISSING_MAX_SOURCES))
     out = Path(out)
