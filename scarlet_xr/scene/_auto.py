@@ -550,7 +550,7 @@ def _with_missing(frame, obs, given, kinds, names, new, new_snr, now, *, hist_lo
         ch = out.choices[n + j]
         ch["added"] = True
         ch["reason"] = (f"added: residual peak S/N {s:.1f}, {d:.1f} px from the nearest source "
-                        f"(scene chi2 {d_chi2:+.1f} with it); " + ch["reason"])
+                        f"(scene chi2 {d_chi2:+.1f} from the first fit to the refit); " + ch["reason"])
     for ch in out.choices[:n]:
         ch.setdefault("added", False)
     return out

@@ -2,7 +2,7 @@
 
 A detection on the coadd merges two sources a PSF width or two apart into one
 peak; the fit then stretches one model over both, and the pair's fluxes are
-lost together. After the model choice, the residual of every observation band
+lost together. After the first fit, the residual of every observation band
 is filtered with the observed PSF's core (a Gaussian of its width), weighted
 by the inverse variance and summed over bands: the signal-to-noise of a point
 source of flat spectrum at each pixel. Its local maxima above
@@ -83,24 +83,25 @@ def missing_sources(model, likelihoods, centers, psf_width: float, *, snr: float
 
     host = host_products(model)
     cube = np.asarray(host[2] if host is not None else model(), float)
-    num = den = mod = None
     sigma = max(float(psf_width), 0.5)
+    # sums on the frame's grid: observations on it may cover different parts of the frame
+    num, den, mod, seen = (np.zeros(cube.shape[-2:]) for _ in range(4))
+    used = False
     for lik in likelihoods:
         crop = getattr(lik.renderer, "crop", None)
-        if crop is None:
+        if crop is None:  # resampled observations: no frame-aligned residual
             continue
+        used = True
         render = getattr(lik.renderer, "render_numpy", None)
         pred = np.asarray(render(cube) if render is not None else lik.renderer(cube), float)
         data, w = np.asarray(lik.data, float), np.asarray(lik.weights, float)
-        if num is None:
-            num, den, mod, seen = (np.zeros(data.shape[1:]) for _ in range(4))
-            origin = (crop[0], crop[2])
-        seen += (w > 0).sum(axis=0)
+        sl = (slice(crop[0], crop[1]), slice(crop[2], crop[3]))
+        seen[sl] += (w > 0).sum(axis=0)
         for j in range(data.shape[0]):
-            num += _gauss_filter(w[j] * (data[j] - pred[j]), sigma)
-            mod += _gauss_filter(w[j] * pred[j], sigma)
-            den += _gauss_filter(w[j], sigma / math.sqrt(2.0))
-    if num is None:
+            num[sl] += _gauss_filter(w[j] * (data[j] - pred[j]), sigma)
+            mod[sl] += _gauss_filter(w[j] * pred[j], sigma)
+            den[sl] += _gauss_filter(w[j], sigma / math.sqrt(2.0))
+    if not used:
         return np.zeros((0, 2)), np.zeros(0)
     # den: sum_b w * g^2 (unnormalised g^2 = g(sigma/sqrt 2) / (4 pi sigma^2))
     norm = np.sqrt(np.maximum(den / (4.0 * math.pi * sigma**2), 1e-30))
@@ -114,7 +115,7 @@ def missing_sources(model, likelihoods, centers, psf_width: float, *, snr: float
     yy, xx = np.nonzero(peak)
     order = np.argsort(-s[yy, xx])
     out, vals = [], []
-    c = np.atleast_2d(np.asarray(centers, float)) - np.asarray(origin, float)
+    c = np.atleast_2d(np.asarray(centers, float))
     for i in order:
         p = np.array([yy[i], xx[i]], float)
         taken = np.concatenate([c, np.asarray(out).reshape(-1, 2)]) if out else c
@@ -124,5 +125,5 @@ def missing_sources(model, likelihoods, centers, psf_width: float, *, snr: float
         vals.append(float(s[yy[i], xx[i]]))
         if len(out) >= max_new:
             break
-    peaks = np.asarray(out, float).reshape(-1, 2) + np.asarray(origin, float)
+    peaks = np.asarray(out, float).reshape(-1, 2)
     return peaks, np.asarray(vals, float)
