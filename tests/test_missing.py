@@ -47,3 +47,12 @@ def test_an_isolated_galaxy_gets_no_companion():
     fitted = fit_sources(frame, obs, centers, find_missing=True)
     assert len(fitted.sources) == 1
     assert np.median(np.abs(fitted.measured_flux[0] / fluxes[0] - 1)) < 0.05
+
+
+def test_center_sigma_per_source_is_checked(hidden_pair):
+    obs, centers, _ = hidden_pair
+    frame = sx.frame_from_observations(obs)
+    with pytest.raises(ValueError, match=r"one per source \(2\); got shape \(3,\)"):
+        fit_sources(frame, obs, centers, center_sigma=[0.5, 0.5, 0.5])
+    with pytest.raises(ValueError, match="finite and > 0"):
+        fit_sources(frame, obs, centers, center_sigma=[0.5, 0.0])
