@@ -63,6 +63,9 @@ def add_parser(sub) -> None:
     p.add_argument("--no-refine", action="store_true",
                    help="skip the Levenberg-Marquardt steps that settle the fit on its optimum "
                         "(scarlet_xr.infer.refine; on by default)")
+    p.add_argument("--no-misfit-pixels", dest="misfit_pixels", action="store_false",
+                   help="keep parametric models (point, Sersic, bulge+disk) for every auto source: bright "
+                        "sources a smooth model misfits do not become monotonic pixels")
     p.add_argument("--find-missing", choices=("auto", "yes", "no"), default="auto",
                    help="add sources where the fit's residual has a significant peak away from every "
                         "source (flag ADDED; detections merge sources a PSF width or two apart). "
@@ -177,7 +180,7 @@ def run(args) -> int:
     find_missing = args.sources is None if find == "auto" else find == "yes"
     fitted = fit_sources(frame, obs, centers, kinds=kinds, max_steps=args.max_steps, progress=True,
                          sky=sky, prior=prior, refine_fit=not getattr(args, "no_refine", False),
-                         find_missing=find_missing)
+                         find_missing=find_missing, misfit_pixels=getattr(args, "misfit_pixels", True))
     extra = {"inputs": ",".join(Path(f).name for f in args.files), "sky": sky or "none"}
     tree = fitted.to_datatree(obs, extra_attrs=extra,
                               zero_points=parse_zero_points(args.zero_point))

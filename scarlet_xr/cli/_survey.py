@@ -45,6 +45,10 @@ def add_parser(sub) -> None:
     p.add_argument("--mask-bits", default=None, metavar="B1,B2,...",
                    help="field mode: reject only mask pixels with these bits (numbers or names from the "
                         "mask header's MP_<NAME> keywords, e.g. BAD,SAT); default: any non-zero value")
+    p.add_argument("--no-misfit-pixels", dest="misfit_pixels", action="store_false",
+                   help="keep parametric models (point, Sersic, bulge+disk) for every source: bright "
+                        "sources a smooth model misfits do not become monotonic pixels (faster; see "
+                        "docs/default_path.md)")
     p.add_argument("--workdir", default=None,
                    help="field mode: where the blend cutouts go (default STORE.zarr.blends)")
     p.set_defaults(func=run)
@@ -127,6 +131,8 @@ def run(args) -> int:
               "max_steps": args.max_steps, "kind": args.kind, "retry_failed": args.retry_failed,
               "progress": True,
               "compile_cache": None if cache.lower() in ("", "0", "off", "none") else cache}
+    if not getattr(args, "misfit_pixels", True):
+        runner["misfit_pixels"] = False
     find = getattr(args, "find_missing", "auto")
     if find != "auto":
         runner["find_missing"] = find == "yes"

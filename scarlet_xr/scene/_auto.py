@@ -246,6 +246,7 @@ def fit_sources(
     point_refit: bool = True,
     find_missing: bool = False,
     pixel_steps: int | None = None,
+    misfit_pixels: bool = True,
 ) -> Scene:
     """Initialise, choose models for and fit sources at ``centers``; return the fitted Scene.
 
@@ -356,6 +357,11 @@ def fit_sources(
         20 blends of the field benchmark that a smooth model fitted worst
         (2048 px, seed 2027) it matched 13 more true sources (59 instead of
         46) and their median flux error fell from 0.20 to 0.12.
+    misfit_pixels : bool
+        Bright extended ``auto`` sources whose smooth model leaves a reduced
+        chi^2 above ``MISFIT_CHI2`` on their footprint become monotonic pixels
+        (step 7 of ``docs/default_path.md``). Default True; survey blends
+        (:func:`scarlet_xr.survey.fit_blend_auto`) use False.
     pixel_steps : int, optional
         Most steps of the stages with pixel models (monotonic misfits, the
         learned prior); default ``max_steps``. Survey blends use 300
@@ -397,7 +403,7 @@ def fit_sources(
                                 optimizer=optimizer, progress=progress, max_box=max_box,
                                 center_sigma=center_sigma, prior=prior, refine_fit=refine_fit,
                                 point_refit=point_refit, find_missing=find_missing,
-                                pixel_steps=pixel_steps)
+                                pixel_steps=pixel_steps, misfit_pixels=misfit_pixels)
     else:
         plan_windows(frame.shape, centers, max_box, windows=windows)  # validates the argument
     check_fit_memory(obs, frame)
@@ -456,7 +462,7 @@ def fit_sources(
                              max_steps=max_steps, e_rel=e_rel, optimizer=optimizer, progress=progress,
                              max_box=max_box, center_sigma=center_sigma, sky=sky, canonical=canonical,
                              prior=prior, refine_fit=refine_fit, point_refit=point_refit,
-                             pixel_steps=pixel_steps)
+                             pixel_steps=pixel_steps, misfit_pixels=misfit_pixels)
 
     if auto_idx:
         model, hist = _fit(model, fit_liks, optimizer=_optimizer_for(model, optimizer),
@@ -486,7 +492,8 @@ def fit_sources(
     sol = solve_linear(model, liks, frame.psf)
     model = set_spectra(model, sol.amplitudes)
     # later stages with pixel models: bright misfits, then (with a prior) every extended source
-    upgrades = [lambda m: _free_form_misfits(m, liks, frame, auto_idx, choices, centers, one_sersic)]
+    upgrades = [lambda m: _free_form_misfits(m, liks, frame, auto_idx, choices, centers, one_sersic,
+                                             pixels=misfit_pixels)]
     if prior is not None:
         upgrades.append(lambda m: _with_pixel_prior(m, frame, auto_idx, choices, centers, prior))
     stage_steps = max_steps if pixel_steps is None else min(max_steps, int(pixel_steps))
@@ -541,7 +548,8 @@ def fit_sources(
             alt = fit_sources(frame, obs, given, kinds=alt_kinds, names=names, max_steps=max_steps,
                               e_rel=e_rel, optimizer=optimizer, progress=progress, max_box=max_box,
                               center_sigma=center_sigma, sky=sky, windows=False, prior=prior,
-                              refine_fit=refine_fit, point_refit=False, pixel_steps=pixel_steps)
+                              refine_fit=refine_fit, point_refit=False, pixel_steps=pixel_steps,
+                              misfit_pixels=misfit_pixels)
             fitted = _better_with_points(fitted, alt, compact)
     return fitted
 
@@ -867,7 +875,7 @@ def _footprint_chi2(model, liks, frame, idx, maps: list | None = None):
     return {k: (num[k] / max(cnt[k], 1), cnt[k], math.sqrt(snr2[k])) for k in idx}
 
 
-def _free_form_misfits(model, liks, frame, auto_idx, choices, given, one_sersic=None):
+def _free_form_misfits(model, liks, frame, auto_idx, choices, given, one_sersic=None, pixels: bool = True):
     """Switch bright extended sources that a Sersic does not fit to monotonic pixel models.
 
     Real galaxies (spiral arms, bars, clumps) leave structured residuals that
@@ -890,6 +898,7 @@ def _free_form_misfits(model, liks, frame, auto_idx, choices, given, one_sersic=
     reduced chi^2 14-23 as bulge + disk, 1.0 as one Sersic, and came out 1 %
     (7 sigma) too bright as monotonic pixels, which cannot go below zero
     where the noise does).
+    With ``pixels`` False, only the bulge + disk test runs (no source becomes pixels).
     Returns ``(new model, indices of the changed sources)``, or None if nothing changed.
     """
     one_sersic = one_sersic or {}
@@ -922,7 +931,7 @@ def _free_form_misfits(model, liks, frame, auto_idx, choices, given, one_sersic=
                               reason=choices[k]["reason"] + f"; back to one Sersic: the bulge+disk {back}")
             changed.append(k)
             continue
-        if chi2 <= MISFIT_CHI2 or snr < MISFIT_SNR:
+        if not pixels or chi2 <= MISFIT_CHI2 or snr < MISFIT_SNR:
             continue
         anchor, spec, img = _pixel_start(sources[k], frame, given[k])
         sources[k] = Source(anchor, Spectrum(spec), MonotonicMorphology(img), name=sources[k].name)

@@ -120,6 +120,7 @@ def deblend_catalog(
     progress: bool = True,
     compile_cache=None,
     find_missing: bool | None = None,
+    misfit_pixels: bool = True,
 ) -> xr.Dataset:
     """Deblend every blend of a catalog and write the results to one Zarr store.
 
@@ -179,6 +180,11 @@ def deblend_catalog(
         Default: in blends without catalog positions (detected here); True
         adds them to catalog blends too (:func:`deblend_field` does, its
         catalog being its own detections). A store keeps its setting.
+    misfit_pixels : bool
+        ``kind="auto"``: bright sources that a smooth model misfits become
+        monotonic pixels, as in ``scarlet-xr fit`` (default True); False keeps
+        parametric models only, faster where the misfits are merged sources
+        rather than structure (see :data:`scarlet_xr.survey._task.SURVEY_MISFIT_PIXELS`).
 
     Returns
     -------
@@ -248,11 +254,15 @@ def deblend_catalog(
         if got_find != find_missing:
             raise ValueError(f"{out} was started with find_missing={got_find!r}; resume it with that "
                              f"setting, or choose another --out for find_missing={find_missing!r}")
+        got_pixels = bool(group.attrs.get("misfit_pixels", True))  # stores of earlier versions: on
+        if got_pixels != bool(misfit_pixels):
+            raise ValueError(f"{out} was started with misfit_pixels={got_pixels}; resume it with that "
+                             f"setting, or choose another --out for misfit_pixels={bool(misfit_pixels)}")
     else:
         group = create_store(out, files=[b["file"] for b in blends], bands=bands, slots=slots,
                              n_rows=n_rows, fingerprint=fp,
                              attrs={"scarlet_xr_version": __version__, "source_kind": store_kind,
-                                    "find_missing": find_missing})
+                                    "find_missing": find_missing, "misfit_pixels": bool(misfit_pixels)})
         index = np.full(n_rows, -1, np.int64)
         for i, b in enumerate(blends):
             index[b["rows"]] = i
@@ -283,6 +293,7 @@ def deblend_catalog(
         cache = None
     options = {"kind": kind, "max_steps": int(max_steps), "e_rel": float(e_rel),
                "max_sources": int(max_sources), "find_missing": find_missing,
+               "misfit_pixels": bool(misfit_pixels),
                "redo_failed": bool(retry_failed), "compile_cache": str(cache) if cache else None,
                "batch_size": batch_size}
     if tasks:
