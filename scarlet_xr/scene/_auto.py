@@ -360,8 +360,11 @@ def fit_sources(
     misfit_pixels : bool
         Bright extended ``auto`` sources whose smooth model leaves a reduced
         chi^2 above ``MISFIT_CHI2`` on their footprint become monotonic pixels
-        (step 7 of ``docs/default_path.md``). Default True; survey blends
-        (:func:`scarlet_xr.survey.fit_blend_auto`) use False.
+        (step 7 of ``docs/default_path.md``). Default True (real galaxies' arms
+        and clumps: the HSC COSMOS cutout reaches reduced chi^2 1.14 with them,
+        2.16 without); False keeps every source parametric (faster where the
+        misfits are merged sources, see
+        :data:`scarlet_xr.survey._task.SURVEY_MISFIT_PIXELS`).
     pixel_steps : int, optional
         Most steps of the stages with pixel models (monotonic misfits, the
         learned prior); default ``max_steps``. Survey blends use 300
