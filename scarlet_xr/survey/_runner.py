@@ -25,7 +25,7 @@ from ._store import (
     write_blend,
     write_rows,
 )
-from ._task import run_task
+from ._task import SURVEY_MISFIT_PIXELS, run_task
 
 __all__ = ["deblend_catalog", "read_catalog"]
 
@@ -120,7 +120,7 @@ def deblend_catalog(
     progress: bool = True,
     compile_cache=None,
     find_missing: bool | None = None,
-    misfit_pixels: bool = True,
+    misfit_pixels: bool = SURVEY_MISFIT_PIXELS,
 ) -> xr.Dataset:
     """Deblend every blend of a catalog and write the results to one Zarr store.
 
