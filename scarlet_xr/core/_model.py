@@ -247,10 +247,11 @@ def _convolve_full(images, psf):
     return jnp.fft.irfft2(jnp.fft.rfft2(images, s=fs) * kf, s=fs)[..., :fh, :fw]
 
 
-def _render(center_stacks, comp_stacks, n, shape, pad, psf_fft, fft_shape, active=None):
+def _render(center_stacks, comp_stacks, n, shape, pad, psf_fft, fft_shape, active=None, psf_half=(0, 0)):
     """Sum of the component stacks on the frame; intrinsic profiles convolved with the model PSF.
 
-    ``active`` (one weight per source, or None) multiplies each source's light.
+    ``active`` (one weight per source, or None) multiplies each source's light;
+    ``psf_half`` is the model PSF's half-size ``(ry, rx)`` (at most ``pad``).
     """
     b, hh, ww = shape
     centers = _all_centers(center_stacks, n) if comp_stacks else None
@@ -267,10 +268,15 @@ def _render(center_stacks, comp_stacks, n, shape, pad, psf_fft, fft_shape, activ
             intrinsic = _place_group(intrinsic, boxes, c, pad)
         else:
             frame = _place_group(frame, boxes, c, pad)
+    frame = frame[:, pad : pad + hh, pad : pad + ww]
     if intrinsic is not None:
-        conv = jnp.fft.irfft2(jnp.fft.rfft2(intrinsic, s=fft_shape) * psf_fft, s=fft_shape)
-        frame = frame + conv[:, : frame.shape[1], : frame.shape[2]].astype(dtype)
-    return frame[:, pad : pad + hh, pad : pad + ww]
+        # the canvas cropped to the frame plus the PSF's half-width (light further out does not
+        # reach the frame): no wrap-around on an FFT grid of at least that size
+        ry, rx = psf_half
+        near = intrinsic[:, pad - ry : pad + hh + ry, pad - rx : pad + ww + rx]
+        conv = jnp.fft.irfft2(jnp.fft.rfft2(near, s=fft_shape) * psf_fft, s=fft_shape)
+        frame = frame + conv[:, ry : ry + hh, rx : rx + ww].astype(dtype)
+    return frame
 
 
 class SceneModel(eqx.Module):
@@ -362,10 +368,22 @@ class SceneModel(eqx.Module):
             psf = np.asarray(psf, float)
             if psf.ndim != 2 or psf.shape[0] % 2 == 0 or psf.shape[1] % 2 == 0:
                 raise ValueError(f"model PSF must be a 2-D odd-sized image; got shape {psf.shape}")
-            self.fft_shape = (fast_size(hp + psf.shape[0]), fast_size(wp + psf.shape[1]))
+            # only light within the PSF's half-width of the frame reaches it: the padded canvas
+            # is cropped to that before the FFT (on a 54 x 56 blend frame with 45 px boxes the
+            # transforms were 135 x 135, now 75 x 80)
+            self.fft_shape = (fast_size(self.shape[1] + psf.shape[0] - 1),
+                              fast_size(self.shape[2] + psf.shape[1] - 1))
             k = np.fft.rfft2(kernel_to_origin(psf / psf.sum(), self.fft_shape))
             self.psf_fft = jnp.asarray(k, dtype=default_complex())
             self.psf = jnp.asarray(psf / psf.sum(), dtype=default_float())
+            self.pad = max(self.pad, psf.shape[0] // 2, psf.shape[1] // 2)
+
+    @property
+    def _psf_half(self) -> tuple[int, int]:
+        """Half-size ``(ry, rx)`` of the model PSF (``(0, 0)`` without one)."""
+        if self.psf is None:
+            return (0, 0)
+        return (self.psf.shape[0] // 2, self.psf.shape[1] // 2)
 
     def _checked_active(self, active):
         if active is None or isinstance(active, jax.core.Tracer):
@@ -562,15 +580,17 @@ class SceneModel(eqx.Module):
         varying = [st for st in comps if _num_epochs(st)]
         if not varying:
             return _render(centers, static, n, self.shape, self.pad, self.psf_fft, self.fft_shape,
-                           self.active)
+                           self.active, self._psf_half)
         b, hh, ww = self.shape
         e = self.num_epochs
         # a variable component renders all its epochs at once, as bands of a longer spectrum
-        light = _render(centers, varying, n, (e * b, hh, ww), self.pad, self.psf_fft, self.fft_shape)
+        light = _render(centers, varying, n, (e * b, hh, ww), self.pad, self.psf_fft, self.fft_shape,
+                        psf_half=self._psf_half)
         light = light.reshape(e, b, hh, ww)
         if not static:
             return light
-        return _render(centers, static, n, self.shape, self.pad, self.psf_fft, self.fft_shape)[None] + light
+        return _render(centers, static, n, self.shape, self.pad, self.psf_fft, self.fft_shape,
+                       psf_half=self._psf_half)[None] + light
 
     def _sum_components(self, fun, trailing):
         """``fun(component)`` ``trailing``-shaped per component, summed into ``(source, *trailing)``."""
@@ -594,7 +614,8 @@ class SceneModel(eqx.Module):
     def render_sources(self) -> jax.Array:
         """Return each source rendered alone, ``(source, band, y, x)`` (variable: mean over epochs)."""
         out = jnp.stack([
-            _render(*_groups_of([s]), 1, self.shape, self.pad, self.psf_fft, self.fft_shape)
+            _render(*_groups_of([s]), 1, self.shape, self.pad, self.psf_fft, self.fft_shape,
+                    psf_half=self._psf_half)
             if not s.num_epochs else self._mean_render(s) for s in self.sources
         ])
         return out if self.active is None else out * self.active[:, None, None, None].astype(out.dtype)
@@ -603,7 +624,8 @@ class SceneModel(eqx.Module):
         """A variable source rendered with its light curve's mean over epochs ``(band, y, x)``."""
         b, hh, ww = self.shape
         e = source.num_epochs
-        out = _render(*_groups_of([source]), 1, (e * b, hh, ww), self.pad, self.psf_fft, self.fft_shape)
+        out = _render(*_groups_of([source]), 1, (e * b, hh, ww), self.pad, self.psf_fft, self.fft_shape,
+                      psf_half=self._psf_half)
         return out.reshape(e, b, hh, ww).mean(axis=0)
 
     def component_stamps(self):
