@@ -512,7 +512,7 @@ def _local_kernels(renderer: ConvolutionRenderer, tol: float = KERNEL_TOL) -> np
     return out
 
 
-def _render_stamps(renderer, stamps, shape):
+def _render_stamps(renderer, stamps, shape, dtype=np.float64):
     """Render unit-spectrum templates one by one into an observation, each only where it lands.
 
     Parameters
@@ -523,6 +523,9 @@ def _render_stamps(renderer, stamps, shape):
         band) or a ``(model band, h, w)`` cube.
     shape : (band, y, x)
         The model frame's cube shape.
+    dtype : numpy dtype
+        Of the returned values (each a compact copy: float32 halves the memory
+        of many templates held together, e.g. the measurements' Fisher templates).
 
     Returns
     -------
@@ -559,8 +562,9 @@ def _render_stamps(renderer, stamps, shape):
             if s not in kffts:
                 kffts[s] = np.fft.rfft2(kern, s=s)
             conv = np.fft.irfft2(np.fft.rfft2(img, s=s) * kffts[s], s=s)
+            # (a copy: a view would keep the whole padded convolution alive)
             vals = conv[:, ys0 - (y0 - rad) : ys1 - (y0 - rad), xs0 - (x0 - rad) : xs1 - (x0 - rad)]
-            out.append((ys0 - oy0, xs0 - ox0, vals))
+            out.append((ys0 - oy0, xs0 - ox0, vals.astype(dtype)))
         return out
     nb, hh, ww = shape
     for st in stamps:
@@ -570,7 +574,7 @@ def _render_stamps(renderer, stamps, shape):
         y0, x0, img = st
         plane = np.zeros((hh, ww) if img.ndim == 2 else (nb, hh, ww))
         plane[..., y0 : y0 + img.shape[-2], x0 : x0 + img.shape[-1]] = img
-        vals = np.asarray(_render_np(renderer, np.broadcast_to(plane, (nb, hh, ww))), float)
+        vals = np.asarray(_render_np(renderer, np.broadcast_to(plane, (nb, hh, ww))), dtype)
         del plane
         out.append((0, 0, vals))
     return out

@@ -234,19 +234,20 @@ def _observed(renderer, stamps, cube_shape, band_index, model_flux):
         for key in ("unit", "dy", "dx", "ds"):
             flat.append((ty0, tx0, st[key]))
             where.append((key, k))
-    rendered = _render_stamps(renderer, flat, cube_shape)
+    rendered = _render_stamps(renderer, flat, cube_shape, dtype=np.float32)  # all held at once
     models = [None] * ns
     templates = [None] * (4 * ns)
     bi = np.asarray(band_index)
     order = {"dy": 0, "dx": 1, "ds": 2}
-    for (key, k), patch in zip(where, rendered, strict=True):
+    for i, (key, k) in enumerate(where):
+        patch, rendered[i] = rendered[i], None  # the scaled copies below replace the rendered patches
         if patch is None:
             continue
         py, px, vals = patch
         if key == "band":
             models[k] = (py, px, vals)
         elif key == "unit":
-            templates[k] = (py, px, vals.astype(np.float32))
+            templates[k] = (py, px, vals)
         else:
             scale = np.asarray(model_flux[k], float)[bi][:, None, None]
             templates[ns + 3 * k + order[key]] = (py, px, (vals * scale).astype(np.float32))
