@@ -286,7 +286,8 @@ def test_previous_version_file_loads_through_the_migration(tmp_path):
     assert desc["version"] == 2 and "scarlet_xr.core._morphology.SersicMorphology" in _classes(desc)
     scene = sx.load_scene(old)
     # rendered when the file was written, again when the Sersic sampling changed (2026-12-05: 4e-5
-    # of the peak; then the cusp rule cut at the centre)
+    # of the peak; then the cusp rule cut at the centre; 2026-12-06: the cusp rule on 3x3 pixels,
+    # 3.3e-5 of the peak)
     expected = np.load(DATA / "scene_v2_render.npy")
     np.testing.assert_allclose(np.asarray(scene.render()), expected, rtol=0, atol=1e-6 * expected.max())
     kinds = [type(s.components[0].morphology) for s in scene.sources]

@@ -618,14 +618,13 @@ def _gram(patches, data, weights, band_index, num_bands):
     # pairs of boxes that overlap (found at once; a crowded scene has few among all pairs)
     over = ((np.maximum(box[:, None, 0], box[None, :, 0]) < np.minimum(box[:, None, 1], box[None, :, 1]))
             & (np.maximum(box[:, None, 2], box[None, :, 2]) < np.minimum(box[:, None, 3], box[None, :, 3])))
-    wr = []
     for ii, i in enumerate(live):
         y0, y1, x0, x1 = box[ii]
         ri = patches[i][2]
-        wri = weights[:, y0:y1, x0:x1] * ri
-        wr.append(wri)
         np.add.at(rhs[:, i], bands, np.sum(ri * wd[:, y0:y1, x0:x1], axis=(1, 2)))
-        np.add.at(a[:, i, i], bands, np.sum(wri * ri, axis=(1, 2)))
+        np.add.at(a[:, i, i], bands, np.sum(weights[:, y0:y1, x0:x1] * ri * ri, axis=(1, 2)))
+    # (the weighted templates are formed per overlap, not kept for all templates at once: the
+    # measurements of a 300-source cutout hold 1500 templates)
     for ii, kk in zip(*np.nonzero(np.triu(over, 1)), strict=True):
         i, k = live[ii], live[kk]
         y0, _, x0, _ = box[ii]
@@ -633,7 +632,8 @@ def _gram(patches, data, weights, band_index, num_bands):
         oy0, oy1 = max(y0, v0), min(box[ii, 1], box[kk, 1])
         ox0, ox1 = max(x0, u0), min(box[ii, 3], box[kk, 3])
         rk = patches[k][2][:, oy0 - v0 : oy1 - v0, ox0 - u0 : ox1 - u0]
-        v = np.sum(wr[ii][:, oy0 - y0 : oy1 - y0, ox0 - x0 : ox1 - x0] * rk, axis=(1, 2))
+        ri = patches[i][2][:, oy0 - y0 : oy1 - y0, ox0 - x0 : ox1 - x0]
+        v = np.sum(weights[:, oy0:oy1, ox0:ox1] * ri * rk, axis=(1, 2))
         np.add.at(a[:, i, k], bands, v)
         np.add.at(a[:, k, i], bands, v)
     return a, rhs, dd
