@@ -300,7 +300,8 @@ class SceneModel(eqx.Module):
         with it. Without it every morphology is taken to be in the frame already.
     pad : int, optional
         Border added while placing boxes (default: half the largest box plus
-        :data:`PAD_MARGIN`); a box that would stick out of the padded frame
+        :data:`PAD_MARGIN`; never less than the model PSF's half-width, the
+        reach of the PSF convolution); a box that would stick out of the padded frame
         (a centre more than ``PAD_MARGIN`` pixels outside the frame) is moved
         inside it.
     num_epochs : int
@@ -369,8 +370,8 @@ class SceneModel(eqx.Module):
             if psf.ndim != 2 or psf.shape[0] % 2 == 0 or psf.shape[1] % 2 == 0:
                 raise ValueError(f"model PSF must be a 2-D odd-sized image; got shape {psf.shape}")
             # only light within the PSF's half-width of the frame reaches it: the padded canvas
-            # is cropped to that before the FFT (on a 54 x 56 blend frame with 45 px boxes the
-            # transforms were 135 x 135, now 75 x 80)
+            # is cropped to that before the FFT (on a 54 x 56 blend frame with 45 px boxes and a
+            # 9 px model PSF the transforms were 135 x 135, now 64 x 64)
             self.fft_shape = (fast_size(self.shape[1] + psf.shape[0] - 1),
                               fast_size(self.shape[2] + psf.shape[1] - 1))
             k = np.fft.rfft2(kernel_to_origin(psf / psf.sum(), self.fft_shape))
