@@ -5,8 +5,11 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
 UV_VERSION := 0.13.9
-# uv installs the pinned set in ~10 s (pip takes ~1 min); both honour the constraints file
-INSTALL := $(VENV)/bin/uv pip install -q --python $(PY)
+# uv installs the pinned set in ~10 s (pip takes ~1 min); both honour the constraints file.
+# --compile-bytecode writes the .pyc files at install time, as pip does: without them every process
+# compiles the sources it imports (jax, xarray, astropy, ...) where bytecode is not written
+# (PYTHONDONTWRITEBYTECODE, read-only installs), seconds per process
+INSTALL := $(VENV)/bin/uv pip install -q --compile-bytecode --python $(PY)
 CONSTRAINTS := constraints-py311.txt
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml $(CONSTRAINTS) | cksum | cut -d' ' -f1)
 export TQDM_DISABLE ?= 1
@@ -17,6 +20,7 @@ $(STAMP): pyproject.toml $(CONSTRAINTS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --disable-pip-version-check uv==$(UV_VERSION)
 	$(INSTALL) -c $(CONSTRAINTS) -e ".[test,sample,multi,survey,viz,widgets]"
+	$(PY) -m compileall -q scarlet_xr
 	rm -f $(VENV)/.installed-*
 	touch $(STAMP)
 

@@ -12,7 +12,7 @@ import numpy as np
 import xarray as xr
 from astropy.wcs import WCS
 
-from ..scene import fit_observations
+from ..scene import DEFAULT_E_REL, fit_observations
 from ..xr import X, Y, catalog_from_tree, check_observation, observation_wcs, source_image
 
 __all__ = ["ScarletDataArrayAccessor", "ScarletDatasetAccessor", "ScarletDataTreeAccessor"]
@@ -147,7 +147,7 @@ class ScarletDatasetAccessor:
         ra, dec = w.pixel_to_world_values(x, y)
         return np.asarray(ra), np.asarray(dec)
 
-    def fit(self, centers=None, *, kinds="auto", max_steps: int = 1000, e_rel: float = 1e-6,
+    def fit(self, centers=None, *, kinds="auto", max_steps: int = 1000, e_rel: float = DEFAULT_E_REL,
             optimizer=None, detect_threshold: float = 3.0, progress: bool = False,
             sky: str | None = None) -> xr.DataTree:
         """Detect (if needed), initialise and fit sources; return the results tree.
@@ -231,7 +231,7 @@ class ScarletDataTreeAccessor:
         """Weights per observation."""
         return {k: v["weight"] for k, v in self.observations().items()}
 
-    def fit(self, *, max_steps: int = 1000, e_rel: float = 1e-6, optimizer=None,
+    def fit(self, *, max_steps: int = 1000, e_rel: float = DEFAULT_E_REL, optimizer=None,
             progress: bool = False) -> xr.DataTree:
         """Fit again from the stored observations and source positions and kinds.
 

@@ -1,5 +1,6 @@
 """Layer ``scene``: the user's Scene and source initialisation."""
 
+from ._auto import DEFAULT_E_REL as DEFAULT_E_REL
 from ._auto import fit_sources as fit_sources
 from ._detect import detect_sources as detect_sources
 from ._detect import fit_observations as fit_observations
@@ -22,6 +23,7 @@ from ._scene import Scene as Scene
 
 __all__ = [
     "BOX_SIZES",
+    "DEFAULT_E_REL",
     "MISSING_MAX_SOURCES",
     "Measurements",
     "Scene",

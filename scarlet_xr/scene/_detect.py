@@ -6,7 +6,7 @@ import numpy as np
 
 from ..wcs import Frame
 from ..xr import frame_from_observations, normalize_observations
-from ._auto import fit_sources
+from ._auto import DEFAULT_E_REL, fit_sources
 from ._init import detection_image
 
 __all__ = ["detect_sources", "fit_observations"]
@@ -74,7 +74,7 @@ def fit_observations(
     *,
     kinds="auto",
     max_steps: int = 1000,
-    e_rel: float = 1e-6,
+    e_rel: float = DEFAULT_E_REL,
     optimizer=None,
     detect_threshold: float = 3.0,
     progress: bool = False,

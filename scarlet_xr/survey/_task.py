@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..infer import fit_batch
+from ..scene import DEFAULT_E_REL
 from ..xr import observation_wcs, source_image
 from ..xr import FLAGS, MASKED_FRACTION_LIMIT
 from ._bucket import bucket_key, pad_observation, prepare_blend
@@ -187,7 +188,7 @@ def _centers(ds, it, options):
     return np.stack([np.atleast_1d(y), np.atleast_1d(x)], axis=1), np.asarray(it["rows"])
 
 
-def fit_blend_auto(ds, centers, *, max_steps: int = 1000, e_rel: float = 1e-6,
+def fit_blend_auto(ds, centers, *, max_steps: int = 1000, e_rel: float = DEFAULT_E_REL,
                    canonical: bool = True, find_missing: bool = False,
                    misfit_pixels: bool = SURVEY_MISFIT_PIXELS) -> dict:
     """Fit one blend with the default path and return its store record (see :func:`run_task`).
