@@ -14,8 +14,10 @@ from ._runner import deblend_catalog as deblend_catalog
 from ._runner import read_catalog as read_catalog
 from ._simulate import simulate_blends as simulate_blends
 from ._simulate_field import simulate_field as simulate_field
+from ._task import SURVEY_E_REL as SURVEY_E_REL
 
 __all__ = [
+    "SURVEY_E_REL",
     "BucketKey",
     "bucket_key",
     "deblend_catalog",

@@ -13,7 +13,6 @@ import numpy as np
 import xarray as xr
 
 from .._version import __version__
-from ..scene import DEFAULT_E_REL
 from ._bucket import SLOT_COUNTS, bucket_key
 from ._fits import read_blend_header
 from ._store import (
@@ -26,7 +25,7 @@ from ._store import (
     write_blend,
     write_rows,
 )
-from ._task import SURVEY_MISFIT_PIXELS, run_task
+from ._task import SURVEY_E_REL, SURVEY_MISFIT_PIXELS, run_task
 
 __all__ = ["deblend_catalog", "read_catalog"]
 
@@ -162,8 +161,7 @@ def deblend_catalog(
         A store keeps the kind it was started with.
     max_steps, e_rel : optional
         Optimizer settings (see :func:`scarlet_xr.infer.fit`). Default 1000 and
-        :data:`scarlet_xr.scene.DEFAULT_E_REL` for ``"auto"`` (as ``scarlet-xr fit``),
-        300 and 1e-4 for ``"free"``.
+        :data:`SURVEY_E_REL` for ``"auto"``, 300 and 1e-4 for ``"free"``.
     max_sources : int
         Sources kept per detected blend (brightest first).
     retry_failed : bool
@@ -209,7 +207,7 @@ def deblend_catalog(
     if max_steps is None:
         max_steps = 1000 if kind == "auto" else 300
     if e_rel is None:
-        e_rel = DEFAULT_E_REL if kind == "auto" else 1e-4
+        e_rel = SURVEY_E_REL if kind == "auto" else 1e-4
     store_kind = {"auto": "auto", "free": "freeform"}[kind]
     table, base = read_catalog(catalog)
     blends = _group(table, base)
