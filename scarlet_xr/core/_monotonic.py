@@ -2,8 +2,9 @@
 
 Each pixel's value is its parent's value times ``sigmoid(u)``, where the
 parent is the neighbouring pixel one step closer to the centre. The product
-along the path to the centre is computed as a sum of ``log sigmoid`` terms
-over a precomputed ancestor table, so the constraint is an exact, smooth
+along the path to the centre is a sum of ``log sigmoid`` terms, computed by
+pointer doubling over precomputed jump tables (``ceil(log2(depth))`` gathers of
+the image, not one gather per ancestor), so the constraint is an exact, smooth
 bijection (classic scarlet monotonicity without a projection step).
 """
 
@@ -39,6 +40,23 @@ def monotonic_parents(shape) -> np.ndarray:
         sx = np.where(r > 0, np.round(dx / np.where(r > 0, r, 1)), 0).astype(int)
     py, px = yy - sy, xx - sx
     return (py * w + px).ravel()
+
+
+def _jumps(shape) -> np.ndarray:
+    """Jump tables (k, npix): row ``j`` is every pixel's ancestor ``2**j`` steps up (the centre is fixed).
+
+    With the centre's own term zero, ``k`` doublings ``s = s + s[jumps[j]]``
+    turn each pixel's term into the sum over its path to the centre, for
+    paths of up to ``2**k`` pixels (the table stops where every row would be
+    the centre).
+    """
+    parents = monotonic_parents(shape)
+    centre = (shape[0] // 2) * shape[1] + shape[1] // 2
+    rows, jump = [], parents
+    while np.any(jump != centre):
+        rows.append(jump)
+        jump = jump[jump]
+    return np.stack(rows).astype(np.int32) if rows else np.zeros((0, parents.size), np.int32)
 
 
 def _ancestors(shape) -> np.ndarray:
@@ -80,9 +98,10 @@ class MonotonicMorphology(AbstractMorphology):
 
     peak: Parameter
     log_ratio: Parameter
-    ancestors: jax.Array
     shape: tuple[int, int] = eqx.field(static=True)
     symmetric: bool = eqx.field(static=True)
+    jumps: jax.Array | None = None
+    ancestors: jax.Array | None = None  # scene files saved before the jump tables (2026-12-06)
     pixel_anchored: ClassVar[bool] = True
 
     def __init__(self, image, *, step: float = 0.05, symmetric: bool = False):
@@ -113,7 +132,8 @@ class MonotonicMorphology(AbstractMorphology):
         self.peak = Parameter(peak, LogPositive(), step=0.03)
         self.log_ratio = Parameter(u.reshape(h, w), Identity(), step=step)
         # a traced (non-static) leaf: keeps the table out of the compiled constants
-        self.ancestors = jnp.asarray(_ancestors(arr.shape))
+        self.jumps = jnp.asarray(_jumps(arr.shape))
+        self.ancestors = None
         self.shape = (h, w)
 
     def __call__(self, offset):
@@ -122,9 +142,14 @@ class MonotonicMorphology(AbstractMorphology):
         if self.symmetric:
             u = 0.5 * (u + u[::-1, ::-1])
         ls = jax.nn.log_sigmoid(u.ravel())
-        ls = jnp.concatenate([ls, jnp.zeros((1,), ls.dtype)])  # index -1 -> 0
-        table = self.ancestors
-        logv = jnp.sum(ls[table], axis=1)
+        if self.jumps is None:  # a scene file with the ancestor table (npix, depth)
+            ls = jnp.concatenate([ls, jnp.zeros((1,), ls.dtype)])  # index -1 -> 0
+            logv = jnp.sum(ls[self.ancestors], axis=1)
+        else:
+            h, w = self.shape
+            logv = ls.at[(h // 2) * w + w // 2].set(0.0)  # the centre is the peak itself
+            for j in range(self.jumps.shape[0]):
+                logv = logv + logv[self.jumps[j]]
         return (self.peak.value * jnp.exp(logv)).reshape(self.shape)
 
     @property
