@@ -106,13 +106,13 @@ def _solve_band(a, rhs):
     live = np.diag(a) > 0
     x = np.zeros(n)
     cov = np.zeros((n, n))
-    if live.any():
-        # unknowns that end at 0 keep the variance they have in the unconstrained problem
-        idx = np.flatnonzero(live)
-        cov[np.ix_(idx, idx)] = _inverse(a[np.ix_(idx, idx)])
+    first = True
     while live.any():
         idx = np.flatnonzero(live)
         inv = _inverse(a[np.ix_(idx, idx)])
+        if first:  # unknowns that end at 0 keep the variance they have in the unconstrained problem
+            cov[np.ix_(idx, idx)] = inv
+            first = False
         sol = inv @ rhs[idx]
         if np.all(sol >= 0):
             x[idx] = sol
