@@ -1,8 +1,13 @@
 """Shared test fixtures (real data shipped in tests/data; no network)."""
 
+import os
 from pathlib import Path
 
 import pytest
+
+# No persistent JAX compilation cache unless a test names its own directory: a cache shared by the
+# xdist workers (and left on in a worker by an in-process CLI call) crashed a worker inside XLA
+os.environ["SCARLET_XR_CACHE"] = "off"
 
 DATA = Path(__file__).parent / "data"
 HSC_BANDS = ["g", "r", "i", "z", "y"]
@@ -20,3 +25,16 @@ def hsc_fits_obs():
     from scarlet_xr.xr import open_observation
 
     return open_observation(DATA / "Cut_HSC.fits", psf=DATA / "PSF_HSC.fits", bands=HSC_BANDS, name="hsc")
+
+
+@pytest.fixture(autouse=True)
+def _no_compile_cache_leaks():
+    """Give JAX's compilation cache back to 'none' after a test that turned it on in-process."""
+    yield
+    import jax
+
+    if jax.config.jax_compilation_cache_dir is not None:
+        from jax.experimental.compilation_cache import compilation_cache
+
+        jax.config.update("jax_compilation_cache_dir", None)
+        compilation_cache.reset_cache()

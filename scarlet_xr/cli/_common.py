@@ -23,10 +23,14 @@ _NETCDF_SUFFIXES = (".nc", ".h5", ".nc4")
 def enable_compile_cache() -> None:
     """Turn on JAX's persistent compilation cache (``SCARLET_XR_CACHE`` or ~/.cache)."""
     import jax
+    from jax.experimental.compilation_cache import compilation_cache
 
     path = os.environ.get("SCARLET_XR_CACHE", str(Path.home() / ".cache" / "scarlet_xr" / "jax"))
     if path.lower() in ("", "0", "off", "none"):
         return
+    if jax.config.jax_compilation_cache_dir != path:
+        # JAX opens its cache once per process, in the first directory it was given
+        compilation_cache.reset_cache()
     jax.config.update("jax_compilation_cache_dir", path)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
 

@@ -471,9 +471,13 @@ def _compile_cache(path):
         yield
         return
     import jax
+    from jax.experimental.compilation_cache import compilation_cache
 
     names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs")
     before = {name: getattr(jax.config, name) for name in names}
+    # JAX opens its cache once per process, in the first directory it is given: reset it on the
+    # way in and out, or a later directory (or none) would silently keep using the first one
+    compilation_cache.reset_cache()
     jax.config.update(names[0], str(path))
     jax.config.update(names[1], 0.0)
     try:
@@ -481,6 +485,7 @@ def _compile_cache(path):
     finally:
         for name, value in before.items():
             jax.config.update(name, value)
+        compilation_cache.reset_cache()
 
 
 def _run_bucket(store, items, key, options):
