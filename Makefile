@@ -30,10 +30,10 @@ demo: $(STAMP)
 	$(VENV)/bin/scarlet-xr demo --out demo_output
 
 # tests + doctests + every notebook (nbmake executes them; outputs stay stripped)
-# No shared JAX compile cache (SCARLET_XR_CACHE=off; tests that need one name their own directory).
+# Each worker has its own JAX compile cache (tests/conftest.py), never ~/.cache shared by both.
 # A test that hangs is stopped after 15 min with every thread's stack (pytest-timeout), not the whole CI.
 test: $(STAMP)
-	JAX_PLATFORMS=cpu SCARLET_XR_CACHE=off $(PY) -m pytest -n 2 --dist loadfile -q --timeout=900 \
+	JAX_PLATFORMS=cpu $(PY) -m pytest -n 2 --dist loadfile -q --timeout=900 --durations=25 \
 	    --nbmake --nbmake-timeout=600 tests scarlet_xr notebooks
 
 bench: $(STAMP)

@@ -1,13 +1,19 @@
 """Shared test fixtures (real data shipped in tests/data; no network)."""
 
+import atexit
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
 
-# No persistent JAX compilation cache unless a test names its own directory: a cache shared by the
-# xdist workers (and left on in a worker by an in-process CLI call) crashed a worker inside XLA
-os.environ["SCARLET_XR_CACHE"] = "off"
+# Each test process (xdist worker) gets its own, fresh JAX compilation cache for the CLI calls it
+# makes (in-process and in subprocesses): ~/.cache shared by both workers crashed a worker inside XLA
+# (a half-written entry read by the other process), while no cache at all made the suite 1.5x slower
+_CACHE = tempfile.mkdtemp(prefix=f"scarlet_xr_jax_{os.environ.get('PYTEST_XDIST_WORKER', 'main')}_")
+os.environ["SCARLET_XR_CACHE"] = _CACHE
+atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
 
 DATA = Path(__file__).parent / "data"
 HSC_BANDS = ["g", "r", "i", "z", "y"]
