@@ -30,10 +30,12 @@ demo: $(STAMP)
 	$(VENV)/bin/scarlet-xr demo --out demo_output
 
 # tests + doctests + every notebook (nbmake executes them; outputs stay stripped)
-# Each worker has its own JAX compile cache (tests/conftest.py), never ~/.cache shared by both.
-# A test that hangs is stopped after 15 min with every thread's stack (pytest-timeout), not the whole CI.
+# No JAX compile cache in the tests (SCARLET_XR_CACHE=off, also set by tests/conftest.py): with one,
+# a worker aborted inside XLA's compiler. A test that hangs is stopped after 15 min with every
+# thread's stack (pytest-timeout), not the whole CI; a crashed worker ends the run at once
+# (--max-worker-restart=0): after a crash and a restart xdist once waited forever, tests done.
 test: $(STAMP)
-	JAX_PLATFORMS=cpu $(PY) -m pytest -n 2 --dist loadfile -q --timeout=900 --durations=25 \
+	JAX_PLATFORMS=cpu SCARLET_XR_CACHE=off $(PY) -m pytest -n 2 --dist loadfile --max-worker-restart=0 -q --timeout=900 --durations=25 \
 	    --nbmake --nbmake-timeout=600 tests scarlet_xr notebooks
 
 bench: $(STAMP)
