@@ -160,6 +160,28 @@ def test_profiles_a_bulge_plus_disk_cannot_make_stay_one_sersic():
     assert np.max(np.abs(src["flux"].values[0] / flux - 1)) < 0.01
 
 
+def test_auto_sersic_index_has_the_weak_prior_and_a_faint_disk_stays_unbiased():
+    """The default path's Sersic sources carry the documented normal prior on their index
+    (``SERSIC_INDEX_PRIOR``), which enters the fit's objective; a faint exponential disk (S/N ~40)
+    keeps its fluxes within their errors (the prior's mean is not the disk's index)."""
+    import galsim
+
+    from scarlet_xr.core import NormalPrior
+    from scarlet_xr.scene._auto import SERSIC_INDEX_PRIOR
+
+    obs, center, flux = _one_profile(4, galsim.Sersic(n=1.0, half_light_radius=0.7), 0.03)
+    frame = sx.frame_from_observations([obs])
+    scene = sx.fit_sources(frame, [obs], np.array([center]))
+    assert scene.choices[0]["kind"] == "sersic", scene.choices[0]["reason"]
+    n = scene.sources[0].components[0].morphology.n
+    assert isinstance(n.prior, NormalPrior) and not n.fixed
+    assert (float(n.prior.mean), float(n.prior.sigma)) == SERSIC_INDEX_PRIOR
+    mean, sigma = SERSIC_INDEX_PRIOR
+    assert float(n.log_prior()) == pytest.approx(-0.5 * ((float(n.value) - mean) / sigma) ** 2, rel=1e-4)
+    src = scene.to_datatree([obs])["sources"]
+    assert np.max(np.abs(src["flux"].values[0] - flux) / src["flux_err"].values[0]) < 3.0
+
+
 def test_bulge_plus_disk_can_be_asked_for():
     obs, center, flux = colour_gradient_galaxy(1)
     src = sx.fit_observations(obs, centers=[center], kinds="bd")["sources"]
