@@ -18,10 +18,13 @@ from ._batch import unstack_trees as unstack_trees
 from ._sample import PosteriorSamples as PosteriorSamples
 from ._sample import log_density as log_density
 from ._sample import sample as sample
+from ._programs import bound_compiled_programs as bound_compiled_programs
+from ._programs import memory_map_count as memory_map_count
 
 __all__ = [
     "FitDivergedError",
     "FitHistory",
+    "bound_compiled_programs",
     "PosteriorSamples",
     "default_optimizer",
     "fit",
@@ -30,6 +33,7 @@ __all__ = [
     "log_density",
     "log_prior",
     "loss_function",
+    "memory_map_count",
     "newton_step",
     "partition_free",
     "refine",

@@ -57,7 +57,7 @@ from ..core import (
     filter_jit,
     morphology_image,
 )
-from ..infer import FitHistory, default_optimizer, refine, settling_optimizer
+from ..infer import FitHistory, bound_compiled_programs, default_optimizer, refine, settling_optimizer
 from ..infer import fit as _fit
 from ..wcs import Frame
 from ..xr import bind_observations, normalize_observations
@@ -402,6 +402,7 @@ def fit_sources(
         ``scene.sky`` maps each observation's name to its fitted sky image
         ``(band, y, x)`` and ``scene.sky_coefficients`` to ``(band, k)``.
     """
+    bound_compiled_programs()  # a long session's compiled programs near the kernel's cap: dropped
     obs = normalize_observations(observations)
     from_sky = sky_positions_to_pixels(frame, centers)
     centers = np.atleast_2d(np.asarray(centers if from_sky is None else from_sky, float))
