@@ -1,5 +1,8 @@
 """Layer ``infer``: fitting (optax) and sampling (numpyro) of core models."""
 
+from ._batch import fit_batch as fit_batch
+from ._batch import stack_trees as stack_trees
+from ._batch import unstack_trees as unstack_trees
 from ._fit import FitDivergedError as FitDivergedError
 from ._fit import FitHistory as FitHistory
 from ._fit import default_optimizer as default_optimizer
@@ -7,19 +10,16 @@ from ._fit import fit as fit
 from ._fit import loss_function as loss_function
 from ._fit import newton_step as newton_step
 from ._fit import settling_optimizer as settling_optimizer
-from ._refine import refine as refine
 from ._params import free_filter as free_filter
 from ._params import log_prior as log_prior
 from ._params import partition_free as partition_free
 from ._params import step_tree as step_tree
-from ._batch import fit_batch as fit_batch
-from ._batch import stack_trees as stack_trees
-from ._batch import unstack_trees as unstack_trees
+from ._programs import bound_compiled_programs as bound_compiled_programs
+from ._programs import memory_map_count as memory_map_count
+from ._refine import refine as refine
 from ._sample import PosteriorSamples as PosteriorSamples
 from ._sample import log_density as log_density
 from ._sample import sample as sample
-from ._programs import bound_compiled_programs as bound_compiled_programs
-from ._programs import memory_map_count as memory_map_count
 
 __all__ = [
     "FitDivergedError",
