@@ -39,7 +39,7 @@ def memory_map_count() -> tuple[int, int] | None:
     """
     try:
         with open("/proc/self/maps", "rb") as f:
-            used = sum(1 for _ in f)
+            used = f.read().count(b"\n")  # about 7 ms per 10 000 areas
     except OSError:
         return None
     try:

@@ -401,6 +401,13 @@ def fit_sources(
         ``delta_chi2_point`` and ``box_truncated``; with ``sky``,
         ``scene.sky`` maps each observation's name to its fitted sky image
         ``(band, y, x)`` and ``scene.sky_coefficients`` to ``(band, k)``.
+
+    Notes
+    -----
+    A process that has compiled many programs (hundreds of different scenes in
+    one session) drops them when this fit starts if it nears the kernel's cap
+    on memory areas (:func:`scarlet_xr.infer.bound_compiled_programs`), rather
+    than abort later inside the compiler; they are compiled again when needed.
     """
     bound_compiled_programs()  # a long session's compiled programs near the kernel's cap: dropped
     obs = normalize_observations(observations)
