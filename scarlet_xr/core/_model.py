@@ -13,6 +13,7 @@ from jaxtyping import Array, ArrayLike, Float
 
 from ._constraints import Identity
 from ._fft import fast_size, kernel_to_origin
+from ._jit import filter_jit
 from ._parameter import Parameter, default_complex, default_float, is_parameter
 from ._source import Source
 from ._spectrum import num_epochs_of
@@ -225,7 +226,7 @@ def _place_group(canvas, boxes, centers, pad):
     return _scatter(canvas, boxes, centers, pad)
 
 
-@eqx.filter_jit
+@filter_jit(quick=True)
 def morphology_image(morphology, offset: Float[ArrayLike, " 2"]) -> Float[Array, "h w"]:
     """Evaluate ``morphology(offset)`` compiled once per morphology type and box size.
 

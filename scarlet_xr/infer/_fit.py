@@ -95,13 +95,13 @@ def _loss_dtype(free):
     return jnp.result_type(*leaves) if leaves else default_float()
 
 
-@eqx.filter_jit
+@filter_jit(quick=True)
 def _start(free, optimizer):
     z = _to_z(free, step_tree(free))
     return z, optimizer.init(ravel_pytree(z)[0])
 
 
-@eqx.filter_jit
+@filter_jit(quick=True)
 def _finish(z):
     return _from_z(z, step_tree(z))
 
@@ -154,6 +154,8 @@ def _chunk_impl(z, opt_state, ring, rest, likelihoods, optimizer, n_done, max_st
 # (default emitters, faster on the many small blends of a survey).
 _run_chunk = eqx.filter_jit(_chunk_impl)
 _run_chunk_lean = filter_jit(_chunk_impl)
+# (and with quicker compiling, for a scene's own layout: compiled for it alone, see core._jit)
+_run_chunk_quick = filter_jit(_chunk_impl, quick=True)
 
 
 def fit(
@@ -253,6 +255,8 @@ def _fit(model, likelihoods, *, optimizer, max_steps, e_rel, progress, chunk, on
     if unpack and restore is None:
         model = model.packed()
     free, rest = partition_free(model)
+    # a canonical layout's program serves many scenes: worth optimising; a scene's own is not
+    run_chunk = _run_chunk if not lean else _run_chunk_lean if restore is not None else _run_chunk_quick
     z, opt_state = _start(free, optimizer)
     dtype = _loss_dtype(free)
     ring = jnp.zeros((_WINDOW,), dtype)
@@ -266,7 +270,7 @@ def _fit(model, likelihoods, *, optimizer, max_steps, e_rel, progress, chunk, on
     status = 0
     try:
         while True:
-            z, opt_state, ring, hist, n, st = (_run_chunk_lean if lean else _run_chunk)(
+            z, opt_state, ring, hist, n, st = run_chunk(
                 z, opt_state, ring, rest, likelihoods, optimizer,
                 jnp.asarray(n_done, jnp.int32), jnp.asarray(max_steps, jnp.int32),
                 jnp.asarray(e_rel, dtype), int(chunk),

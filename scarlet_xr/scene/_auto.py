@@ -465,13 +465,12 @@ def fit_sources(
     # whatever its number of sources, and memory grows with the boxes, not the largest one
     # (moments inside the footprint underestimate sizes: start with room for twice the size)
     # (and never more than the frame holds: light outside it is not measured: max_box above)
-    # (canonical: one box for all, so that the layout depends on the scene's counts and the
-    # frame only; it grows below to the largest box any of them needs)
-    common = None
-    if canonical:  # one box for all: the largest canonical size inside the frame, unless one needs more
-        inside = min(max([b for b in BOX_SIZES if b <= max(frame.shape)] or [max_box]), max_box)
-        needed = _common_box([sources[k].components[0].morphology for k in auto_idx], max_box)
-        common = inside if needed <= inside else max_box
+    # (canonical: one box for all, the frame's max_box, so that the layout depends on the
+    # scene's counts and kinds only: with the largest box inside the frame, grown to max_box
+    # when a source needed more, a stamp size had two layouts per mix of kinds; on 60 blends
+    # of a 1024 px field 254 programs compiled instead of 206 and the fits took 106 s, not 84 s,
+    # fluxes the same to 1e-6 in the median)
+    common = max_box if canonical else None
     for k in auto_idx:
         src = sources[k]
         box = common or _common_box([src.components[0].morphology], max_box, scale=INIT_SIZE_MARGIN)
