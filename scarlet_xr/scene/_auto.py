@@ -109,6 +109,11 @@ cutout) but not the same shapes: the ellipticity error of an isolated S/N 82 gal
 to 0.078 (tests/test_catalog.py), and a single scene's wall time hardly changed (128.4 vs 128.7 s for
 12 scenes: compiling, not steps). Survey blends use :data:`scarlet_xr.survey.SURVEY_E_REL`."""
 
+CANONICAL_FRAME_BOX_STAMP = 64
+"""Canonical fits (survey blends) on frames up to this side give every extended source the
+frame's largest box (one compiled layout per mix of kinds); larger frames start from the
+largest box inside the frame (see ``fit_sources``)."""
+
 _STAGE1_STEPS = 300
 _STAGE1_E_REL = 1e-5  # the first fit only has to tell points from extended sources
 
@@ -465,12 +470,20 @@ def fit_sources(
     # whatever its number of sources, and memory grows with the boxes, not the largest one
     # (moments inside the footprint underestimate sizes: start with room for twice the size)
     # (and never more than the frame holds: light outside it is not measured: max_box above)
-    # (canonical: one box for all, the frame's max_box, so that the layout depends on the
-    # scene's counts and kinds only: with the largest box inside the frame, grown to max_box
-    # when a source needed more, a stamp size had two layouts per mix of kinds; on 60 blends
-    # of a 1024 px field 254 programs compiled instead of 206 and the fits took 106 s, not 84 s,
-    # fluxes the same to 1e-6 in the median)
-    common = max_box if canonical else None
+    # (canonical: one box for all, so that the layout depends on the scene's counts, kinds
+    # and frame only. On small frames the frame's max_box: with the largest box inside the
+    # frame, grown to max_box when a source needed more, a stamp size had two layouts per
+    # mix of kinds, and on 60 blends of a 1024 px field 254 programs compiled instead of 206,
+    # the fits took 106 s, not 84 s, fluxes the same to 1e-6 in the median. On larger frames
+    # steps cost more than compiles: there max_box (121 px for a 96 px stamp) made two
+    # 96 px blends take 12.7 and 12.2 s instead of 9.7 and 9.1 s: the largest box inside)
+    common = None
+    if canonical and max(frame.shape) <= CANONICAL_FRAME_BOX_STAMP:
+        common = max_box
+    elif canonical:
+        inside = min(max([b for b in BOX_SIZES if b <= max(frame.shape)] or [max_box]), max_box)
+        needed = _common_box([sources[k].components[0].morphology for k in auto_idx], max_box)
+        common = inside if needed <= inside else max_box
     for k in auto_idx:
         src = sources[k]
         box = common or _common_box([src.components[0].morphology], max_box, scale=INIT_SIZE_MARGIN)
