@@ -1,0 +1,52 @@
+"""Compiled programs: one layout per small stamp, quicker compiles for one-scene programs."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from _compiles import count_compiles
+from _sim_isolated import isolated
+
+from scarlet_xr.core import filter_jit
+from scarlet_xr.core._jit import QUICK_COMPILER_OPTIONS
+from scarlet_xr.scene import fit_sources
+from scarlet_xr.xr import frame_from_observations
+
+
+def test_quick_filter_jit_gives_the_same_values_from_its_own_program():
+    """``quick=True`` compiles a program of its own (other options), with the same result."""
+
+    def poly(x, n):
+        return jnp.sum(jnp.cumsum(x) ** n)
+
+    quick, plain = filter_jit(poly, quick=True), filter_jit(poly)
+    x = jnp.linspace(0.0, 1.0, 17)
+    with count_compiles("poly") as hits:
+        a = quick(x, 3)
+        b = plain(x, 3)
+        c = quick(x, 3)  # cached: no third compile
+    assert len(hits) == 2, hits
+    np.testing.assert_allclose(a, b, rtol=1e-6)
+    assert float(a) == float(c)
+    assert QUICK_COMPILER_OPTIONS["cpu"]["xla_backend_optimization_level"] == 1
+
+
+def test_small_canonical_stamps_give_every_galaxy_the_frames_box_and_share_the_fit():
+    """Two 32 px blends, a small and a large galaxy: one box size, one compiled fit loop."""
+    fits = []
+    jax.clear_caches()  # programs compiled by other tests of this process would hide the count
+    with count_compiles("_chunk_impl") as hits:
+        for seed, hlr in ((11, (0.2, 0.2)), (12, (1.1, 1.1))):
+            obs, truth = isolated(seed, "galaxy", 45.0, size=32, hlr=hlr)
+            frame = frame_from_observations(obs)
+            before = len(hits)
+            fitted = fit_sources(frame, obs, truth["center"][None], canonical=True, refine_fit=False,
+                                 point_refit=False, misfit_pixels=False)
+            fits.append((fitted, len(hits) - before, truth))
+    (small, n_small, t_small), (large, n_large, t_large) = fits
+    assert [c["kind"] for c in small.choices] == [c["kind"] for c in large.choices] == ["sersic"]
+    boxes = [f.sources[0].components[0].morphology.shape[0] for f in (small, large)]
+    assert boxes == [35, 35], boxes  # the largest canonical box a 32 px frame allows
+    assert n_small >= 1 and n_large == 0, (n_small, n_large)
+    for fitted, truth in ((small, t_small), (large, t_large)):
+        err = np.abs(np.asarray(fitted.measured_flux)[0] / truth["flux"] - 1)
+        assert np.median(err) < 0.1, err
