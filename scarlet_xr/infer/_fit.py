@@ -255,8 +255,12 @@ def _fit(model, likelihoods, *, optimizer, max_steps, e_rel, progress, chunk, on
     if unpack and restore is None:
         model = model.packed()
     free, rest = partition_free(model)
-    # a canonical layout's program serves many scenes: worth optimising; a scene's own is not
-    run_chunk = _run_chunk if not lean else _run_chunk_lean if restore is not None else _run_chunk_quick
+    if not lean:
+        run_chunk = _run_chunk
+    elif restore is not None:  # a canonical layout's program serves many scenes: worth optimising
+        run_chunk = _run_chunk_lean
+    else:  # a scene's own layout: compiled for it alone, so compiled quickly
+        run_chunk = _run_chunk_quick
     z, opt_state = _start(free, optimizer)
     dtype = _loss_dtype(free)
     ring = jnp.zeros((_WINDOW,), dtype)
