@@ -45,24 +45,54 @@ def _stack_key(comp):
 
 
 def _scatter(canvas, boxes, centers, pad):
-    """Add ``boxes`` (m, band, h, w) to ``canvas`` (band, H, W) in one scatter-add.
+    """Add ``boxes`` (m, band, h, w) to ``canvas`` (band, H, W).
 
     Each box is centred on the pixel nearest its centre (shifted by ``pad``)
     and, like ``lax.dynamic_update_slice``, moved inside the canvas when it
-    would stick out. The compiled size does not depend on ``m``; the
+    would stick out. The compiled size does not depend on ``m``: the boxes are
+    added one after the other in a loop of in-place slice updates, and the
     gradient is one gather.
     """
     m, b, h, w = boxes.shape
     hp, wp = canvas.shape[1:]
     iy = jnp.clip(jnp.round(centers[:, 0]).astype(jnp.int32) - h // 2 + pad, 0, hp - h)
     ix = jnp.clip(jnp.round(centers[:, 1]).astype(jnp.int32) - w // 2 + pad, 0, wp - w)
-    rows = iy[:, None] + jnp.arange(h, dtype=jnp.int32)
-    cols = ix[:, None] + jnp.arange(w, dtype=jnp.int32)
-    flat = rows[:, :, None] * wp + cols[:, None, :]
+    return _add_boxes(canvas, boxes.astype(canvas.dtype), iy, ix)
+
+
+def _scatter_add(canvas, boxes, iy, ix):
+    """``canvas`` plus ``boxes`` at rows ``iy`` and columns ``ix``, in one scatter-add (its
+    transpose, the gradient, is one gather)."""
+    m, b, h, w = boxes.shape
+    hp, wp = canvas.shape[1:]
+    flat = ((iy[:, None] + jnp.arange(h, dtype=jnp.int32))[:, :, None] * wp
+            + (ix[:, None] + jnp.arange(w, dtype=jnp.int32))[:, None, :])
     out = canvas.reshape(b, hp * wp).at[:, flat].add(
-        jnp.moveaxis(boxes, 1, 0).astype(canvas.dtype), indices_are_sorted=False, unique_indices=False
-    )
+        jnp.moveaxis(boxes, 1, 0), indices_are_sorted=False, unique_indices=False)
     return out.reshape(b, hp, wp)
+
+
+@jax.custom_jvp
+def _add_boxes(canvas, boxes, iy, ix):
+    # (values by a loop of in-place slice updates, derivatives by the scatter-add, whose
+    # transpose is a gather: XLA's CPU scatter took 4.4 ms for 130 boxes of 59 x 59 x 5
+    # pixels, the loop 0.5 ms; the loop's own reverse pass was slower than the gather)
+    zero = jnp.zeros((), jnp.int32)
+
+    def add(c, item):
+        box, y0, x0 = item
+        cur = jax.lax.dynamic_slice(c, (zero, y0, x0), box.shape)
+        return jax.lax.dynamic_update_slice(c, cur + box, (zero, y0, x0)), None
+
+    out, _ = jax.lax.scan(add, canvas, (boxes, iy, ix))
+    return out
+
+
+@_add_boxes.defjvp
+def _add_boxes_jvp(primals, tangents):
+    canvas, boxes, iy, ix = primals
+    d_canvas, d_boxes = tangents[:2]
+    return _add_boxes(canvas, boxes, iy, ix), _scatter_add(d_canvas, d_boxes, iy, ix)
 
 
 class _Stack(NamedTuple):

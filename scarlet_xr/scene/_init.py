@@ -580,6 +580,10 @@ def _render_stamps(renderer, stamps, shape, dtype=np.float64):
     return out
 
 
+GRAM_TILE = 32
+"""Tile side (pixels) on which :func:`_gram` sums template overlaps with one dense product."""
+
+
 def _gram(patches, data, weights, band_index, num_bands):
     """Weighted normal equations of rendered templates against one observation.
 
@@ -608,34 +612,53 @@ def _gram(patches, data, weights, band_index, num_bands):
     bands = np.asarray(band_index, int)
     data = np.asarray(data, float)
     weights = np.asarray(weights, float)
-    wd = weights * data
-    np.add.at(dd, bands, np.sum(wd * data, axis=(1, 2)))
+    np.add.at(dd, bands, np.sum(weights * data * data, axis=(1, 2)))
     live = [i for i, p in enumerate(patches) if p is not None]
     if not live:
         return a, rhs, dd
-    box = np.array([(patches[i][0], patches[i][0] + patches[i][2].shape[1],
-                     patches[i][1], patches[i][1] + patches[i][2].shape[2]) for i in live])
-    # pairs of boxes that overlap (found at once; a crowded scene has few among all pairs)
-    over = ((np.maximum(box[:, None, 0], box[None, :, 0]) < np.minimum(box[:, None, 1], box[None, :, 1]))
-            & (np.maximum(box[:, None, 2], box[None, :, 2]) < np.minimum(box[:, None, 3], box[None, :, 3])))
-    for ii, i in enumerate(live):
-        y0, y1, x0, x1 = box[ii]
-        ri = patches[i][2]
-        np.add.at(rhs[:, i], bands, np.sum(ri * wd[:, y0:y1, x0:x1], axis=(1, 2)))
-        np.add.at(a[:, i, i], bands, np.sum(weights[:, y0:y1, x0:x1] * ri * ri, axis=(1, 2)))
-    # (the weighted templates are formed per overlap, not kept for all templates at once: the
-    # measurements of a 300-source cutout hold 1500 templates)
-    for ii, kk in zip(*np.nonzero(np.triu(over, 1)), strict=True):
-        i, k = live[ii], live[kk]
-        y0, _, x0, _ = box[ii]
-        v0, _, u0, _ = box[kk]
-        oy0, oy1 = max(y0, v0), min(box[ii, 1], box[kk, 1])
-        ox0, ox1 = max(x0, u0), min(box[ii, 3], box[kk, 3])
-        rk = patches[k][2][:, oy0 - v0 : oy1 - v0, ox0 - u0 : ox1 - u0]
-        ri = patches[i][2][:, oy0 - y0 : oy1 - y0, ox0 - x0 : ox1 - x0]
-        v = np.sum(weights[:, oy0:oy1, ox0:ox1] * ri * rk, axis=(1, 2))
-        np.add.at(a[:, i, k], bands, v)
-        np.add.at(a[:, k, i], bands, v)
+    nbo, hh, ww = data.shape
+    # The image is cut into tiles; on each, the templates that reach it form one dense
+    # matrix (template, band, pixel) and every pair's overlap is summed by one batched
+    # product. (A Python loop over overlapping pairs took 16 s of a 300-source cutout's
+    # 157 s: its 80 px templates overlap nearly all others.)
+    nty, ntx = -(-hh // GRAM_TILE), -(-ww // GRAM_TILE)
+    members = [[] for _ in range(nty * ntx)]
+    for i in live:
+        y0, x0, r = patches[i]
+        h, w = r.shape[-2:]
+        if y0 < 0 or x0 < 0 or y0 + h > hh or x0 + w > ww:
+            raise ValueError(f"template {i}'s box [{y0}:{y0 + h}, {x0}:{x0 + w}] is not inside the "
+                             f"observation's {hh} x {ww} pixels")
+        for ty in range(y0 // GRAM_TILE, (y0 + h - 1) // GRAM_TILE + 1):
+            for tx in range(x0 // GRAM_TILE, (x0 + w - 1) // GRAM_TILE + 1):
+                members[ty * ntx + tx].append(i)
+    root = np.sqrt(weights)
+    wd = root * data
+    distinct = len(set(bands.tolist())) == nbo  # (two observation bands may feed one model band)
+    for t, idx in enumerate(members):
+        if not idx:
+            continue
+        ty0, tx0 = (t // ntx) * GRAM_TILE, (t % ntx) * GRAM_TILE
+        ty1, tx1 = min(ty0 + GRAM_TILE, hh), min(tx0 + GRAM_TILE, ww)
+        mat = np.zeros((len(idx), nbo, ty1 - ty0, tx1 - tx0))
+        for j, i in enumerate(idx):
+            y0, x0, r = patches[i]
+            oy0, oy1 = max(y0, ty0), min(y0 + r.shape[-2], ty1)
+            ox0, ox1 = max(x0, tx0), min(x0 + r.shape[-1], tx1)
+            mat[j, :, oy0 - ty0 : oy1 - ty0, ox0 - tx0 : ox1 - tx0] = r[:, oy0 - y0 : oy1 - y0,
+                                                                        ox0 - x0 : ox1 - x0]
+        mat *= root[:, ty0:ty1, tx0:tx1]
+        mat = mat.reshape(len(idx), nbo, -1).transpose(1, 0, 2)  # (band, template, pixel)
+        gram = mat @ mat.transpose(0, 2, 1)
+        proj = mat @ wd[:, ty0:ty1, tx0:tx1].reshape(nbo, -1, 1)
+        ix = np.asarray(idx)
+        if distinct:  # one scatter for all bands
+            a[bands[:, None, None], ix[None, :, None], ix[None, None, :]] += gram
+            rhs[bands[:, None], ix[None, :]] += proj[:, :, 0]
+            continue
+        for c in range(nbo):
+            a[bands[c]][np.ix_(ix, ix)] += gram[c]
+            rhs[bands[c], ix] += proj[c, :, 0]
     return a, rhs, dd
 
 

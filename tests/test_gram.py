@@ -1,0 +1,53 @@
+"""The normal equations of rendered templates (``scene._init._gram``) against a dense sum."""
+
+import numpy as np
+import pytest
+
+from scarlet_xr.scene._init import GRAM_TILE, _gram
+
+
+def _dense(patches, data, weights, bands, num_bands):
+    nbo, hh, ww = data.shape
+    n = len(patches)
+    full = np.zeros((n, nbo, hh, ww))
+    for i, p in enumerate(patches):
+        if p is not None:
+            y0, x0, r = p
+            full[i, :, y0 : y0 + r.shape[1], x0 : x0 + r.shape[2]] = r
+    a = np.zeros((num_bands, n, n))
+    rhs = np.zeros((num_bands, n))
+    dd = np.zeros(num_bands)
+    for c in range(nbo):
+        f = full[:, c].reshape(n, -1)
+        w = weights[c].ravel()
+        a[bands[c]] += (f * w) @ f.T
+        rhs[bands[c]] += (f * w) @ data[c].ravel()
+        dd[bands[c]] += (w * data[c].ravel() ** 2).sum()
+    return a, rhs, dd
+
+
+@pytest.mark.parametrize("bands", [[0, 1, 2], [0, 1, 1]])
+def test_gram_sums_every_overlap_across_tiles(bands):
+    rng = np.random.default_rng(5)
+    nbo, hh, ww = 3, 2 * GRAM_TILE + 7, GRAM_TILE + 11  # partial tiles at both edges
+    data = rng.normal(size=(nbo, hh, ww))
+    weights = rng.uniform(0.2, 2.0, size=(nbo, hh, ww))
+    weights[:, 5:9, 3] = 0.0  # masked pixels
+    patches = []
+    for i in range(25):
+        h, w = rng.integers(3, 45, size=2)
+        h, w = min(h, hh), min(w, ww)
+        y0, x0 = rng.integers(0, hh - h + 1), rng.integers(0, ww - w + 1)
+        r = rng.normal(size=(nbo, h, w)).astype(np.float32)
+        patches.append(None if i == 7 else (int(y0), int(x0), r))
+    got = _gram(patches, data, weights, bands, 3)
+    want = _dense(patches, data, weights, np.asarray(bands), 3)
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_allclose(g, w, rtol=1e-10, atol=1e-10 * np.abs(w).max())
+    assert np.all(got[0][:, 7, :] == 0)  # an empty template stays out
+
+
+def test_gram_refuses_a_template_outside_the_observation():
+    data = np.zeros((1, 10, 10))
+    with pytest.raises(ValueError, match="not inside"):
+        _gram([(8, 0, np.ones((1, 4, 4)))], data, np.ones_like(data), [0], 1)
