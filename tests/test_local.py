@@ -9,11 +9,16 @@ from scarlet_xr.scene._local import local_problem, merged, neighbourhood
 from scarlet_xr.xr import frame_from_observations, normalize_observations
 
 
-def test_neighbourhood_refit_has_the_whole_scenes_loss_with_the_rest_held():
+def test_neighbourhood_refit_has_the_whole_scenes_loss_with_the_rest_held(monkeypatch):
     """GalSim galaxies spread over a 181 px cutout: the neighbourhood of one source holds it and the
     sources whose boxes overlap its box, not the far ones; its loss against the data less the rest's
     model differs from the whole scene's loss by a constant (the rest's priors) whatever its
     parameters, so fitting it alone is fitting the scene with the rest held fixed."""
+    import scarlet_xr.scene._auto as auto
+
+    # boxes sized per source, as in the crowded scenes that refit neighbourhoods (six sources are
+    # few enough to share one box by default, and one large box overlaps every other)
+    monkeypatch.setattr(auto, "ONE_BOX_PIXELS", 0)
     obs, centers, _, _ = galsim_blend(seed=11, n_sources=6, size=181, separation=(30.0, 60.0))
     norm = normalize_observations({"sim": obs})
     frame = frame_from_observations(norm)

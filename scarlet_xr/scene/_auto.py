@@ -172,7 +172,7 @@ its own size needs.
 
 Every box size is a stack of its own in the compiled step, and compiling, not stepping, is
 most of a small scene's time: on a 300 x 300 cutout with 10 sources the fit took 28.9 s,
-13.4 s of it compiling five fit programs, and 21.3 s (6.1 s compiling) with one box. On the
+13.4 s of it compiling five fit programs, and 18.4-21.3 s (5.6-6.1 s compiling) with one box. On the
 ``make_scenes.py`` scenes (seeds 6262, 4242, 8080: 12 scenes each, 3131: 16; cache cold)
 the default path took 84-112 s per seed instead of 140-164 s, galaxy flux errors 0.0574 /
 0.0664 / 0.1119 / 0.0643 instead of 0.0558 / 0.0682 / 0.1161 / 0.0581 (splits moving
