@@ -103,22 +103,18 @@ def test_refine_lands_on_the_optimum_adam_creeps_towards():
     assert skipped.status == "skipped" and skipped.num_steps == 0
     # many parameters: the Jacobian in batches of columns equals the one-pass Jacobian
     import equinox as eqx
-    from jax.flatten_util import ravel_pytree
 
     from scarlet_xr.infer import _refine
-    from scarlet_xr.infer._fit import _to_z
-    from scarlet_xr.infer._params import step_tree
 
     work = short.model().packed()
     free, rest = eqx.partition(work, _refine._spec(work))
-    steps = step_tree(free)
-    x, unravel = ravel_pytree(_to_z(free, steps))
+    x, steps = _refine._packed(free)
     jacs = []
     for batch in (x.size, 4):
         monkey = pytest.MonkeyPatch()
         monkey.setattr(_refine, "JACOBIAN_BATCH", batch)
         with jax.disable_jit():  # traced afresh with this batch size
-            jacs.append(np.asarray(_refine._parts(x, unravel, steps, rest, tuple(liks))[2]))
+            jacs.append(np.asarray(_refine._parts(x, free, steps, rest, tuple(liks))[2]))
         monkey.undo()
     assert x.size > 4 * 3 and jacs[0].shape == jacs[1].shape
     np.testing.assert_allclose(jacs[1], jacs[0], rtol=1e-4, atol=1e-4 * np.abs(jacs[0]).max())
