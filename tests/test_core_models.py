@@ -503,3 +503,36 @@ def test_gaussian_point_source_is_exact_and_continuous(sigma):
                   - gaussian_psf_image(sigma, size, offset=(0.3, -0.45))).max() > 1e-4
     with pytest.raises(ValueError, match="sigma must be a positive width"):
         PointSourceMorphology(psf, sigma=0.0)
+
+
+def test_concrete_values_and_pixel_images_compile_nothing():
+    """Outside compiled code, a parameter's value and shape and a free-form image are computed on
+    the host: no XLA program per shape (each cost 20-60 ms of compiling), the same numbers as JAX's."""
+    from scarlet_xr.core import morphology_image
+
+    rng = np.random.default_rng(3)
+    cases = [
+        (Positive(), rng.uniform(0, 40, (7, 13))),
+        (LogPositive(), rng.uniform(0.01, 30, (11, 3))),
+        (Interval(0.3, 6.0), rng.uniform(0.31, 5.99, (5, 9))),
+        (Simplex(), rng.dirichlet(np.ones(4), 3)),
+    ]
+    params = [Parameter(v, c) for c, v in cases]
+    morph = FreeFormMorphology(rng.uniform(0, 1, (17, 19)))
+    references = [np.asarray(jax.jit(p.constraint.forward)(p.raw)) for p in params]
+    offset = jnp.zeros(2)
+    with count_compiles(None) as hits:
+        values = [p.value for p in params]
+        shapes = [p.shape for p in params]
+        image = morphology_image(morph, offset)
+    assert hits == []
+    for (_c, v), p, value, ref, shape in zip(cases, params, values, references, shapes, strict=True):
+        assert isinstance(value, jax.Array) and value.dtype == p.raw.dtype and shape == v.shape
+        np.testing.assert_allclose(np.asarray(value), ref, rtol=2e-6, atol=1e-7)
+        np.testing.assert_allclose(np.asarray(value), v, rtol=1e-4, atol=1e-6)
+    assert image.shape == (17, 19)
+    np.testing.assert_allclose(np.asarray(image), np.asarray(morph.image.value))
+    # inside a compiled function the same parameters are traced (JAX's path)
+    traced = jax.jit(lambda ps: [q.value for q in ps])(params)
+    for t, ref in zip(traced, references, strict=True):
+        np.testing.assert_allclose(np.asarray(t), ref, rtol=2e-6, atol=1e-7)

@@ -20,6 +20,7 @@ from ._likelihood import GaussianLikelihood as GaussianLikelihood
 from ._likelihood import noise_power_spectrum as noise_power_spectrum
 from ._model import SceneModel as SceneModel
 from ._model import morphology_image as morphology_image
+from ._device import to_device as to_device
 from ._morphology import AbstractMorphology as AbstractMorphology
 from ._morphology import AutoMorphology as AutoMorphology
 from ._morphology import FreeFormMorphology as FreeFormMorphology
@@ -107,6 +108,7 @@ __all__ = [
     "gaussian_psf_image",
     "is_parameter",
     "morphology_image",
+    "to_device",
     "noise_power_spectrum",
     "psf_core_width",
     "psf_spectrum",

@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ._device import to_device
 from ._parameter import default_float
 from ._render import AbstractRenderer
 
@@ -67,8 +68,8 @@ class GaussianLikelihood(eqx.Module):
                 f"data has {int(np.sum(bad & (weights > 0)))} non-finite pixels with positive weight"
             )
         dt = default_float()
-        self.data = jnp.asarray(np.where(bad, 0.0, data), dtype=dt)
-        self.weights = jnp.asarray(weights, dtype=dt)
+        self.data = to_device(np.where(bad, 0.0, data), dtype=dt)
+        self.weights = to_device(weights, dtype=dt)
         self.renderer = renderer
         if sky is not None and sky not in SKY_MODELS:
             raise ValueError(f"sky must be None or one of {SKY_MODELS}; got {sky!r}")
@@ -266,8 +267,8 @@ class CorrelatedGaussianLikelihood(GaussianLikelihood):
             )
         power = noise_power_spectrum(k, self.data.shape[1:])
         dt = self.data.dtype
-        self.kernel = jnp.asarray(k, dtype=dt)
-        self.inverse_power = jnp.asarray(1.0 / power, dtype=dt)
+        self.kernel = to_device(k, dtype=dt)
+        self.inverse_power = to_device(1.0 / power, dtype=dt)
 
     def chi2(self, model_cube):
         """Return ``sum_k |FFT(sqrt(w) r)|^2 / P(k) / N``."""

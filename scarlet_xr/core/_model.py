@@ -12,6 +12,7 @@ import numpy as np
 from jaxtyping import Array, ArrayLike, Float
 
 from ._constraints import Identity
+from ._device import to_device
 from ._fft import fast_size, kernel_to_origin
 from ._jit import filter_jit
 from ._parameter import Parameter, default_complex, default_float, is_parameter
@@ -129,7 +130,7 @@ def _concrete(x) -> bool:
 def _stacked(col):
     """``jnp.stack(col)``; concrete arrays are stacked on the host (no compiled op per shape)."""
     if all(_concrete(x) for x in col):
-        return jnp.asarray(np.stack([np.asarray(x) for x in col]))
+        return to_device(np.stack([np.asarray(x) for x in col]))
     return jnp.stack(col)
 
 
@@ -213,7 +214,7 @@ def _member_trees(stack: _Stack):
     # concrete leaves are cut on the host (no compiled op per shape)
     host = [np.asarray(x) if not s and _concrete(x) else None
             for x, s in zip(leaves, stack.shared, strict=True)]
-    return [treedef.unflatten([x if s else (x[j] if h is None else jnp.asarray(h[j]))
+    return [treedef.unflatten([x if s else (x[j] if h is None else to_device(h[j]))
                                for x, s, h in zip(leaves, stack.shared, host, strict=True)])
             for j in range(len(stack.members))]
 
@@ -257,14 +258,22 @@ def _place_group(canvas, boxes, centers, pad):
 
 
 @filter_jit(quick=True)
+def _compiled_image(morphology, offset):
+    return morphology(offset)
+
+
 def morphology_image(morphology, offset: Float[ArrayLike, " 2"]) -> Float[Array, "h w"]:
     """Evaluate ``morphology(offset)`` compiled once per morphology type and box size.
 
     For code outside a traced function (initialisation, linear solves) that
     evaluates many morphologies: eager evaluation would compile every
-    operation of the profile anew for each new box size.
+    operation of the profile anew for each new box size. Morphologies that
+    are cheap to call eagerly (``cheap_eager``, e.g. free-form pixels) are
+    called directly: compiling them per box size cost more than it saved.
     """
-    return morphology(offset)
+    if morphology.cheap_eager and not isinstance(offset, jax.core.Tracer):
+        return to_device(morphology(offset))
+    return _compiled_image(morphology, offset)
 
 
 def _convolve_full(images, psf):
@@ -406,8 +415,8 @@ class SceneModel(eqx.Module):
             self.fft_shape = (fast_size(self.shape[1] + psf.shape[0] - 1),
                               fast_size(self.shape[2] + psf.shape[1] - 1))
             k = np.fft.rfft2(kernel_to_origin(psf / psf.sum(), self.fft_shape))
-            self.psf_fft = jnp.asarray(k, dtype=default_complex())
-            self.psf = jnp.asarray(psf / psf.sum(), dtype=default_float())
+            self.psf_fft = to_device(k, dtype=default_complex())
+            self.psf = to_device(psf / psf.sum(), dtype=default_float())
             self.pad = max(self.pad, psf.shape[0] // 2, psf.shape[1] // 2)
 
     @property
@@ -430,7 +439,7 @@ class SceneModel(eqx.Module):
             raise ValueError(f"active weights must lie in [0, 1]; got {active}")
         if any(s.num_epochs for s in self._sources):
             raise ValueError("active weights are not supported with variable sources")
-        return jnp.asarray(active, dtype=self._sources[0].center.raw.dtype)
+        return to_device(active, dtype=self._sources[0].center.raw.dtype)
 
     # -- layout ------------------------------------------------------------------------------
 
@@ -514,7 +523,7 @@ class SceneModel(eqx.Module):
             out += [sources[i] for i in idx]
             out += [_copied(sources[idx[0]]) for _ in range(len(order) - len(out))]
         active = np.asarray([1.0 if i >= 0 else 0.0 for i in order])
-        model = self._replace(_sources=tuple(out), active=jnp.asarray(active, dtype=out[0].center.raw.dtype))
+        model = self._replace(_sources=tuple(out), active=to_device(active, dtype=out[0].center.raw.dtype))
         return model._packed_with(CANONICAL_MIN_SHARED), (tuple(order), tuple(s.name for s in self._sources))
 
     def restored(self, order, names) -> SceneModel:
@@ -758,9 +767,9 @@ class SceneModel(eqx.Module):
                 img, off = images[(i, j)]
                 dt = jnp.asarray(comp.spectrum()).dtype
                 moves = not center.fixed
-                stored = (jnp.asarray(np.fft.rfft2(img), jnp.result_type(dt, jnp.complex64)) if moves
-                          else jnp.asarray(img, dt))
-                morph = _TemplateMorphology(image=stored, offset0=jnp.asarray(off, dt), shape=img.shape,
+                stored = (to_device(np.fft.rfft2(img), jnp.result_type(dt, jnp.complex64)) if moves
+                          else to_device(img, dt))
+                morph = _TemplateMorphology(image=stored, offset0=to_device(off, dt), shape=img.shape,
                                             moves=moves)
                 spectrum = comp.spectrum if i in chosen else _fix_all(comp.spectrum)
                 new_comps.append(type(comp)(spectrum, morph))

@@ -19,6 +19,7 @@ import numpy as np
 from jax.scipy.special import gammaln
 
 from ._constraints import Interval, LogPositive, Positive
+from ._device import to_device
 from ._fft import fast_size, fourier_shift, kernel_to_origin
 from ._parameter import Parameter, default_complex, default_float
 
@@ -127,6 +128,10 @@ class AbstractMorphology(eqx.Module):
     """True for profiles of the unconvolved sky (Gaussian, Sersic); the scene
     convolves them with the model-frame PSF. False for morphologies that
     already live in the model frame (free-form pixels, point sources)."""
+    cheap_eager: ClassVar[bool] = False
+    """True where calling the morphology outside a compiled function is cheap
+    (no JAX kernels to compile: a parameter's value, computed with numpy);
+    :func:`~scarlet_xr.core.morphology_image` then calls it directly."""
 
     def __call__(self, offset: jax.Array) -> jax.Array:
         """Return the ``(h, w)`` image for sub-pixel ``offset`` (dy, dx)."""
@@ -156,6 +161,7 @@ class FreeFormMorphology(AbstractMorphology):
     image: Parameter
     shape: tuple[int, int] = eqx.field(static=True)
     pixel_anchored: ClassVar[bool] = True
+    cheap_eager: ClassVar[bool] = True
 
     def __init__(self, image, *, step: float = 0.03, constraint=None):
         if isinstance(image, Parameter):
@@ -438,7 +444,7 @@ class PointSourceMorphology(AbstractMorphology):
         cy, cx = canvas.shape[0] // 2, canvas.shape[1] // 2
         canvas[cy - ph // 2 : cy + ph // 2 + 1, cx - pw // 2 : cx + pw // 2 + 1] = psf
         canvas = canvas[cy - h // 2 : cy + h // 2 + 1, cx - w // 2 : cx + w // 2 + 1]
-        self.psf = jnp.asarray(canvas / canvas.sum(), dtype=default_float())
+        self.psf = to_device(canvas / canvas.sum(), dtype=default_float())
         self.shape = (h, w)
         if sigma is not None and not (np.isfinite(sigma) and sigma > 0):
             raise ValueError(f"sigma must be a positive width in pixels; got {sigma!r}")
@@ -507,12 +513,12 @@ class AutoMorphology(AbstractMorphology):
         self.shape = sersic.shape
         dtype = default_float()
         boxed = _pad_to(psf / psf.sum(), self.shape)
-        self.psf = jnp.asarray(boxed / boxed.sum(), dtype=dtype)
+        self.psf = to_device(boxed / boxed.sum(), dtype=dtype)
         h, w = self.shape
         self.fft_shape = (fast_size(h + psf.shape[0]), fast_size(w + psf.shape[1]))
         k = np.fft.rfft2(kernel_to_origin(psf / psf.sum(), self.fft_shape))
-        self.psf_fft = jnp.asarray(k, dtype=default_complex())
-        self.is_point = jnp.asarray(1.0 if is_point else 0.0, dtype=dtype)
+        self.psf_fft = to_device(k, dtype=default_complex())
+        self.is_point = to_device(1.0 if is_point else 0.0, dtype=dtype)
 
     def __call__(self, offset):
         """Return the point-source or PSF-convolved Sersic image."""

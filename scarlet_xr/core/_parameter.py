@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ._constraints import AbstractConstraint, Identity
+from ._device import to_device
 
 __all__ = ["Parameter", "is_parameter", "default_float", "default_complex"]
 
@@ -93,7 +94,7 @@ class Parameter(eqx.Module):
                 raise ValueError(f"invalid parameter value for {type(constraint).__name__}: {msg}")
             with np.errstate(divide="ignore"):
                 raw = constraint.inverse(arr)
-            self.raw = jnp.asarray(raw, dtype=default_float())
+            self.raw = to_device(raw, dtype=default_float())
         self.constraint = constraint
         self.prior = prior
         self.fixed = bool(fixed)
@@ -104,12 +105,16 @@ class Parameter(eqx.Module):
     @property
     def value(self) -> jax.Array:
         """The constrained value."""
-        return self.constraint.forward(self.raw)
+        raw = self.raw
+        if self.constraint.host_forward and not isinstance(raw, jax.core.Tracer):
+            # (concrete: numpy, then one transfer; eager JAX compiled a kernel per shape and dtype)
+            return to_device(self.constraint.forward(np.asarray(raw)))
+        return self.constraint.forward(raw)
 
     @property
     def shape(self) -> tuple[int, ...]:
-        """Shape of the value."""
-        return tuple(self.value.shape)
+        """Shape of the value (found abstractly: nothing is computed or compiled)."""
+        return tuple(jax.eval_shape(self.constraint.forward, self.raw).shape)
 
     def log_prior(self) -> jax.Array:
         """Log prior density of the value (0 when there is no prior)."""

@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ._device import to_device
 from ._fft import fast_size
 from ._parameter import default_complex
 from ._psf import difference_kernel_fft
@@ -74,7 +75,7 @@ class ConvolutionRenderer(AbstractRenderer):
         # cube differs by 1e-7 of its peak)
         self.fft_shape = (fast_size(max(hm + ph // 2, ph)), fast_size(max(wm + pw // 2, pw)))
         k = difference_kernel_fft(obs_psf, model_psf, self.fft_shape)
-        self.kernel_fft = jnp.asarray(k, dtype=default_complex())
+        self.kernel_fft = to_device(k, dtype=default_complex())
         self.band_index = tuple(int(i) for i in band_index)
         self.crop = (oy, oy + ho, ox, ox + wo)
 

@@ -13,7 +13,7 @@ import numpy as np
 import optax
 from jax.flatten_util import ravel_pytree
 
-from ..core import SceneModel, default_float, filter_jit
+from ..core import SceneModel, default_float, filter_jit, to_device
 from ._params import log_prior, partition_free, step_tree
 
 __all__ = [
@@ -276,8 +276,8 @@ def _fit(model, likelihoods, *, optimizer, max_steps, e_rel, progress, chunk, on
         while True:
             z, opt_state, ring, hist, n, st = run_chunk(
                 z, opt_state, ring, rest, likelihoods, optimizer,
-                jnp.asarray(n_done, jnp.int32), jnp.asarray(max_steps, jnp.int32),
-                jnp.asarray(e_rel, dtype), int(chunk),
+                to_device(n_done, jnp.int32), to_device(max_steps, jnp.int32),
+                to_device(e_rel, dtype), int(chunk),
             )
             n = int(n)
             st = int(st)

@@ -13,10 +13,9 @@ observations' renderers (``render_numpy``).
 
 from __future__ import annotations
 
-import jax.numpy as jnp
 import numpy as np
 
-from ..core import SceneModel, morphology_image
+from ..core import SceneModel, morphology_image, to_device
 from ._linear import _box_sums
 
 __all__ = ["host_products", "render_on_host"]
@@ -75,7 +74,7 @@ def host_products(model: SceneModel):
     for i, src in enumerate(sources):
         center = np.asarray(src.center.value, float)
         dtype = src.center.raw.dtype
-        offset = jnp.asarray(center - np.round(center), dtype)
+        offset = to_device(center - np.round(center), dtype)
         for comp in src.components:
             spec = np.asarray(comp.spectrum(), float)
             img = np.asarray(morphology_image(comp.morphology, offset), float)

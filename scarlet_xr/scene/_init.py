@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 
-import jax.numpy as jnp
 import numpy as np
 
 from ..core import (
@@ -24,6 +23,7 @@ from ..core import (
     fast_size,
     morphology_image,
     psf_core_width,
+    to_device,
 )
 from ..wcs import Frame
 from ..xr import (
@@ -356,7 +356,7 @@ def initialize_sources(
                 morphs.append(bulge_disk_morphologies(1.18 * s, (0.0, 0.0), size))
             else:
                 morphs.append(SersicMorphology(1.0, 1.18 * s, shape=size))
-            offset = jnp.asarray([cy - iy, cx - ix], default_float())
+            offset = to_device([cy - iy, cx - ix], default_float())
             parts = morphs[-1] if isinstance(morphs[-1], tuple) else (morphs[-1],)
             weights = BULGE_DISK_SPLIT if len(parts) == 2 else (1.0,)
             intrinsic = sum(w * np.asarray(morphology_image(m, offset))
@@ -667,7 +667,7 @@ def _render_np(renderer, cube):
     one (both built-in renderers), else eagerly in JAX on the whole batch."""
     if hasattr(renderer, "render_numpy"):
         return renderer.render_numpy(cube)
-    return np.asarray(renderer(jnp.asarray(cube, default_float())), float)
+    return np.asarray(renderer(to_device(cube, default_float())), float)
 
 
 def _nnls(a, y, maxiter):

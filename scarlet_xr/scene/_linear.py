@@ -14,7 +14,7 @@ import equinox as eqx
 import jax.numpy as jnp
 import numpy as np
 
-from ..core import SceneModel, Spectrum, morphology_image
+from ..core import SceneModel, Spectrum, morphology_image, to_device
 from ._init import _gram, _np_convolve, _render_stamps, _stamp
 
 __all__ = ["LinearSolution", "solve_linear", "set_spectra"]
@@ -35,7 +35,7 @@ def _component_stamps(model: SceneModel, psf) -> list:
         center = np.asarray(src.center.value, float)
         offset = center - np.round(center)
         for comp in src.components:
-            off = jnp.asarray(offset, src.center.raw.dtype)
+            off = to_device(offset, src.center.raw.dtype)
             img = np.asarray(morphology_image(comp.morphology, off), float)
             if comp.morphology.intrinsic and psf is not None:
                 img = _np_convolve(img, psf)
@@ -185,7 +185,7 @@ def set_spectra(model: SceneModel, amplitudes, *, floor: float = 1e-6) -> SceneM
                 p = spec.values
                 new = Spectrum(amplitudes[k], step=p.step, prior=p.prior, fixed=p.fixed)
                 new = eqx.tree_at(
-                    lambda s: s.values.raw, new, jnp.asarray(new.values.raw, p.raw.dtype)
+                    lambda s: s.values.raw, new, to_device(new.values.raw, p.raw.dtype)
                 )
                 comp = eqx.tree_at(lambda c: c.spectrum, comp, new)
             comps.append(comp)
