@@ -8,8 +8,6 @@ sampler needs to turn a prior on ``v`` into a density on ``u``.
 
 from __future__ import annotations
 
-from typing import ClassVar
-
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -35,13 +33,8 @@ class AbstractConstraint(eqx.Module):
 
     Subclasses implement :meth:`forward`, :meth:`inverse` and
     :meth:`log_abs_det_jacobian`, and :meth:`check` for eager validation of
-    user values. A subclass whose :meth:`forward` also maps numpy arrays to
-    numpy arrays (as the built-in ones do) sets ``host_forward = True``:
-    :attr:`~scarlet_xr.core.Parameter.value` of a concrete parameter is then
-    computed with numpy, without compiling a JAX kernel per shape.
+    user values.
     """
-
-    host_forward: ClassVar[bool] = False
 
     def forward(self, u):
         """Map an unconstrained array to the constrained space."""
@@ -62,8 +55,6 @@ class AbstractConstraint(eqx.Module):
 
 class Identity(AbstractConstraint):
     """No constraint: ``v = u``."""
-
-    host_forward: ClassVar[bool] = True
 
     def forward(self, u):
         """Return ``u``."""
@@ -92,12 +83,8 @@ class Positive(AbstractConstraint):
     suits pixel arrays of free-form morphologies.
     """
 
-    host_forward: ClassVar[bool] = True
-
     def forward(self, u):
         """Return ``softplus(u)``."""
-        if _xp(u) is np:
-            return np.logaddexp(u, 0)
         return jax.nn.softplus(u)
 
     def inverse(self, v):
@@ -126,11 +113,9 @@ class LogPositive(AbstractConstraint):
     scale of amplitudes and sizes.
     """
 
-    host_forward: ClassVar[bool] = True
-
     def forward(self, u):
         """Return ``exp(u)``."""
-        return _xp(u).exp(u)
+        return jnp.exp(u)
 
     def inverse(self, v):
         """Return ``log(v)``."""
@@ -161,12 +146,8 @@ class Interval(AbstractConstraint):
                 f"Interval needs upper > lower; got lower={self.lower}, upper={self.upper}"
             )
 
-    host_forward: ClassVar[bool] = True
-
     def forward(self, u):
         """Return ``lower + (upper - lower) * sigmoid(u)``."""
-        if _xp(u) is np:
-            return self.lower + (self.upper - self.lower) * np.exp(-np.logaddexp(0, -u))
         return self.lower + (self.upper - self.lower) * jax.nn.sigmoid(u)
 
     def inverse(self, v):
@@ -200,15 +181,9 @@ class Simplex(AbstractConstraint):
     The unconstrained vector has one element fewer than the simplex.
     """
 
-    host_forward: ClassVar[bool] = True
-
     def forward(self, u):
         """Return ``softmax([u, 0])``."""
-        xp = _xp(u)
-        z = xp.concatenate([u, xp.zeros(u.shape[:-1] + (1,), u.dtype)], axis=-1)
-        if xp is np:
-            e = np.exp(z - z.max(axis=-1, keepdims=True))
-            return e / e.sum(axis=-1, keepdims=True)
+        z = jnp.concatenate([u, jnp.zeros(u.shape[:-1] + (1,), u.dtype)], axis=-1)
         return jax.nn.softmax(z, axis=-1)
 
     def inverse(self, v):

@@ -3,7 +3,8 @@
 In JAX 0.10, ``jnp.asarray(numpy_array)`` compiles a small XLA program (a
 "stage", or a type conversion) for every new shape and dtype, 10-70 ms each
 on a CPU; a scene's set-up and measurements convert dozens of differently
-shaped arrays. ``jax.device_put`` of a numpy array compiles nothing.
+shaped arrays. ``jax.device_put`` of a numpy array compiles nothing (but on
+the CPU it may share the numpy array's memory: :func:`to_device` copies first).
 """
 
 from __future__ import annotations
@@ -37,5 +38,7 @@ def to_device(x, dtype=None) -> jax.Array:
         if dtype is None or x.dtype == jax.dtypes.canonicalize_dtype(dtype):
             return x
         x = np.asarray(x)
-    arr = np.asarray(x, dtype=None if dtype is None else jax.dtypes.canonicalize_dtype(dtype))
+    # a private copy: on the CPU, device_put aliases the numpy buffer (even with may_alias=False in
+    # JAX 0.10), and callers go on changing their arrays in place
+    arr = np.array(x, dtype=None if dtype is None else jax.dtypes.canonicalize_dtype(dtype), copy=True)
     return jax.device_put(arr)

@@ -258,22 +258,14 @@ def _place_group(canvas, boxes, centers, pad):
 
 
 @filter_jit(quick=True)
-def _compiled_image(morphology, offset):
-    return morphology(offset)
-
-
 def morphology_image(morphology, offset: Float[ArrayLike, " 2"]) -> Float[Array, "h w"]:
     """Evaluate ``morphology(offset)`` compiled once per morphology type and box size.
 
     For code outside a traced function (initialisation, linear solves) that
     evaluates many morphologies: eager evaluation would compile every
-    operation of the profile anew for each new box size. Morphologies that
-    are cheap to call eagerly (``cheap_eager``, e.g. free-form pixels) are
-    called directly: compiling them per box size cost more than it saved.
+    operation of the profile anew for each new box size.
     """
-    if morphology.cheap_eager and not isinstance(offset, jax.core.Tracer):
-        return to_device(morphology(offset))
-    return _compiled_image(morphology, offset)
+    return morphology(offset)
 
 
 def _convolve_full(images, psf):

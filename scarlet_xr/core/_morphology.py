@@ -128,10 +128,6 @@ class AbstractMorphology(eqx.Module):
     """True for profiles of the unconvolved sky (Gaussian, Sersic); the scene
     convolves them with the model-frame PSF. False for morphologies that
     already live in the model frame (free-form pixels, point sources)."""
-    cheap_eager: ClassVar[bool] = False
-    """True where calling the morphology outside a compiled function is cheap
-    (no JAX kernels to compile: a parameter's value, computed with numpy);
-    :func:`~scarlet_xr.core.morphology_image` then calls it directly."""
 
     def __call__(self, offset: jax.Array) -> jax.Array:
         """Return the ``(h, w)`` image for sub-pixel ``offset`` (dy, dx)."""
@@ -161,7 +157,6 @@ class FreeFormMorphology(AbstractMorphology):
     image: Parameter
     shape: tuple[int, int] = eqx.field(static=True)
     pixel_anchored: ClassVar[bool] = True
-    cheap_eager: ClassVar[bool] = True
 
     def __init__(self, image, *, step: float = 0.03, constraint=None):
         if isinstance(image, Parameter):

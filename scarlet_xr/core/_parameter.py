@@ -105,11 +105,7 @@ class Parameter(eqx.Module):
     @property
     def value(self) -> jax.Array:
         """The constrained value."""
-        raw = self.raw
-        if self.constraint.host_forward and not isinstance(raw, jax.core.Tracer):
-            # (concrete: numpy, then one transfer; eager JAX compiled a kernel per shape and dtype)
-            return to_device(self.constraint.forward(np.asarray(raw)))
-        return self.constraint.forward(raw)
+        return self.constraint.forward(self.raw)
 
     @property
     def shape(self) -> tuple[int, ...]:
