@@ -61,6 +61,7 @@ from ..infer import FitHistory, bound_compiled_programs, default_optimizer, refi
 from ..infer import fit as _fit
 from ..wcs import Frame
 from ..xr import bind_observations, normalize_observations
+from ._boxes import consolidated_boxes
 from ._init import (
     BOX_SIZES,
     BULGE_DISK_SPLIT,
@@ -540,7 +541,10 @@ def fit_sources(
                              prior=prior, refine_fit=refine_fit, point_refit=point_refit,
                              pixel_steps=pixel_steps, misfit_pixels=misfit_pixels)
 
+    # (small stacks of profiles moved up to the next box size used: fewer programs to compile)
+    boxes = (lambda m: m) if canonical else consolidated_boxes
     if auto_idx:
+        model = boxes(model)
         model, hist = _fit(model, fit_liks, optimizer=_optimizer_for(model, optimizer),
                            max_steps=min(_STAGE1_STEPS, max_steps), e_rel=max(e_rel, _STAGE1_E_REL),
                            progress=progress, canonical=canonical)
@@ -562,6 +566,7 @@ def fit_sources(
                                         common=canonical or one_box, budget=budget)
     else:
         one_sersic = {}
+    model = boxes(model)
     model, hist = _fit(model, fit_liks, optimizer=_optimizer_for(model, optimizer), max_steps=max_steps,
                        e_rel=e_rel, progress=progress, canonical=canonical)
     losses.append(hist.loss)
@@ -587,10 +592,12 @@ def fit_sources(
                  else local_problem(upgraded, changed, fit_liks, frame.psf))
         if local is not None:
             idx, sub, sub_liks = local
+            sub = boxes(sub)
             sub, hist = _fit(sub, sub_liks, optimizer=_optimizer_for(sub, optimizer), max_steps=stage_steps,
                              e_rel=e_rel, progress=progress)
             model = merged(upgraded, idx, sub, frame.psf)
         else:
+            upgraded = boxes(upgraded)
             model, hist = _fit(upgraded, fit_liks, optimizer=_optimizer_for(upgraded, optimizer),
                                max_steps=stage_steps, e_rel=e_rel, progress=progress, canonical=canonical)
         losses.append(hist.loss)
