@@ -239,10 +239,15 @@ def fisher_covariance(blocks, num_sources: int, num_bands: int, extended, *, num
     keep = np.concatenate([np.ones(nf, bool), keep_shape]) & (np.diag(f) > 0)
     idx = np.flatnonzero(keep)
     sub = f[np.ix_(idx, idx)]
+    del f
     scale = np.sqrt(np.diag(sub))
-    cov_s = np.linalg.pinv(sub / np.outer(scale, scale), rcond=1e-12, hermitian=True)
+    sub /= np.outer(scale, scale)
+    cov_s = _inverse(sub)
+    del sub
+    cov_s /= np.outer(scale, scale)
     cov = np.full((n, n), np.nan)
-    cov[np.ix_(idx, idx)] = cov_s / np.outer(scale, scale)
+    cov[np.ix_(idx, idx)] = cov_s
+    del cov_s
     diag = np.diag(cov)
     flux_var = np.where(np.isfinite(diag[:nf]), diag[:nf], np.inf).reshape(nb, nfl).T
     center_cov = np.full((ns, 2, 2), np.inf)
@@ -255,6 +260,28 @@ def fisher_covariance(blocks, num_sources: int, num_bands: int, extended, *, num
         fc = np.stack([cov[b * nfl : (b + 1) * nfl, b * nfl : (b + 1) * nfl] for b in range(nb)])
         return flux_var, center_cov, fc
     return flux_var, center_cov
+
+
+INVERSE_RCOND = 1e-10
+"""Smallest reciprocal condition number (1-norm estimate) of a scaled Fisher matrix inverted by
+Cholesky; a worse-conditioned one goes to the pseudo-inverse (eigenvalues below 1e-12 of the
+largest dropped), which costs about four times as much (2400 parameters: 2.1 s against 0.5 s)."""
+
+
+def _inverse(a):
+    """Inverse of the symmetric positive semi-definite ``a`` (unit diagonal): Cholesky when
+    well-conditioned, else the pseudo-inverse."""
+    from scipy.linalg import LinAlgError, cho_factor, cho_solve
+    from scipy.linalg.lapack import dpocon
+
+    try:
+        c, lower = cho_factor(a, lower=False, check_finite=False)
+        rcond, info = dpocon(c, float(np.abs(a).sum(axis=0).max()))
+        if info == 0 and rcond > INVERSE_RCOND:
+            return cho_solve((c, lower), np.eye(a.shape[0]), check_finite=False)
+    except LinAlgError:
+        pass
+    return np.linalg.pinv(a, rcond=1e-12, hermitian=True)
 
 
 def footprints(models, noise_sigma, *, nsigma: float = 0.5, peak_fraction: float = 0.05):

@@ -19,7 +19,7 @@ from ..core import noise_power_spectrum
 from ._observation import BAND, check_observation
 
 __all__ = ["NOISE_CORRELATION", "estimate_noise_correlation", "with_noise_correlation",
-           "flux_variance_factor"]
+           "flux_variance_factor", "flux_variance_terms"]
 
 NOISE_CORRELATION = "noise_correlation"
 """Name of the observation variable holding the kernel (dims ``band, corr_y, corr_x``)."""
@@ -205,21 +205,51 @@ def flux_variance_factor(observed, datasets, num_sources: int, num_bands: int) -
     info = np.zeros((num_sources, num_bands))
     inflated = np.zeros((num_sources, num_bands))
     for (templates, _, w, band_index), ds in zip(observed, datasets, strict=True):
-        kernel = ds[NOISE_CORRELATION].values if NOISE_CORRELATION in ds else None
-        for k in range(num_sources):
-            patch = templates.get(k) if isinstance(templates, dict) else templates[k]
-            if patch is None:
-                continue
-            y0, x0, vals = patch
-            for j, b in enumerate(band_index):
-                t = np.asarray(vals[j], float)
-                ww = np.asarray(w[j, y0:y0 + t.shape[0], x0:x0 + t.shape[1]], float)
-                z = np.sqrt(ww) * t
-                zz = float(np.sum(z * z))
-                if zz <= 0:
-                    continue
-                info[k, b] += zz
-                if kernel is not None:
-                    zz = float(np.sum(z * _convolve_same(z, kernel[j])))
-                inflated[k, b] += zz
+        one_info, one_inflated = flux_variance_terms(templates, w, band_index, ds, num_sources, num_bands)
+        info += one_info
+        inflated += one_inflated
     return np.where(info > 0, inflated / np.where(info > 0, info, 1.0), 1.0)
+
+
+def flux_variance_terms(templates, weight, band_index, dataset, num_sources: int, num_bands: int):
+    """One observation's share of :func:`flux_variance_factor`: ``(white, correlated)`` sums.
+
+    The factor is ``sum(correlated) / sum(white)`` over the observations (1 where the
+    white sum is 0), so a caller can add each observation's terms and let its templates go.
+
+    Parameters
+    ----------
+    templates : sequence or dict
+        Unit flux templates of the observation (see :func:`flux_variance_factor`).
+    weight : numpy.ndarray (obs band, y, x)
+    band_index : sequence of int
+        Frame band of each observation band.
+    dataset : xarray.Dataset
+        The observation (its ``noise_correlation`` kernel, if any).
+    num_sources, num_bands : int
+
+    Returns
+    -------
+    white, correlated : numpy.ndarray (source, band)
+        ``z^T z`` and ``z^T Xi z`` of each whitened template ``z``.
+    """
+    info = np.zeros((num_sources, num_bands))
+    inflated = np.zeros((num_sources, num_bands))
+    kernel = dataset[NOISE_CORRELATION].values if NOISE_CORRELATION in dataset else None
+    for k in range(num_sources):
+        patch = templates.get(k) if isinstance(templates, dict) else templates[k]
+        if patch is None:
+            continue
+        y0, x0, vals = patch
+        for j, b in enumerate(band_index):
+            t = np.asarray(vals[j], float)
+            ww = np.asarray(weight[j, y0:y0 + t.shape[0], x0:x0 + t.shape[1]], float)
+            z = np.sqrt(ww) * t
+            zz = float(np.sum(z * z))
+            if zz <= 0:
+                continue
+            info[k, b] += zz
+            if kernel is not None:
+                zz = float(np.sum(z * _convolve_same(z, kernel[j])))
+            inflated[k, b] += zz
+    return info, inflated
