@@ -34,16 +34,26 @@ def _resized(m: SersicMorphology, size: int) -> SersicMorphology:
     return SersicMorphology(m.n, m.r_e, m.ellipticity, shape=size, oversample=m.oversample)
 
 
-def _kind_key(comp):
-    """Stack key of ``comp`` with its box size left out (None: not a resizable profile)."""
-    m = comp.morphology
-    if type(m) is not SersicMorphology or m.shape[0] != m.shape[1]:
-        return None
-    leaves, treedef = jax.tree_util.tree_flatten(
-        eqx.tree_at(lambda c: c.morphology, comp, _resized(m, _REFERENCE_BOX)))
+def _structure(tree):
+    """Stack key of ``tree``: its tree structure and leaf shapes (None: not stackable)."""
+    leaves, treedef = jax.tree_util.tree_flatten(tree)
     if not all(hasattr(x, "shape") and hasattr(x, "dtype") for x in leaves):
         return None
     return treedef, tuple((tuple(x.shape), str(x.dtype)) for x in leaves)
+
+
+def _kind_key(comp, cache: dict):
+    """Stack key of ``comp`` with its box size left out (None: not a resizable profile);
+    ``cache`` maps full stack keys to it (one profile rebuilt per structure, not per source)."""
+    m = comp.morphology
+    if type(m) is not SersicMorphology or m.shape[0] != m.shape[1]:
+        return None
+    full = _structure(comp)
+    if full is None:
+        return None
+    if full not in cache:
+        cache[full] = _structure(eqx.tree_at(lambda c: c.morphology, comp, _resized(m, _REFERENCE_BOX)))
+    return cache[full]
 
 
 def consolidated_boxes(model: SceneModel, max_pixels: int = MERGE_BOX_PIXELS) -> SceneModel:
@@ -70,9 +80,10 @@ def consolidated_boxes(model: SceneModel, max_pixels: int = MERGE_BOX_PIXELS) ->
     """
     sources = list(model.sources)
     kinds: dict = {}
+    cache: dict = {}
     for i, src in enumerate(sources):
         for j, comp in enumerate(src.components):
-            key = _kind_key(comp)
+            key = _kind_key(comp, cache)
             if key is not None:
                 kinds.setdefault(key, {}).setdefault(comp.morphology.shape[0], []).append((i, j))
     target = {}
