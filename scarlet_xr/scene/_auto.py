@@ -189,6 +189,13 @@ to it (the rest held at the scene's solution) instead of the whole scene's."""
 FITTED_BOX_MARGIN = 1.0
 """After the first fit, boxes hold ``BOX_RADII_RE`` times this many fitted half-light radii."""
 
+LOCAL_COUPLING = 1e-5
+"""Normalised overlap ``|a_ij| / sqrt(a_ii a_jj)`` (largest over bands) above which two components
+are re-solved together in a crowded scene's point-source test; weaker ones stay at the scene's
+solution. On a 300-source cutout (425 components) any overlap at all coupled a median 187
+components to each source (8.2 s for the test); with 1e-5, 29 (0.7 s), every choice the same and
+the chi^2 differences within 2 % (median 0.007)."""
+
 COMPACT_RE = 0.75
 """Half-light radius, in units of the observed PSF's core width (sigma), below which an
 extended choice is checked by refitting the source as a point (see ``point_refit``)."""
@@ -254,7 +261,10 @@ def _delta_chi2_point(model, liks, frame, auto_idx, comp_of_source):
     # many components: each swap re-solves only the components coupled to the source or its point,
     # the others held at the whole scene's solution (solving all of them per source costs n^4)
     xs = [_solve_band(a[b][:nc, :nc], rhs[b][:nc])[0] for b in range(nb)]
-    coupled = np.any(a != 0, axis=0)
+    # coupled: templates whose normalised overlap exceeds LOCAL_COUPLING in some band (through the
+    # PSF's far wings nearly every pair of a crowded cutout overlaps a little)
+    diag = np.sqrt(np.maximum(np.diagonal(a, axis1=1, axis2=2).max(axis=0), 1e-300))
+    coupled = np.abs(a).max(axis=0) > LOCAL_COUPLING * np.outer(diag, diag)
 
     def local_chi2(b, sel, held):
         r = rhs[b][sel] - a[b][np.ix_(sel, held)] @ xs[b][held]
