@@ -3,7 +3,7 @@
 import numpy as np
 import xarray as xr
 
-from scarlet_xr.xr import fisher_covariance, flux_variance_factor, flux_variance_terms
+from scarlet_xr.xr import fisher_covariance, flux_variance_factor, flux_variance_ratio, flux_variance_terms
 from scarlet_xr.xr._measure import _inverse
 
 
@@ -54,6 +54,7 @@ def test_noise_terms_add_up_to_the_factor():
         white += a
         corr += b
     np.testing.assert_allclose(factor, np.where(white > 0, corr / np.where(white > 0, white, 1), 1.0))
+    np.testing.assert_array_equal(factor, flux_variance_ratio(white, corr))
     # band 0 only in the white observation: factor 1; band 2 only in the correlated one: > 1
     assert np.allclose(factor[[0, 2], 0], 1.0)
     assert np.all(factor[[0, 2], 2] > 1.05)

@@ -24,6 +24,7 @@ from ..xr import (
     STAMP_Y,
     cube_to_stamps,
     fisher_covariance,
+    flux_variance_ratio,
     flux_variance_terms,
     footprints,
     half_light_radius,
@@ -495,7 +496,7 @@ def measure_scene(scene, observations=None, *, zero_points=None, stamps=None, mo
                                                        flux_covariance=True)
     # correlated noise (issue 17 item 3; docs/noise.md): sandwich factor of the white-weighted flux
     # solve (flux_variance_factor, summed observation by observation)
-    factor = np.where(info > 0, inflated / np.where(info > 0, info, 1.0), 1.0)
+    factor = flux_variance_ratio(info, inflated)
     slot_var = flux_var * factor
     flux_var = slot_var[slot[:, 0]]
     light_err = None

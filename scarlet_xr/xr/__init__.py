@@ -16,6 +16,7 @@ from ._bridge import likelihood_for as likelihood_for
 from ._noise import NOISE_CORRELATION as NOISE_CORRELATION
 from ._noise import estimate_noise_correlation as estimate_noise_correlation
 from ._noise import flux_variance_factor as flux_variance_factor
+from ._noise import flux_variance_ratio as flux_variance_ratio
 from ._noise import flux_variance_terms as flux_variance_terms
 from ._noise import with_noise_correlation as with_noise_correlation
 from ._bridge import grid_offset as grid_offset
@@ -88,6 +89,7 @@ __all__ = [
     "NOISE_CORRELATION",
     "estimate_noise_correlation",
     "flux_variance_factor",
+    "flux_variance_ratio",
     "flux_variance_terms",
     "with_noise_correlation",
     "make_observation",

@@ -19,7 +19,8 @@ from ..core import noise_power_spectrum
 from ._observation import BAND, check_observation
 
 __all__ = ["NOISE_CORRELATION", "estimate_noise_correlation", "with_noise_correlation",
-           "flux_variance_factor", "flux_variance_terms"]
+           "flux_variance_factor", "flux_variance_terms",
+           "flux_variance_ratio"]
 
 NOISE_CORRELATION = "noise_correlation"
 """Name of the observation variable holding the kernel (dims ``band, corr_y, corr_x``)."""
@@ -208,7 +209,24 @@ def flux_variance_factor(observed, datasets, num_sources: int, num_bands: int) -
         one_info, one_inflated = flux_variance_terms(templates, w, band_index, ds, num_sources, num_bands)
         info += one_info
         inflated += one_inflated
-    return np.where(info > 0, inflated / np.where(info > 0, info, 1.0), 1.0)
+    return flux_variance_ratio(info, inflated)
+
+
+def flux_variance_ratio(white, correlated) -> np.ndarray:
+    """The factor of :func:`flux_variance_factor` from summed :func:`flux_variance_terms`.
+
+    Parameters
+    ----------
+    white, correlated : numpy.ndarray (source, band)
+        The terms summed over observations.
+
+    Returns
+    -------
+    numpy.ndarray (source, band)
+        ``correlated / white``; 1 where ``white`` is 0 (no information).
+    """
+    white = np.asarray(white, float)
+    return np.where(white > 0, correlated / np.where(white > 0, white, 1.0), 1.0)
 
 
 def flux_variance_terms(templates, weight, band_index, dataset, num_sources: int, num_bands: int):
