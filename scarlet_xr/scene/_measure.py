@@ -16,7 +16,7 @@ import equinox as eqx
 import numpy as np
 import xarray as xr
 
-from ..core import Source, Spectrum, collecting
+from ..core import ConvolutionRenderer, Source, Spectrum, collecting
 from ..xr import (
     FLAGS,
     MASKED_FRACTION_LIMIT,
@@ -209,17 +209,38 @@ def _source_stamps(stamps, model_flux, centroid):
     return out
 
 
-def _observed(renderer, stamps, cube_shape, band_index, model_flux):
-    """Render the stamps into one observation.
+def _observed_models(renderer, stamps, cube_shape, kernels=None):
+    """Each source's model rendered into one observation (all its bands).
 
     Returns
     -------
-    models : list of None or (y0, x0, array (obs band, h, w))
-        Each source's model in the observation.
-    templates : list of None or (y0, x0, array)
-        Fisher templates, ordered ``unit_0 .. unit_{n-1}, dy_0, dx_0, ds_0, dy_1, ...``: the
-        unit shapes (one flux per band) and the shape derivatives scaled by the source's flux
-        in each observation band.
+    list of None or (y0, x0, numpy.ndarray (obs band, h, w))
+        float32, on the source's box plus the PSF's reach.
+    """
+    from ._init import _render_stamps
+
+    flat = [None if st is None else (st["box"][0], st["box"][2], st["bands"]) for st in stamps]
+    return _render_stamps(renderer, flat, cube_shape, dtype=np.float32, kernels=kernels)
+
+
+def _observed_templates(renderer, stamps, cube_shape, band_index, model_flux, band: int, kernels=None):
+    """Fisher templates of one band of one observation.
+
+    Rendered one observation band at a time: the templates of all sources are
+    held together (the Fisher matrix pairs them), and for five bands they took
+    a quarter of a 300-source cutout's peak memory.
+
+    Parameters
+    ----------
+    band : int
+        The observation band (index into its ``band`` dimension).
+
+    Returns
+    -------
+    list of None or (y0, x0, numpy.ndarray (1, h, w))
+        Ordered ``unit_0 .. unit_{n-1}, dy_0, dx_0, ds_0, dy_1, ...``: the unit
+        shapes and the shape derivatives scaled by the source's flux in the
+        band (float32).
     """
     from ._init import _render_stamps
 
@@ -228,31 +249,25 @@ def _observed(renderer, stamps, cube_shape, band_index, model_flux):
     for k, st in enumerate(stamps):
         if st is None:
             continue
-        y0, _, x0, _ = st["box"]
-        flat.append((y0, x0, st["bands"]))  # the model cube: each observation band its own
-        where.append(("band", k))
         ty0, _, tx0, _ = st["tbox"]
         for key in ("unit", "dy", "dx", "ds"):
             flat.append((ty0, tx0, st[key]))
             where.append((key, k))
-    rendered = _render_stamps(renderer, flat, cube_shape, dtype=np.float32)  # all held at once
-    models = [None] * ns
+    rendered = _render_stamps(renderer, flat, cube_shape, dtype=np.float32, bands=[band], kernels=kernels)
     templates = [None] * (4 * ns)
-    bi = np.asarray(band_index)
+    model_band = int(np.asarray(band_index)[band])
     order = {"dy": 0, "dx": 1, "ds": 2}
     for i, (key, k) in enumerate(where):
         patch, rendered[i] = rendered[i], None  # the scaled copies below replace the rendered patches
         if patch is None:
             continue
         py, px, vals = patch
-        if key == "band":
-            models[k] = (py, px, vals)
-        elif key == "unit":
+        if key == "unit":
             templates[k] = (py, px, vals)
         else:
-            scale = np.asarray(model_flux[k], float)[bi][:, None, None]
-            templates[ns + 3 * k + order[key]] = (py, px, (vals * scale).astype(np.float32))
-    return models, templates
+            vals *= np.float32(model_flux[k][model_band])
+            templates[ns + 3 * k + order[key]] = (py, px, vals)
+    return templates
 
 
 def _fisher_blocks(obs_list, ns, nb):
@@ -453,6 +468,8 @@ def measure_scene(scene, observations=None, *, zero_points=None, stamps=None, mo
     # -- per observation: models, templates, deblended images ----------------------------
     # everything is rendered as stamps (each source's box plus the PSF's reach), so memory
     # follows the sources, not the frame
+    from ._init import _local_kernels
+
     stamps = _source_stamps(stamps, stand_flux, centroid)
     # each observation's Fisher blocks and noise terms are summed as it goes and its templates
     # let go before its deblended images are made (a 300-source cutout held 0.3 GB of them)
@@ -474,16 +491,23 @@ def measure_scene(scene, observations=None, *, zero_points=None, stamps=None, mo
                     dict(st, bands=(st["bands"] * (light[k, e] / stand_flux[k])[:, None, None])
                          .astype(np.float32))
                     for k, st in enumerate(stamps)]
-        models, templates = _observed(renderer, st_o, frame.cube_shape, band_index, flux_o)
-        unit = [None] * nflux
-        for k in range(ns):
-            unit[slot[k, e]] = templates[k]
-        templates = unit + templates[ns:]
-        one = _fisher_blocks([(templates, data, w, band_index)], nflux, nb)
-        blocks = one if blocks is None else {key: blocks[key] + one[key] for key in blocks}
-        white, correlated = flux_variance_terms(templates, w, band_index, ds, nflux, nb)
-        info, inflated = info + white, inflated + correlated
-        del templates, unit
+        kernels = _local_kernels(renderer) if isinstance(renderer, ConvolutionRenderer) else None
+        # Fisher blocks and noise terms band by band (each band's templates let go before the next)
+        for j in range(len(band_index)):
+            templates = _observed_templates(renderer, st_o, frame.cube_shape, band_index, flux_o, j,
+                                            kernels=kernels)
+            unit = [None] * nflux
+            for k in range(ns):
+                unit[slot[k, e]] = templates[k]
+            templates = unit + templates[ns:]
+            one = _fisher_blocks([(templates, data[j : j + 1], w[j : j + 1], band_index[j : j + 1])],
+                                 nflux, nb)
+            blocks = one if blocks is None else {key: blocks[key] + one[key] for key in blocks}
+            white, correlated = flux_variance_terms(templates, w[j : j + 1], band_index[j : j + 1],
+                                                    ds.isel(band=[j]), nflux, nb)
+            info, inflated = info + white, inflated + correlated
+            del templates, unit
+        models = _observed_models(renderer, st_o, frame.cube_shape, kernels=kernels)
         node, stats = _deblend_observation(ds, data, w, models)
         del models
         masked_px += stats["masked_px"]

@@ -229,35 +229,54 @@ def fisher_covariance(blocks, num_sources: int, num_bands: int, extended, *, num
     keep_shape[2::3] = np.asarray(extended, bool)
     nf = nfl * nb
     n = nf + 3 * ns
-    f = np.zeros((n, n))
-    for b in range(nb):
-        sl = slice(b * nfl, (b + 1) * nfl)
-        f[sl, sl] = blocks["ff"][b]
-        f[sl, nf:] = blocks["fs"][b]
-        f[nf:, sl] = blocks["fs"][b].T
-    f[nf:, nf:] = blocks["ss"]
-    keep = np.concatenate([np.ones(nf, bool), keep_shape]) & (np.diag(f) > 0)
+    # (the matrix is built on the kept parameters only, scaled and inverted in place, and only
+    # the parts reported are read back: for 2400 parameters a full matrix is 46 MB, and the
+    # copies of a plain implementation made these few lines a 300-source cutout's peak)
+    diag = np.concatenate([np.diagonal(blocks["ff"], axis1=1, axis2=2).ravel(), np.diag(blocks["ss"])])
+    keep = np.concatenate([np.ones(nf, bool), keep_shape]) & (diag > 0)
     idx = np.flatnonzero(keep)
-    sub = f[np.ix_(idx, idx)]
-    del f
-    scale = np.sqrt(np.diag(sub))
-    sub /= np.outer(scale, scale)
+    pos = np.full(n, -1)
+    pos[idx] = np.arange(idx.size)
+    sub = np.zeros((idx.size, idx.size))
+    shape_rows = np.arange(nf, n)
+
+    def put(rows, cols, block):
+        r, c = pos[rows], pos[cols]
+        sub[np.ix_(r[r >= 0], c[c >= 0])] = np.asarray(block)[np.ix_(r >= 0, c >= 0)]
+
+    for b in range(nb):
+        rows = np.arange(b * nfl, (b + 1) * nfl)
+        put(rows, rows, blocks["ff"][b])
+        put(rows, shape_rows, blocks["fs"][b])
+        put(shape_rows, rows, np.asarray(blocks["fs"][b]).T)
+    put(shape_rows, shape_rows, blocks["ss"])
+    scale = 1.0 / np.sqrt(diag[idx])
+    sub *= scale[:, None]
+    sub *= scale[None, :]
     cov_s = _inverse(sub)
-    del sub
-    cov_s /= np.outer(scale, scale)
-    cov = np.full((n, n), np.nan)
-    cov[np.ix_(idx, idx)] = cov_s
-    del cov_s
-    diag = np.diag(cov)
-    flux_var = np.where(np.isfinite(diag[:nf]), diag[:nf], np.inf).reshape(nb, nfl).T
+    sub = None  # (let go before the parts below are read)
+    cov_s *= scale[:, None]
+    cov_s *= scale[None, :]
+
+    def part(rows, cols):
+        """Covariance entries ``rows x cols`` (global parameter indices; NaN where not kept)."""
+        out = np.full((len(rows), len(cols)), np.nan)
+        r, c = pos[rows], pos[cols]
+        out[np.ix_(r >= 0, c >= 0)] = cov_s[np.ix_(r[r >= 0], c[c >= 0])]
+        return out
+
+    d = np.full(n, np.nan)
+    d[idx] = np.diagonal(cov_s)
+    flux_var = np.where(np.isfinite(d[:nf]), d[:nf], np.inf).reshape(nb, nfl).T
     center_cov = np.full((ns, 2, 2), np.inf)
     for k in range(ns):
         i = nf + 3 * k
-        c = cov[i : i + 2, i : i + 2]
+        c = part([i, i + 1], [i, i + 1])
         if np.all(np.isfinite(c)):
             center_cov[k] = c
     if flux_covariance:
-        fc = np.stack([cov[b * nfl : (b + 1) * nfl, b * nfl : (b + 1) * nfl] for b in range(nb)])
+        fc = np.stack([part(np.arange(b * nfl, (b + 1) * nfl), np.arange(b * nfl, (b + 1) * nfl))
+                       for b in range(nb)])
         return flux_var, center_cov, fc
     return flux_var, center_cov
 
@@ -270,17 +289,27 @@ largest dropped), which costs about four times as much (2400 parameters: 2.1 s a
 
 def _inverse(a):
     """Inverse of the symmetric positive semi-definite ``a`` (unit diagonal): Cholesky when
-    well-conditioned, else the pseudo-inverse."""
-    from scipy.linalg import LinAlgError, cho_factor, cho_solve
-    from scipy.linalg.lapack import dpocon
+    well-conditioned, else the pseudo-inverse. Holds at most one matrix besides ``a`` on the
+    Cholesky path (the inverse is formed in the factor's memory)."""
+    from scipy.linalg.lapack import dpocon, dpotrf, dpotri
 
-    try:
-        c, lower = cho_factor(a, lower=False, check_finite=False)
-        rcond, info = dpocon(c, float(np.abs(a).sum(axis=0).max()))
+    m = a.shape[0]
+    norm1 = max((float(np.abs(a[:, j : j + 512]).sum(axis=0).max()) for j in range(0, m, 512)), default=0.0)
+    c, info = dpotrf(a, lower=0, clean=0, overwrite_a=0)
+    if info == 0:
+        rcond, info = dpocon(c, norm1)
         if info == 0 and rcond > INVERSE_RCOND:
-            return cho_solve((c, lower), np.eye(a.shape[0]), check_finite=False)
-    except LinAlgError:
-        pass
+            c, info = dpotri(c, lower=0, overwrite_c=1)
+            if info == 0:
+                # the upper triangle holds the inverse: mirror it, a block of rows at a time
+                for r0 in range(0, m, 512):
+                    r1 = min(r0 + 512, m)
+                    blk = c[r0:r1, r0:r1]
+                    low = np.tril_indices(r1 - r0, -1)
+                    blk[low] = blk.T[low]
+                    c[r1:, r0:r1] = c[r0:r1, r1:].T
+                return c
+    del c
     return np.linalg.pinv(a, rcond=1e-12, hermitian=True)
 
 
