@@ -118,3 +118,23 @@ def test_refine_lands_on_the_optimum_adam_creeps_towards():
         monkey.undo()
     assert x.size > 4 * 3 and jacs[0].shape == jacs[1].shape
     np.testing.assert_allclose(jacs[1], jacs[0], rtol=1e-4, atol=1e-4 * np.abs(jacs[0]).max())
+
+
+def test_a_line_search_optimizer_gets_what_it_needs_and_goes_further_than_adam():
+    """``fit`` hands an optimizer with a line search (L-BFGS) the loss, gradient and loss function;
+    on a blend of Sersic sources it stops near the Levenberg-Marquardt optimum, where Adam's
+    stopping rule leaves it short."""
+    from scarlet_xr.infer import quasi_newton_optimizer, refine, settling_optimizer
+
+    obs, centers, fluxes, images = galsim_blend(1, n_sources=3, noise=NOISE)
+    frame = sx.frame_from_observations(obs)
+    with sx.Scene(frame) as scene:
+        sx.initialize_sources(frame, obs, centers, kinds="sersic")
+    adam = scene.fit(obs, max_steps=200, optimizer=settling_optimizer())
+    lbfgs = scene.fit(obs, max_steps=200, optimizer=quasi_newton_optimizer())
+    assert lbfgs.history.status == "converged"
+    _, polish = refine(lbfgs.model(), [b.likelihood for b in lbfgs.observations])
+    optimum = min(polish.loss[-1], lbfgs.history.loss[-1]) if polish.num_steps else lbfgs.history.loss[-1]
+    n = len(centers)
+    assert lbfgs.history.loss[-1] <= optimum + 1.0 * n, (lbfgs.history.loss[-1], optimum)
+    assert adam.history.loss[-1] > optimum + 1.0 * n, (adam.history.loss[-1], optimum)

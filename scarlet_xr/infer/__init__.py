@@ -9,6 +9,7 @@ from ._fit import default_optimizer as default_optimizer
 from ._fit import fit as fit
 from ._fit import loss_function as loss_function
 from ._fit import newton_step as newton_step
+from ._fit import quasi_newton_optimizer as quasi_newton_optimizer
 from ._fit import settling_optimizer as settling_optimizer
 from ._params import free_filter as free_filter
 from ._params import log_prior as log_prior
@@ -36,6 +37,7 @@ __all__ = [
     "memory_map_count",
     "newton_step",
     "partition_free",
+    "quasi_newton_optimizer",
     "refine",
     "sample",
     "settling_optimizer",
