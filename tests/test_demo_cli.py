@@ -30,6 +30,8 @@ def test_import_scarlet_xr_stays_light():
     mods = _modules_after("import scarlet_xr")
     for heavy in ("holoviews", "panel", "ipywidgets", "bokeh", "arviz", "dask", "reproject", "matplotlib"):
         assert heavy not in mods, heavy
+    # astropy (0.25 s) comes in where FITS files or a WCS are used, not with the package
+    assert "astropy" not in mods and "astropy.wcs" not in mods
 
 
 LAYERS = {"core": 0, "infer": 1, "wcs": 1, "xr": 2, "scene": 3, "viz": 4, "widgets": 5}

@@ -8,12 +8,16 @@ sits above ``xr`` in the layering).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import xarray as xr
-from astropy.wcs import WCS
 
 from ..scene import DEFAULT_E_REL, fit_observations
 from ..xr import X, Y, catalog_from_tree, check_observation, observation_wcs, source_image
+
+if TYPE_CHECKING:  # (astropy is imported where a WCS is used)
+    from astropy.wcs import WCS
 
 __all__ = ["ScarletDataArrayAccessor", "ScarletDatasetAccessor", "ScarletDataTreeAccessor"]
 
@@ -207,6 +211,7 @@ class ScarletDataTreeAccessor:
         if header is None:
             raise ValueError("this results tree has no frame WCS (root attrs['wcs_header'])")
         from astropy.io import fits
+        from astropy.wcs import WCS
 
         return WCS(fits.Header.fromstring(header), relax=True)
 

@@ -18,12 +18,14 @@ to :func:`scarlet_xr.open_observation` when that reader is available.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-from astropy.io import fits
-from astropy.wcs import WCS
 
 from ..xr import make_observation, open_observation, zero_point_from_header
+
+if TYPE_CHECKING:  # (astropy is imported where FITS is read or written: `import scarlet_xr` stays light)
+    from astropy.wcs import WCS
 
 __all__ = ["write_blend_fits", "read_blend", "read_blend_header"]
 
@@ -49,6 +51,8 @@ def write_blend_fits(
     -------
     Path
     """
+    from astropy.io import fits
+
     data = np.asarray(data, np.float32)
     if data.ndim != 3:
         raise ValueError(f"data must have dims (band, y, x); got shape {data.shape}")
@@ -86,6 +90,8 @@ def read_blend_header(path) -> dict:
     dict
         ``shape`` (y, x), ``bands`` (tuple of str), ``psf_shape`` (h, w).
     """
+    from astropy.io import fits
+
     with fits.open(path, memmap=True) as hdul:
         if "IMAGE" not in hdul or "PSF" not in hdul:
             return _foreign_header(path)
@@ -116,6 +122,9 @@ def read_blend(path, name: str = "image"):
     ValueError
         If the file lacks the expected extensions or its content is invalid.
     """
+    from astropy.io import fits
+    from astropy.wcs import WCS
+
     with fits.open(path) as hdul:
         if "PSF" not in hdul:
             return open_observation(path)

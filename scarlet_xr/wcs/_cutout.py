@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-from astropy.wcs import WCS
+
+if TYPE_CHECKING:  # (astropy is imported where a WCS is used: `import scarlet_xr` stays light)
+    from astropy.wcs import WCS
 
 __all__ = ["shift_wcs"]
 

@@ -6,12 +6,15 @@ import copy
 import logging
 import math
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
-from astropy.wcs import WCS
 
 from ..core import gaussian_psf_image
 from ._cutout import shift_wcs
+
+if TYPE_CHECKING:  # (astropy is imported where a WCS is used: `import scarlet_xr` stays light)
+    from astropy.wcs import WCS
 
 __all__ = ["Frame", "DEFAULT_MODEL_PSF_SIGMA", "celestial_frame", "is_icrs_like", "normalize_epochs",
            "observation_epochs"]
@@ -459,6 +462,8 @@ def _grid_of(obs):
         ) from err
     wcs = None
     if header is not None:
+        from astropy.wcs import WCS
+
         wcs = WCS(fits.Header.fromstring(header), relax=True).celestial
         wcs = shift_wcs(wcs, y0, x0)
     return bands, shape, wcs, (y0, x0)
@@ -615,6 +620,8 @@ def _sky_frame(cls, grids, bands, resolution, coverage, psf_sigma):
         ra, dec = ref.pixel_to_world_values((nx - 1) / 2, (ny - 1) / 2)
         lon, lat = _lonlat(ref, (ra, dec))
         lon_t, lat_t = (str(ref.wcs.ctype[k])[:4] for k in (ref.wcs.lng, ref.wcs.lat))
+        from astropy.wcs import WCS
+
         fwcs = WCS(naxis=2)  # north-up (in the observations' own celestial frame), longitude first
         fwcs.wcs.ctype = [f"{lon_t:-<5}TAN", f"{lat_t:-<5}TAN"]
         fwcs.wcs.crval = [float(lon), float(lat)]

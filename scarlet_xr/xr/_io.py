@@ -14,15 +14,18 @@ import logging
 import os
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import xarray as xr
-from astropy.io import fits
-from astropy.wcs import WCS, FITSFixedWarning
 
 from ..wcs import celestial_frame
 from ._observation import BAND, make_observation
 from ._photometry import zero_point_from_header
+
+if TYPE_CHECKING:  # (astropy is imported where FITS or a WCS is used: `import scarlet_xr` stays light)
+    from astropy.io import fits
+    from astropy.wcs import WCS
 
 __all__ = ["open_observation", "estimate_background"]
 
@@ -31,6 +34,8 @@ logger = logging.getLogger(__name__)
 
 def _open_fits(path) -> fits.HDUList:
     """Open a FITS file fully into memory; raise ValueError for unreadable files."""
+    from astropy.io import fits
+
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"no such FITS file: {str(path)!r}")
@@ -48,6 +53,8 @@ def _open_fits(path) -> fits.HDUList:
 
 
 def _image_hdus(hdul) -> list[int]:
+    from astropy.io import fits
+
     return [
         i
         for i, h in enumerate(hdul)
@@ -300,6 +307,8 @@ def _header_bands(header, nb: int) -> list[str] | None:
 
 def _read_wcs(header, path, allow_missing: bool) -> WCS | None:
     """Celestial WCS of an image header (CD or PC+CDELT forms)."""
+    from astropy.wcs import WCS, FITSFixedWarning
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FITSFixedWarning)
         try:

@@ -21,14 +21,16 @@ from __future__ import annotations
 
 import functools
 import logging
+from typing import TYPE_CHECKING
 
 import numpy as np
 import xarray as xr
-from astropy.io import fits
-from astropy.wcs import WCS
 
 from ..core import check_psf
 from ..wcs import celestial_frame, is_icrs_like, normalize_epochs, shift_wcs
+
+if TYPE_CHECKING:  # (astropy is imported where a WCS is used: `import scarlet_xr` stays light)
+    from astropy.wcs import WCS
 
 __all__ = [
     "BAND",
@@ -48,6 +50,9 @@ BAND, Y, X = "band", "y", "x"
 
 @functools.lru_cache(maxsize=64)
 def _wcs_from_header(header: str) -> WCS:
+    from astropy.io import fits
+    from astropy.wcs import WCS
+
     return WCS(fits.Header.fromstring(header), relax=True)
 
 
