@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import sys
 
 import numpy as np
 
@@ -65,6 +66,8 @@ def sky_positions_to_pixels(frame: Frame, positions) -> np.ndarray | None:
     ValueError
         If the frame has no WCS, or astropy cannot transform the positions to ICRS.
     """
+    if "astropy.coordinates" not in sys.modules:  # no SkyCoord can exist: astropy stays unimported
+        return None
     from astropy.coordinates import SkyCoord
 
     listed = isinstance(positions, (list, tuple)) and len(positions) > 0
