@@ -9,6 +9,7 @@ from ._fit import default_optimizer as default_optimizer
 from ._fit import fit as fit
 from ._fit import loss_function as loss_function
 from ._fit import newton_step as newton_step
+from ._fit import plateau_optimizer as plateau_optimizer
 from ._fit import quasi_newton_optimizer as quasi_newton_optimizer
 from ._fit import settling_optimizer as settling_optimizer
 from ._params import free_filter as free_filter
@@ -17,6 +18,7 @@ from ._params import partition_free as partition_free
 from ._params import step_tree as step_tree
 from ._programs import bound_compiled_programs as bound_compiled_programs
 from ._programs import memory_map_count as memory_map_count
+from ._refine import refinable as refinable
 from ._refine import refine as refine
 from ._sample import PosteriorSamples as PosteriorSamples
 from ._sample import log_density as log_density
@@ -37,7 +39,9 @@ __all__ = [
     "memory_map_count",
     "newton_step",
     "partition_free",
+    "plateau_optimizer",
     "quasi_newton_optimizer",
+    "refinable",
     "refine",
     "sample",
     "settling_optimizer",

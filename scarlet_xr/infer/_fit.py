@@ -19,7 +19,7 @@ from ._params import log_prior, partition_free, step_tree
 __all__ = [
     "newton_step",
     "fit", "FitHistory", "FitDivergedError", "default_optimizer", "settling_optimizer",
-    "quasi_newton_optimizer", "loss_function",
+    "quasi_newton_optimizer", "plateau_optimizer", "loss_function",
 ]
 
 logger = logging.getLogger(__name__)
@@ -93,6 +93,22 @@ def quasi_newton_optimizer() -> optax.GradientTransformationExtraArgs:
     return optax.lbfgs(memory_size=10)
 
 
+@functools.cache
+def plateau_optimizer() -> optax.GradientTransformationExtraArgs:
+    """Adam in natural units whose learning rate halves when the loss stops improving.
+
+    The rate halves after 10 steps without a relative improvement of 1e-6 over the
+    best loss (optax's ``reduce_on_plateau``), down to 0.02 of its start. While the
+    loss falls the rate stays high; :func:`settling_optimizer` halves it every 100
+    steps whatever the progress. :func:`fit` passes it the loss. Cached, so that
+    every fit reuses one compiled loop.
+    """
+    return optax.chain(
+        optax.adam(learning_rate=1.0),
+        optax.contrib.reduce_on_plateau(factor=0.5, patience=10, rtol=1e-6, min_scale=0.02),
+    )
+
+
 def _uses_line_search(opt_state) -> bool:
     """Whether an optimizer state carries a line search's value (optax's line searches)."""
     return optax.tree_utils.tree_get(opt_state, "value", default=None) is not None
@@ -150,6 +166,7 @@ def _chunk_impl(z, opt_state, ring, rest, likelihoods, optimizer, n_done, max_st
         return (i < chunk) & (n_done + i < max_steps) & (status == 0)
 
     line_search = _uses_line_search(opt_state)
+    takes_value = isinstance(optimizer, optax.GradientTransformationExtraArgs)
 
     def body(state):
         i, z_, good, opt_state_, ring_, hist, status = state
@@ -162,6 +179,8 @@ def _chunk_impl(z, opt_state, ring, rest, likelihoods, optimizer, n_done, max_st
         good = jnp.where(finite, z_, good)
         if line_search:
             updates, new_opt = optimizer.update(g, opt_state_, z_, value=loss, grad=g, value_fn=loss_z)
+        elif takes_value:  # (e.g. a learning rate reduced on plateaus of the loss)
+            updates, new_opt = optimizer.update(g, opt_state_, z_, value=loss)
         else:
             updates, new_opt = optimizer.update(g, opt_state_, z_)
         new_z = optax.apply_updates(z_, updates)

@@ -24,7 +24,7 @@ from ..core import AbstractMorphology, GaussianLikelihood, SceneModel, filter_ji
 from ._fit import FitHistory, _from_z, _to_z, loss_function
 from ._params import free_filter, log_prior, step_tree
 
-__all__ = ["refine", "MAX_JACOBIAN", "JACOBIAN_BATCH"]
+__all__ = ["refine", "refinable", "MAX_JACOBIAN", "JACOBIAN_BATCH"]
 
 logger = logging.getLogger(__name__)
 
@@ -95,6 +95,34 @@ def _parts(x, free, steps, rest, likelihoods):
 def _loss(x, free, steps, rest, likelihoods):
     """The loss alone at ``x`` (a trial step: one render instead of one per parameter)."""
     return loss_function(eqx.combine(_unpacked(x, free, steps), rest), likelihoods)
+
+
+def refinable(model, likelihoods, *, max_jacobian: float = MAX_JACOBIAN) -> bool:
+    """Whether :func:`refine` would work on ``model`` rather than skip it.
+
+    Counts the parameters it would linearise (pixel morphologies held) without
+    compiling anything.
+
+    Parameters
+    ----------
+    model : SceneModel or equinox.Module
+    likelihoods : sequence of likelihoods
+    max_jacobian : float
+        As in :func:`refine`.
+
+    Returns
+    -------
+    bool
+        False when :func:`refine` would return the model unchanged for its
+        likelihoods' types or its Jacobian's size.
+    """
+    likelihoods = tuple(likelihoods)
+    if not likelihoods or any(type(lik) is not GaussianLikelihood for lik in likelihoods):
+        return False
+    free, _ = eqx.partition(model, _spec(model))
+    num = sum(int(np.size(leaf)) for leaf in jax.tree_util.tree_leaves(free) if eqx.is_inexact_array(leaf))
+    num_res = sum(int(np.prod(lik.data.shape)) for lik in likelihoods)
+    return 0 < num and num * num_res <= max_jacobian
 
 
 def refine(model, likelihoods, *, max_steps: int = 12, tol: float = 1e-7, min_gain: float = 0.05,
