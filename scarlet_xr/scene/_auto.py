@@ -585,8 +585,8 @@ def fit_sources(
     else:
         one_sersic = {}
     model = boxes(model)
-    # Without the Levenberg-Marquardt steps at the end (a Jacobian too large: crowded scenes on
-    # large frames; or turned off) the fits themselves must reach the optimum, and Adam with a
+    # Where the Levenberg-Marquardt steps at the end cannot run (a Jacobian too large: crowded
+    # scenes on large frames) the fits themselves must reach the optimum, and Adam with a
     # rate halved every 100 steps stops short of it there: on a 300-source cutout its 561-step
     # loss was 700 above what a rate halved on plateaus reached in 600 (and in 234 steps went
     # below). Measured on three crowded cutouts (300, 150 and 60 sources, truth tables):
@@ -595,7 +595,8 @@ def fit_sources(
     # 0.0331. The first fit keeps the fixed halving (the point-or-extended choices follow from it:
     # deeper, it called 12 of the 300-source cutout's 49 stars extended); refined scenes (small
     # blends) keep it too (dev seeds: galaxies within the splits' noise, 0.0750 -> 0.0776 mean).
-    deep = not canonical and not (refine_fit and refinable(model, fit_liks))
+    # (``refine_fit=False`` keeps the plain path: Adam's trajectory, where it stopped)
+    deep = not canonical and bool(refine_fit) and not refinable(model, fit_liks)
     model, hist = _fit(model, fit_liks, optimizer=_optimizer_for(model, optimizer, deep),
                        max_steps=max_steps,
                        e_rel=e_rel, progress=progress, canonical=canonical)
@@ -922,7 +923,7 @@ def _optimizer_for(model, optimizer, deep: bool = False):
     Parametric shapes settle with a decaying rate: halved every 100 steps
     (:func:`~scarlet_xr.infer.settling_optimizer`), or with ``deep`` halved
     only when the loss stops improving (:func:`~scarlet_xr.infer.plateau_optimizer`:
-    for fits that no Levenberg-Marquardt refinement follows, see
+    for fits whose Jacobian is too large for the Levenberg-Marquardt refinement, see
     :func:`fit_sources`); free-form pixels (many, each moving by about its
     step) need the constant rate of the default optimizer.
     """
