@@ -587,14 +587,15 @@ def fit_sources(
     model = boxes(model)
     # Where the Levenberg-Marquardt steps at the end cannot run (a Jacobian too large: crowded
     # scenes on large frames) the fits themselves must reach the optimum, and Adam with a
-    # rate halved every 100 steps stops short of it there: on a 300-source cutout its 561-step
-    # loss was 700 above what a rate halved on plateaus reached in 600 (and in 234 steps went
-    # below). Measured on three crowded cutouts (300, 150 and 60 sources, truth tables):
-    # fit 78.5 / 46.6 / 20.3 -> 61.6 / 40.3 / 21.2 s, median flux errors all 0.0435 / 0.0358 /
-    # 0.0252 -> 0.0432 / 0.0334 / 0.0222, galaxies 0.0488 / 0.0438 / 0.0404 -> 0.0518 / 0.0411 /
-    # 0.0331. The first fit keeps the fixed halving (the point-or-extended choices follow from it:
-    # deeper, it called 12 of the 300-source cutout's 49 stars extended); refined scenes (small
-    # blends) keep it too (dev seeds: galaxies within the splits' noise, 0.0750 -> 0.0776 mean).
+    # rate halved every 100 steps stops short of it there: on a 300-source cutout its 600-step
+    # loss was 700 above what a rate halved on plateaus reached in 600 steps (and reached in
+    # about 170). Measured on five crowded cutouts (300, 150, 60, 30, 10 sources; truth tables;
+    # benchmarks/README.md): fit 78.5 / 46.6 / 20.3 / 21.1 / 19.8 -> 61.6 / 40.3 / 21.2 / 22.5 /
+    # 16.2 s, galaxies' median flux errors 0.0488 / 0.0438 / 0.0404 / 0.0376 / 0.0369 -> 0.0518 /
+    # 0.0411 / 0.0331 / 0.0382 / 0.0322. The first fit keeps the fixed halving (the
+    # point-or-extended choices follow from it: deeper, it called 12 of the 300-source cutout's
+    # 49 stars extended); refined scenes (small blends) keep it too (dev seeds: galaxies within
+    # the splits' noise, 0.0750 -> 0.0776 mean).
     # (``refine_fit=False`` keeps the plain path: Adam's trajectory, where it stopped)
     deep = not canonical and bool(refine_fit) and not refinable(model, fit_liks)
     model, hist = _fit(model, fit_liks, optimizer=_optimizer_for(model, optimizer, deep),
