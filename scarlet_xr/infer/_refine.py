@@ -158,7 +158,7 @@ def refine(model, likelihoods, *, max_steps: int = 12, tol: float = 1e-7, min_ga
     """
     likelihoods = tuple(likelihoods)
     skipped = FitHistory(loss=np.zeros(0), status="skipped", num_steps=0)
-    if not likelihoods or any(type(lik) is not GaussianLikelihood for lik in likelihoods):
+    if not refinable(model, likelihoods, max_jacobian=max_jacobian):  # (the one rule fit_sources asks too)
         return model, skipped
     pack = isinstance(model, SceneModel) and not model.is_packed
     work = model.packed() if pack else model
@@ -167,9 +167,6 @@ def refine(model, likelihoods, *, max_steps: int = 12, tol: float = 1e-7, min_ga
     # per scene, so compiling is most of their cost; eager leaf-by-leaf operations compiled one
     # small program per leaf shape, 1.4 s on a 5-source scene)
     x, steps = _packed(free)
-    num_res = sum(int(np.prod(lik.data.shape)) for lik in likelihoods)
-    if x.size == 0 or x.size * num_res > max_jacobian:
-        return model, skipped
     args = (free, steps, rest, likelihoods)
     # the linearisation costs one forward pass of the render per parameter: trial steps
     # evaluate the loss alone, and the Jacobian is rebuilt only where a step was kept

@@ -223,23 +223,25 @@ def _observed_models(renderer, stamps, cube_shape, kernels=None):
     return _render_stamps(renderer, flat, cube_shape, dtype=np.float32, kernels=kernels)
 
 
-def _observed_templates(renderer, stamps, cube_shape, band_index, model_flux, band: int, kernels=None):
-    """Fisher templates of one band of one observation.
+def _observed_templates(renderer, stamps, cube_shape, band_index, model_flux, bands, kernels=None):
+    """Fisher templates of some bands of one observation.
 
-    Rendered one observation band at a time: the templates of all sources are
-    held together (the Fisher matrix pairs them), and for five bands they took
-    a quarter of a 300-source cutout's peak memory.
+    The templates of all sources are held together (the Fisher matrix pairs
+    them): for five bands at once they took a quarter of a 300-source cutout's
+    peak memory, so :func:`measure_scene` asks for one band at a time where
+    templates are rendered on their own boxes (convolution renderers), and for
+    all bands at once where each is rendered on the whole frame (resampling).
 
     Parameters
     ----------
-    band : int
-        The observation band (index into its ``band`` dimension).
+    bands : sequence of int
+        Observation bands (indices into its ``band`` dimension).
 
     Returns
     -------
-    list of None or (y0, x0, numpy.ndarray (1, h, w))
+    list of None or (y0, x0, numpy.ndarray (len(bands), h, w))
         Ordered ``unit_0 .. unit_{n-1}, dy_0, dx_0, ds_0, dy_1, ...``: the unit
-        shapes and the shape derivatives scaled by the source's flux in the
+        shapes and the shape derivatives scaled by the source's flux in each
         band (float32).
     """
     from ._init import _render_stamps
@@ -253,9 +255,9 @@ def _observed_templates(renderer, stamps, cube_shape, band_index, model_flux, ba
         for key in ("unit", "dy", "dx", "ds"):
             flat.append((ty0, tx0, st[key]))
             where.append((key, k))
-    rendered = _render_stamps(renderer, flat, cube_shape, dtype=np.float32, bands=[band], kernels=kernels)
+    rendered = _render_stamps(renderer, flat, cube_shape, dtype=np.float32, bands=bands, kernels=kernels)
     templates = [None] * (4 * ns)
-    model_band = int(np.asarray(band_index)[band])
+    model_bands = np.asarray(band_index)[np.asarray(bands, int)]
     order = {"dy": 0, "dx": 1, "ds": 2}
     for i, (key, k) in enumerate(where):
         patch, rendered[i] = rendered[i], None  # the scaled copies below replace the rendered patches
@@ -265,7 +267,7 @@ def _observed_templates(renderer, stamps, cube_shape, band_index, model_flux, ba
         if key == "unit":
             templates[k] = (py, px, vals)
         else:
-            vals *= np.float32(model_flux[k][model_band])
+            vals *= np.asarray(model_flux[k], np.float32)[model_bands][:, None, None]
             templates[ns + 3 * k + order[key]] = (py, px, vals)
     return templates
 
@@ -491,20 +493,23 @@ def measure_scene(scene, observations=None, *, zero_points=None, stamps=None, mo
                     dict(st, bands=(st["bands"] * (light[k, e] / stand_flux[k])[:, None, None])
                          .astype(np.float32))
                     for k, st in enumerate(stamps)]
-        kernels = _local_kernels(renderer) if isinstance(renderer, ConvolutionRenderer) else None
-        # Fisher blocks and noise terms band by band (each band's templates let go before the next)
-        for j in range(len(band_index)):
-            templates = _observed_templates(renderer, st_o, frame.cube_shape, band_index, flux_o, j,
+        local = isinstance(renderer, ConvolutionRenderer)
+        kernels = _local_kernels(renderer) if local else None
+        # Fisher blocks and noise terms band by band where templates render on their own boxes
+        # (each band's templates let go before the next); a resampling renderer draws each on the
+        # whole frame, all bands in one pass
+        nbo = len(band_index)
+        for group in ([[j] for j in range(nbo)] if local else [list(range(nbo))]):
+            templates = _observed_templates(renderer, st_o, frame.cube_shape, band_index, flux_o, group,
                                             kernels=kernels)
             unit = [None] * nflux
             for k in range(ns):
                 unit[slot[k, e]] = templates[k]
             templates = unit + templates[ns:]
-            one = _fisher_blocks([(templates, data[j : j + 1], w[j : j + 1], band_index[j : j + 1])],
-                                 nflux, nb)
+            bi = [band_index[j] for j in group]
+            one = _fisher_blocks([(templates, data[group], w[group], bi)], nflux, nb)
             blocks = one if blocks is None else {key: blocks[key] + one[key] for key in blocks}
-            white, correlated = flux_variance_terms(templates, w[j : j + 1], band_index[j : j + 1],
-                                                    ds.isel(band=[j]), nflux, nb)
+            white, correlated = flux_variance_terms(templates, w[group], bi, ds.isel(band=group), nflux, nb)
             info, inflated = info + white, inflated + correlated
             del templates, unit
         models = _observed_models(renderer, st_o, frame.cube_shape, kernels=kernels)
