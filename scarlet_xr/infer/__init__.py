@@ -18,6 +18,10 @@ from ._params import partition_free as partition_free
 from ._params import step_tree as step_tree
 from ._programs import bound_compiled_programs as bound_compiled_programs
 from ._programs import memory_map_count as memory_map_count
+from ._programs import drop_compiled_programs as drop_compiled_programs
+from ._programs import release_compiled_memory as release_compiled_memory
+from ._programs import resident_memory_mb as resident_memory_mb
+from ._programs import return_free_memory as return_free_memory
 from ._refine import refinable as refinable
 from ._refine import refine as refine
 from ._sample import PosteriorSamples as PosteriorSamples
@@ -28,6 +32,10 @@ __all__ = [
     "FitDivergedError",
     "FitHistory",
     "bound_compiled_programs",
+    "drop_compiled_programs",
+    "release_compiled_memory",
+    "resident_memory_mb",
+    "return_free_memory",
     "PosteriorSamples",
     "default_optimizer",
     "fit",

@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
 
-__all__ = ["MAP_FRACTION", "bound_compiled_programs", "memory_map_count"]
+__all__ = ["MAP_FRACTION", "bound_compiled_programs", "memory_map_count", "resident_memory_mb",
+           "return_free_memory", "drop_compiled_programs", "release_compiled_memory"]
 
 log = logging.getLogger(__name__)
 
@@ -90,3 +92,112 @@ def bound_compiled_programs(fraction: float = MAP_FRACTION) -> bool:
         counts[0], counts[1], "?" if after is None else after[0],
     )
     return True
+
+
+def resident_memory_mb() -> float | None:
+    """This process's resident memory in MB.
+
+    Returns
+    -------
+    float or None
+        Resident set size (MiB); None when it cannot be read.
+    """
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError, AttributeError, IndexError):
+        try:
+            import psutil
+
+            return psutil.Process().memory_info().rss / 2**20
+        except Exception:  # noqa: BLE001 - no way to read it
+            return None
+
+
+def return_free_memory() -> bool:
+    """Hand the C heap's free pages back to the system (glibc's ``malloc_trim``).
+
+    Programs that JAX drops are freed into the C heap, which keeps the pages
+    for reuse: without this the resident memory hardly falls after a drop.
+
+    Returns
+    -------
+    bool
+        False where the C library has no ``malloc_trim`` (not glibc: macOS,
+        musl); nothing is done then.
+    """
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        trim = libc.malloc_trim
+    except (OSError, AttributeError):
+        return False
+    trim.argtypes = [ctypes.c_size_t]
+    trim(0)
+    return True
+
+
+def drop_compiled_programs() -> float | None:
+    """Drop JAX's in-memory compiled programs and hand their pages back.
+
+    Call it between fits, never while a traced function runs. Programs
+    needed again are compiled anew, or read from the persistent compilation
+    cache when one is configured.
+
+    Returns
+    -------
+    float or None
+        Resident memory (MiB) afterwards; None when it cannot be read.
+    """
+    import jax
+
+    jax.clear_caches()
+    gc.collect()
+    return_free_memory()
+    return resident_memory_mb()
+
+
+def release_compiled_memory(limit_mb: float, *, trim_first: bool = True) -> float | None:
+    """Drop the compiled programs when this process holds more than ``limit_mb``.
+
+    With ``trim_first``, the C heap's free pages are handed back first and
+    the programs are dropped (:func:`drop_compiled_programs`) only if the
+    process still holds more than ``limit_mb``. The command line calls it
+    between a fit and its results, without ``trim_first`` (the pages a trim
+    returns are taken again by the measurements): a crowded scene's results
+    then do not come on top of its fit's programs.
+
+    Parameters
+    ----------
+    limit_mb : float
+        Resident memory (MiB) above which anything is done.
+    trim_first : bool
+        Hand the heap's free pages back first, and drop only if that is not
+        enough.
+
+    Returns
+    -------
+    float or None
+        Resident memory (MiB) after dropping; None when nothing was dropped
+        (at or under the limit, or the memory cannot be read).
+
+    Examples
+    --------
+    >>> from scarlet_xr.infer import release_compiled_memory
+    >>> release_compiled_memory(1e9) is None  # far under the limit: nothing dropped
+    True
+    """
+    rss = resident_memory_mb()
+    if rss is None or rss <= limit_mb:
+        return None
+    if trim_first and return_free_memory():
+        rss = resident_memory_mb() or rss
+        if rss <= limit_mb:
+            return None
+    before = rss
+    after = drop_compiled_programs()
+    log.info("compiled programs dropped: %.0f MiB resident before, %s after", before,
+             "?" if after is None else f"{after:.0f} MiB")
+    return after

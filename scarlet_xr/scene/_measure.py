@@ -306,7 +306,13 @@ def _deblend_observation(ds, data, w, models):
     total_sum = total.sum(axis=0)
     noise = _noise_of_sum(w)
     masked = (w <= 0).mean(axis=0)  # fraction of bands masked per pixel
-    images, fps = [None] * ns, [None] * ns
+    # the deblended images go straight into their padded array (a crowded scene's is the
+    # largest array of its results: 170 MB for 300 sources)
+    shapes = [m[2].shape[-2:] for m in clipped if m is not None]
+    img_vals = np.zeros((ns, nbo, max((h for h, _ in shapes), default=1),
+                         max((w_ for _, w_ in shapes), default=1)), np.float32)
+    sy0, sx0 = np.zeros(ns, np.int64), np.zeros(ns, np.int64)
+    fps = [None] * ns
     best = np.full((ho, wo), -np.inf)
     seg = np.full((ho, wo), -1, np.int32)
     stats = {"masked_px": np.zeros(ns), "foot_px": np.zeros(ns), "edge": np.zeros(ns, bool),
@@ -320,8 +326,9 @@ def _deblend_observation(ds, data, w, models):
         fps[k] = (y0, x0, f)
         summed = v.sum(axis=0)
         tot = total[(slice(None),) + sl]
-        images[k] = (y0, x0, np.divide(v, tot, out=np.zeros_like(v), where=tot > 0)
-                     * data[(slice(None),) + sl])
+        sy0[k], sx0[k] = y0, x0
+        img_vals[k, :, : v.shape[1], : v.shape[2]] = (np.divide(v, tot, out=np.zeros_like(v), where=tot > 0)
+                                                      * data[(slice(None),) + sl])
         stats["masked_px"][k] = float(np.sum(f * masked[sl]))
         stats["foot_px"][k] = float(f.sum())
         stats["edge"][k] = bool(f.any() and (
@@ -335,7 +342,6 @@ def _deblend_observation(ds, data, w, models):
         better = cand > best[sl]
         best[sl] = np.where(better, cand, best[sl])
         seg[sl] = np.where(better, k, seg[sl])
-    img_vals, sy0, sx0 = pack_stamps(images, (nbo,), np.float32)
     fp_vals, _, _ = pack_stamps(fps, (), bool)
     gy0, gx0 = (int(ds[c].values[0]) for c in ("y", "x"))
     coords = {"source": np.arange(ns), "band": ds["band"].values, "y": ds["y"].values, "x": ds["x"].values}
@@ -480,6 +486,7 @@ def measure_scene(scene, observations=None, *, zero_points=None, stamps=None, mo
     foot_px = np.zeros(ns)
     edge = np.zeros(ns, bool)
     blendedness = None
+    pending = []  # per observation, what its deblended images need
     for (name, ds), renderer, epoch in zip(obs.items(), renderers, epochs, strict=True):
         band_index = list(getattr(renderer, "band_index", frame.band_index(list(ds["band"].values))))
         w = np.asarray(ds["weight"].values, np.float64)
@@ -512,6 +519,13 @@ def measure_scene(scene, observations=None, *, zero_points=None, stamps=None, mo
             white, correlated = flux_variance_terms(templates, w[group], bi, ds.isel(band=group), nflux, nb)
             info, inflated = info + white, inflated + correlated
             del templates, unit
+        pending.append((name, ds, data, w, renderer, st_o, kernels))
+    flux_var, center_cov, flux_cov = fisher_covariance(blocks, ns, nb, extended, num_flux=nflux,
+                                                       flux_covariance=True)
+    del blocks
+    # the deblended images after the covariance (whose work arrays are gone by then): the
+    # largest arrays of a crowded scene's results do not meet
+    for name, ds, data, w, renderer, st_o, kernels in pending:
         models = _observed_models(renderer, st_o, frame.cube_shape, kernels=kernels)
         node, stats = _deblend_observation(ds, data, w, models)
         del models
@@ -521,8 +535,7 @@ def measure_scene(scene, observations=None, *, zero_points=None, stamps=None, mo
         if blendedness is None:
             blendedness = stats["blendedness"]
         deblended[str(name)] = node
-    flux_var, center_cov, flux_cov = fisher_covariance(blocks, ns, nb, extended, num_flux=nflux,
-                                                       flux_covariance=True)
+    del pending
     # correlated noise (issue 17 item 3; docs/noise.md): sandwich factor of the white-weighted flux
     # solve (flux_variance_factor, summed observation by observation)
     factor = flux_variance_ratio(info, inflated)

@@ -10,9 +10,10 @@ import equinox as eqx
 import jax.numpy as jnp
 import numpy as np
 
-from ..infer import fit_batch
-from ..xr import observation_wcs, source_image
-from ..xr import FLAGS, MASKED_FRACTION_LIMIT
+from ..infer import drop_compiled_programs, fit_batch
+from ..infer import resident_memory_mb as _resident_mb
+from ..infer import return_free_memory as _return_free_memory
+from ..xr import FLAGS, MASKED_FRACTION_LIMIT, observation_wcs, source_image
 from ._bucket import bucket_key, pad_observation, prepare_blend
 from ._fits import read_blend
 from ._store import DONE, FAILED, MEASURE_VARS, PENDING, kind_codes, open_store, read_status, write_blend
@@ -299,20 +300,6 @@ def fit_blend_auto(ds, centers, *, max_steps: int = 1000, e_rel: float = SURVEY_
     }
 
 
-def _resident_mb() -> float | None:
-    """This process's resident memory in MB (None when it cannot be read)."""
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-    except (OSError, ValueError, AttributeError, IndexError):
-        try:
-            import psutil
-
-            return psutil.Process().memory_info().rss / 2**20
-        except Exception:  # noqa: BLE001 - no way to read it: no bound
-            return None
-
-
 def _bound_compiled_memory(limit_mb: float, floor_mb: float | None = None) -> float | None:
     """Drop JAX's in-memory compiled programs when this process holds too much.
 
@@ -347,36 +334,8 @@ def _bound_compiled_memory(limit_mb: float, floor_mb: float | None = None) -> fl
         rss = _resident_mb() or rss
         if rss <= bound:
             return None
-    import gc
-
-    import jax
-
-    jax.clear_caches()
-    gc.collect()
-    _return_free_memory()
-    after = _resident_mb()
+    after = drop_compiled_programs()
     return rss if after is None else after
-
-
-def _return_free_memory() -> bool:
-    """Hand the C heap's free pages back to the system (glibc's ``malloc_trim``).
-
-    The programs that :func:`_bound_compiled_memory` drops are freed into the
-    C heap, which keeps the pages for reuse: without this the resident memory
-    of a worker hardly falls after a drop. Returns False where the C library
-    has no ``malloc_trim`` (not glibc: macOS, musl), and nothing is done.
-    """
-    import ctypes
-    import ctypes.util
-
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        trim = libc.malloc_trim
-    except (OSError, AttributeError):
-        return False
-    trim.argtypes = [ctypes.c_size_t]
-    trim(0)
-    return True
 
 
 def _run_auto(group, items, options) -> list:
