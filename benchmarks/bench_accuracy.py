@@ -22,7 +22,10 @@ with ``--noise-scale 3``). Per set:
 Both results are scored by ``score.py``'s ``score()`` (same matching), pooled
 over scenes: median ``|flux/truth - 1|`` over source-bands, fraction above
 0.5, misses, non-finite fluxes, seconds per scene (median; first scene apart:
-compilation included, imports excluded).
+compilation included, imports excluded). For ours also the calibration of the
+reported errors: the median over source-bands of ``|flux - truth| / flux_err``
+for galaxies and stars (``pull``; 0.674 for calibrated Gaussian errors, more
+when ``flux_err`` is too small).
 
 Run: ``python benchmarks/bench_accuracy.py [--json out.json]``; environment
 ``SCARLET_XR_BENCH_SEED`` (default 1207), ``SCARLET_XR_BENCH_NSCENES`` (20).
@@ -231,6 +234,47 @@ def pool(scorer, set_dir: Path, run: dict) -> tuple[dict, list]:
     return metrics, per_scene
 
 
+def error_calibration(scorer, set_dir: Path, run: dict) -> dict:
+    """Median ``|flux - truth| / flux_err`` of our matched source-bands, galaxies and stars apart.
+
+    Parameters
+    ----------
+    scorer : module
+        ``score.py`` loaded by path (its matching).
+    set_dir : Path
+        Folder of ``scene_*`` directories.
+    run : dict
+        Output of :func:`run_ours`.
+
+    Returns
+    -------
+    dict
+        ``pull_galaxy``, ``pull_star`` (None without a finite one): 0.674 when
+        the errors are calibrated (the median of ``|N(0, 1)|``).
+    """
+    import numpy as np
+    import xarray as xr
+
+    recs = {r["scene"]: r for r in run["scenes"]}
+    pulls = {"galaxy": [], "star": []}
+    for d in sorted(set_dir.glob("scene_*")):
+        rec = recs.get(d.name)
+        if not rec or not rec["ok"]:
+            continue
+        truth, bands = scorer.load_truth(d)
+        with xr.open_datatree(rec["result"]) as tree:
+            src = tree["sources"].to_dataset().load()
+        ra, dec = src["ra"].values, src["dec"].values
+        for i, j, _ in scorer.match(truth["ra"], truth["dec"], ra, dec, 0.5):
+            for b in bands:
+                f = float(src["flux"].sel(band=b).values[j])
+                e = float(src["flux_err"].sel(band=b).values[j])
+                p = abs(f - float(truth[f"flux_{b}"][i])) / e if e > 0 else math.inf
+                if math.isfinite(p):
+                    pulls["star" if str(truth["kind"][i]) == "star" else "galaxy"].append(p)
+    return {f"pull_{k}": (round(float(np.median(v)), 3) if v else None) for k, v in pulls.items()}
+
+
 def _worst(per_scene: list, k: int = 3) -> list:
     """The ``k`` scenes with the largest median error, truth kinds beside our model kinds."""
     import xarray as xr
@@ -286,6 +330,8 @@ def main(timeout: float = 3600) -> dict:
                 for k in ("all", "galaxy", "star"):
                     if metrics[f"median_{k}"] is not None and floor[k]:
                         res[f"{name}_ours_over_floor_{k}"] = round(metrics[f"median_{k}"] / floor[k], 2)
+                calibration = error_calibration(scorer, set_dir, run)
+                res.update({f"ours_{name}_{k}": v for k, v in calibration.items()})
                 res[f"{name}_ours_worst_scenes"] = _worst(per_scene)
     return res
 
