@@ -308,8 +308,9 @@ import jax, jax.numpy as jnp
 sys.path.insert(0, sys.argv[1])
 sys.path.insert(0, sys.argv[2])
 from _compiles import count_compiles
-from scarlet_xr.survey._task import (WORKER_MEMORY_STEP_MB, _bound_compiled_memory, _resident_mb,
-                                     _return_free_memory)
+from scarlet_xr.infer import resident_memory_mb as _resident_mb
+from scarlet_xr.infer import return_free_memory as _return_free_memory
+from scarlet_xr.survey._task import WORKER_MEMORY_STEP_MB, _bound_compiled_memory
 out = {"trim": _return_free_memory()}
 
 def program(k):

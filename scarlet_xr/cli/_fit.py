@@ -190,7 +190,7 @@ def run(args) -> int:
     fitted = fit_sources(frame, obs, centers, kinds=kinds, max_steps=args.max_steps, progress=True,
                          sky=sky, prior=prior, refine_fit=not getattr(args, "no_refine", False),
                          find_missing=find_missing, misfit_pixels=getattr(args, "misfit_pixels", True))
-    # a crowded scene's fit leaves its compiled programs in memory (300 sources: ~350 MB);
+    # a crowded scene's fit leaves its compiled programs in memory (300 sources: ~210 MB);
     # the results' measurements would come on top of them
     from ..infer import release_compiled_memory
 

@@ -10,9 +10,7 @@ import equinox as eqx
 import jax.numpy as jnp
 import numpy as np
 
-from ..infer import drop_compiled_programs, fit_batch
-from ..infer import resident_memory_mb as _resident_mb
-from ..infer import return_free_memory as _return_free_memory
+from ..infer import fit_batch, release_compiled_memory
 from ..xr import FLAGS, MASKED_FRACTION_LIMIT, observation_wcs, source_image
 from ._bucket import bucket_key, pad_observation, prepare_blend
 from ._fits import read_blend
@@ -306,8 +304,9 @@ def _bound_compiled_memory(limit_mb: float, floor_mb: float | None = None) -> fl
     Each blend structure that is not yet compiled adds its programs to JAX's
     in-memory caches, which are never emptied: over a whole field a worker's
     memory grew from 0.7 to 2.3 GB. Above the bound the C heap's free pages
-    are handed back first (:func:`_return_free_memory`); if that is not
-    enough the programs are dropped and the pages they held handed back.
+    are handed back first; if that is not enough the programs are dropped
+    and the pages they held handed back
+    (:func:`~scarlet_xr.infer.release_compiled_memory`).
     Programs needed again come back from the persistent compilation cache
     (when one is configured: the CLI's default) instead of being compiled
     anew.
@@ -326,16 +325,9 @@ def _bound_compiled_memory(limit_mb: float, floor_mb: float | None = None) -> fl
     float or None
         The resident memory (MB) after dropping, or None when nothing was dropped.
     """
-    rss = _resident_mb()
     bound = limit_mb if floor_mb is None else max(limit_mb, floor_mb + WORKER_MEMORY_STEP_MB)
-    if rss is None or rss <= bound:
-        return None
-    if _return_free_memory():  # the heap's free pages first (what compiling left): often enough
-        rss = _resident_mb() or rss
-        if rss <= bound:
-            return None
-    after = drop_compiled_programs()
-    return rss if after is None else after
+    # (the heap's free pages first, what compiling left: often enough)
+    return release_compiled_memory(bound)
 
 
 def _run_auto(group, items, options) -> list:
