@@ -51,3 +51,29 @@ def test_gram_refuses_a_template_outside_the_observation():
     data = np.zeros((1, 10, 10))
     with pytest.raises(ValueError, match="not inside"):
         _gram([(8, 0, np.ones((1, 4, 4)))], data, np.ones_like(data), [0], 1)
+
+
+def test_nnls_on_the_normal_equations_matches_scipy_on_the_pixels():
+    """The initial spectra's non-negative solve (no scipy.optimize import) finds scipy's optimum:
+    full-rank and rank-deficient systems, solutions with and without zeros."""
+    from scipy.optimize import nnls
+
+    from scarlet_xr.scene._init import _nnls_gram
+
+    rng = np.random.default_rng(7)
+    worst, zeros = 0.0, 0
+    for _ in range(400):
+        m, n = int(rng.integers(3, 60)), int(rng.integers(1, 10))
+        a = rng.normal(size=(m, n)) * rng.uniform(0.01, 100, n)
+        if rng.uniform() < 0.3:
+            a[:, -1] = a[:, 0]  # two identical templates
+        y = rng.normal(size=m) + a @ np.abs(rng.normal(size=n)) * rng.uniform()
+        ref, _ = nnls(a, y, maxiter=50 * n)
+        got = _nnls_gram(a.T @ a, a.T @ y, 50 * n)
+        assert got.shape == (n,) and np.all(got >= 0)
+        r_ref, r_got = np.sum((a @ ref - y) ** 2), np.sum((a @ got - y) ** 2)
+        worst = max(worst, (r_got - r_ref) / max(r_ref, 1e-12))
+        zeros += int(np.any(got == 0))
+    assert worst < 1e-7
+    assert zeros > 50  # the constraint was active in many of them
+    assert np.all(_nnls_gram(np.zeros((3, 3)), np.ones(3), 10) == 0)

@@ -727,28 +727,69 @@ def _render_np(renderer, cube):
     return np.asarray(renderer(to_device(cube, default_float())), float)
 
 
-def _nnls(a, y, maxiter):
-    from scipy.optimize import nnls  # lazy: scipy.optimize is heavy to import
-
-    return nnls(a, y, maxiter=maxiter)
-
-
 def _nnls_gram(a, rhs, maxiter):
     """Non-negative least squares given only the normal equations ``a = A^T A``, ``rhs = A^T y``.
 
-    ``A^T A = V s V^T`` gives ``|| A x - y ||^2 = || s^(1/2) V^T x - s^(-1/2) V^T rhs ||^2 + const``
-    (``rhs`` lies in the range of ``A^T``), so :func:`scipy.optimize.nnls` on that
-    ``n x n`` system finds the same solution as on the ``pixels x n`` one.
+    Lawson and Hanson's active-set method on ``min x^T a x - 2 x^T rhs``,
+    ``x >= 0``: the gradient ``rhs - a x`` tells which zero unknown to free
+    next, and an unknown whose unconstrained solution turns negative is moved
+    back to zero along the segment from the last feasible point. Rank-deficient
+    sub-problems are solved by least squares. The same solution as
+    :func:`scipy.optimize.nnls` on the ``pixels x n`` problem, without
+    importing :mod:`scipy.optimize` (a fifth of a second at every start).
+
+    Parameters
+    ----------
+    a : array (n, n)
+        Symmetric positive semi-definite normal matrix.
+    rhs : array (n,)
+        Right-hand side.
+    maxiter : int
+        Most sub-problem solves.
+
+    Returns
+    -------
+    numpy.ndarray (n,)
+        The non-negative solution.
     """
-    s, v = np.linalg.eigh(a)
-    keep = s > 1e-13 * max(float(s.max(initial=0.0)), 0.0)
-    if not keep.any():
-        return np.zeros(len(rhs))
-    root = np.sqrt(s[keep])
-    mat = root[:, None] * v[:, keep].T
-    target = (v[:, keep].T @ rhs) / root
-    sol, _ = _nnls(mat, target, maxiter=maxiter)
-    return sol
+    a = np.asarray(a, float)
+    rhs = np.asarray(rhs, float)
+    n = rhs.size
+    x = np.zeros(n)
+    if n == 0 or not np.any(np.diag(a) > 0):
+        return x
+    tol = 1e-12 * max(float(np.abs(rhs).max()), float(np.abs(a).max()), 1e-300)
+    passive = np.zeros(n, bool)
+    barred = np.zeros(n, bool)  # freed without moving (numerically flat): never freed again
+    w = rhs.copy()
+    solves = 0
+    while solves < maxiter:
+        cand = np.where(passive | barred, -np.inf, w)
+        j = int(np.argmax(cand))
+        if not cand[j] > tol:
+            break
+        passive[j] = True
+        while solves < maxiter:
+            solves += 1
+            idx = np.flatnonzero(passive)
+            z = np.zeros(n)
+            z[idx] = np.linalg.lstsq(a[np.ix_(idx, idx)], rhs[idx], rcond=None)[0]
+            if np.all(z[idx] > 0):
+                x = z
+                break
+            neg = idx[z[idx] <= 0]
+            step = x[neg] - z[neg]
+            alpha = float(np.min(np.where(step > 0, x[neg] / np.where(step > 0, step, 1.0), 0.0)))
+            x = x + alpha * (z - x)
+            drop = passive & (x <= tol * 1e-3 * max(float(x.max(initial=0.0)), 1.0))
+            if drop[j] and alpha == 0.0 and x[j] == 0.0:
+                barred[j] = True
+            passive &= ~drop
+            x[~passive] = 0.0
+            if not passive.any():
+                break
+        w = rhs - a @ x
+    return np.clip(x, 0.0, None)
 
 
 def _all_bound(observations, frame) -> bool:
