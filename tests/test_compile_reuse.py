@@ -73,3 +73,41 @@ def test_a_small_scene_shares_one_box_within_its_pixel_budget(monkeypatch):
     assert len(one) == 1 and len(own) >= 2, (one, own)
     assert min(one) >= max(own), (one, own)  # the shared box holds what every source needs
     assert np.all(err_one < 0.06) and np.all(np.abs(err_one - err_own) < 0.01), (err_one, err_own)
+
+
+def _galaxy_then_star(compiles):
+    """Fit a 32 px galaxy blend, then a 32 px star blend (canonical); return their fits and
+    append the number of fit-loop programs each compiled to ``compiles``."""
+    jax.clear_caches()
+    out = []
+    with count_compiles("_chunk_impl") as hits:
+        for seed, kind, snr in ((22, "galaxy", 45.0), (21, "star", 60.0)):
+            obs, truth = isolated(seed, kind, snr, size=32, hlr=(0.8, 0.8))
+            frame = frame_from_observations(obs)
+            before = len(hits)
+            fitted = fit_sources(frame, obs, truth["center"][None], canonical=True, refine_fit=False,
+                                 point_refit=False, misfit_pixels=False)
+            out.append((fitted, truth, len(hits) - before))
+    compiles.extend(n for _, _, n in out)
+    return out
+
+
+def test_blends_whose_sources_are_other_kinds_share_the_canonical_programs(monkeypatch):
+    """A galaxy (a Sersic after the model choice) and a star (a point) on 32 px stamps: the
+    canonical layout holds a point, a Sersic and a bulge + disk whichever the blend has, so the
+    star compiles no fit loop of its own; without the templates it compiles its second stage.
+    The fluxes do not depend on the layout."""
+    import scarlet_xr.scene._auto as auto
+
+    counts = []
+    with_t = _galaxy_then_star(counts)
+    assert [c["kind"] for f, _, _ in with_t for c in f.choices] == ["sersic", "point"]
+    assert counts[0] >= 1 and counts[1] == 0, counts
+    monkeypatch.setattr(auto, "_layout_templates", lambda base, model, frame: ())
+    counts = []
+    without = _galaxy_then_star(counts)
+    assert counts[1] >= 1, counts
+    for (a, truth, _), (b, _, _) in zip(with_t, without, strict=True):
+        np.testing.assert_allclose(a.measured_flux, b.measured_flux, rtol=1e-3)
+        err = np.abs(np.asarray(a.measured_flux)[0] / truth["flux"] - 1)
+        assert np.median(err) < 0.1, err

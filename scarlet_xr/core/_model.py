@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, NamedTuple
 
 import equinox as eqx
@@ -175,6 +176,33 @@ def _count_bucket(n: int, max_count: int = CANONICAL_MAX_COUNT) -> int:
     while k < n:
         k *= 2
     return k
+
+
+CANONICAL_TEMPLATE_PIXELS = 200_000
+"""Most pixels (placeholders times their components' box areas) that :meth:`SceneModel.canonical`
+spends on its ``templates``: above it the layout holds only the scene's own structures.
+
+On 40 simulated survey blends (``simulate_blends`` seed 2026, stamps 31-75 px, 1-6 sources, one
+process) the templates made the second twenty fit in 12.6 s instead of 28.0 s (compiling 2.6 s
+instead of 16.1 s), the fluxes unchanged (median error 0.06563 both); the placeholders of the
+largest of them (8 sources' worth per structure in 75 px boxes, about 180 000 pixels) cost less than
+the compile they save."""
+
+
+def _menu(templates, num_sources: int, max_count: int) -> dict:
+    """``{stack key: template}`` of the unnamed templates the canonical layout holds (see
+    :data:`CANONICAL_TEMPLATE_PIXELS`); empty when they would cost too much."""
+    if not templates or num_sources > max_count:
+        return {}
+    menu = {}
+    for t in templates:
+        t = _renamed(t, None)
+        key = _stack_key(t)
+        if key is not None:
+            menu.setdefault(key, t)
+    count = _count_bucket(num_sources, max_count)
+    area = sum(math.prod(c.morphology.shape) for t in menu.values() for c in t.components)
+    return menu if count * area <= CANONICAL_TEMPLATE_PIXELS else {}
 
 
 def _renamed(src: Source, name) -> Source:
@@ -472,7 +500,7 @@ class SceneModel(eqx.Module):
             _treedefs=tuple(jax.tree_util.tree_structure(s) for s in self._sources),
         )
 
-    def canonical(self, max_count: int = CANONICAL_MAX_COUNT):
+    def canonical(self, max_count: int = CANONICAL_MAX_COUNT, templates=()):
         """The same scene in a canonical order and number of sources, to reuse compiled fits.
 
         A compiled fit step is keyed on the scene's structure: the order of
@@ -485,10 +513,23 @@ class SceneModel(eqx.Module):
         buckets then share one compiled step (``fit(..., canonical=True)``
         fits this form and returns the scene as given, see :meth:`restored`).
 
+        With ``templates``, the layout also depends less on which structures
+        the scene holds: every template's structure is present (as
+        placeholders when no source has it) and padded to the scene's count,
+        the number of sources rounded up to a power of two. Blends of one
+        stamp size that differ only in which sources are points, Sersics or
+        bulges + disks then share one program (a survey's blends compiled one
+        or two programs each otherwise). Only when the placeholders stay
+        small: at most ``max_count`` sources and :data:`CANONICAL_TEMPLATE_PIXELS`
+        pixels of template boxes in all.
+
         Parameters
         ----------
         max_count : int
             Stacks of at most this many sources are padded.
+        templates : sequence of Source
+            Sources whose structures the layout always holds (their values
+            do not matter: placeholders have weight 0).
 
         Returns
         -------
@@ -508,12 +549,19 @@ class SceneModel(eqx.Module):
             if key is None:
                 return self, None
             groups.setdefault(key, []).append(i)
+        menu = _menu(templates, len(sources), max_count)
+        for key in menu:
+            groups.setdefault(key, [])
         order, out = [], []
         for key in sorted(groups, key=repr):
             idx = groups[key]
-            order += idx + [-1] * (_count_bucket(len(idx), max_count) - len(idx))
+            count = _count_bucket(len(idx), max_count)
+            if key in menu:
+                count = max(count, _count_bucket(len(sources), max_count))
+            order += idx + [-1] * (count - len(idx))
             out += [sources[i] for i in idx]
-            out += [_copied(sources[idx[0]]) for _ in range(len(order) - len(out))]
+            base = sources[idx[0]] if idx else menu[key]
+            out += [_copied(base) for _ in range(len(order) - len(out))]
         active = np.asarray([1.0 if i >= 0 else 0.0 for i in order])
         model = self._replace(_sources=tuple(out), active=to_device(active, dtype=out[0].center.raw.dtype))
         return model._packed_with(CANONICAL_MIN_SHARED), (tuple(order), tuple(s.name for s in self._sources))

@@ -222,6 +222,7 @@ def fit(
     chunk: int = 100,
     on_divergence: str = "warn",
     canonical: bool = False,
+    templates=(),
 ):
     """Fit a model by minimising ``-log L - log prior`` with optax.
 
@@ -271,6 +272,12 @@ def fit(
         Other models, and scene models that cannot be made canonical
         (packed, with ``active`` weights or variable sources), are fitted as
         they are. Default False: the scene's own layout.
+    templates : sequence of Source
+        With ``canonical``: sources whose structures the canonical layout
+        always holds, padded to the scene's count (e.g. a point, a Sersic and
+        a bulge + disk source made from one of the scene's sources: blends
+        that differ only in which of these their sources are then share one
+        compiled program; see :meth:`~scarlet_xr.core.SceneModel.canonical`).
 
     Returns
     -------
@@ -287,11 +294,12 @@ def fit(
         If the fit diverges and ``on_divergence="raise"``.
     """
     return _fit(model, likelihoods, optimizer=optimizer, max_steps=max_steps, e_rel=e_rel,
-                progress=progress, chunk=chunk, on_divergence=on_divergence, lean=True, canonical=canonical)
+                progress=progress, chunk=chunk, on_divergence=on_divergence, lean=True, canonical=canonical,
+                templates=templates)
 
 
 def _fit(model, likelihoods, *, optimizer, max_steps, e_rel, progress, chunk, on_divergence, lean,
-         canonical=False):
+         canonical=False, templates=()):
     """:func:`fit`; ``lean`` compiles the loop with XLA's classic CPU emitters (about 170 MB
     less peak memory for the HSC demo scene, same speed), otherwise with XLA's defaults
     (faster on the many small scenes of a survey's batched runner)."""
@@ -306,7 +314,7 @@ def _fit(model, likelihoods, *, optimizer, max_steps, e_rel, progress, chunk, on
     unpack = isinstance(model, SceneModel) and not model.is_packed
     restore = None
     if unpack and canonical:
-        model, restore = model.canonical()
+        model, restore = model.canonical(templates=templates)
     if unpack and restore is None:
         model = model.packed()
     free, rest = partition_free(model)

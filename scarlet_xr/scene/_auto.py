@@ -561,11 +561,18 @@ def fit_sources(
 
     # (small stacks of profiles moved up to the next box size used: fewer programs to compile)
     boxes = (lambda m: m) if canonical else consolidated_boxes
+    # (canonical: every fit's layout also holds a point, a Sersic and a bulge + disk, see
+    # _layout_templates: blends of one stamp size and count then share their programs)
+    base = model.sources[auto_idx[0]] if canonical and auto_idx else None
+
+    def templates(m):
+        return _layout_templates(base, m, frame) if canonical else ()
+
     if auto_idx:
         model = boxes(model)
         model, hist = _fit(model, fit_liks, optimizer=_optimizer_for(model, optimizer),
                            max_steps=min(_STAGE1_STEPS, max_steps), e_rel=max(e_rel, _STAGE1_E_REL),
-                           progress=progress, canonical=canonical)
+                           progress=progress, canonical=canonical, templates=templates(model))
         losses.append(hist.loss)
         steps += hist.num_steps
         liks = _without_sky(fit_liks, model)
@@ -600,7 +607,7 @@ def fit_sources(
     deep = not canonical and bool(refine_fit) and not refinable(model, fit_liks)
     model, hist = _fit(model, fit_liks, optimizer=_optimizer_for(model, optimizer, deep),
                        max_steps=max_steps,
-                       e_rel=e_rel, progress=progress, canonical=canonical)
+                       e_rel=e_rel, progress=progress, canonical=canonical, templates=templates(model))
     losses.append(hist.loss)
     steps += hist.num_steps
     liks = _without_sky(fit_liks, model)
@@ -631,7 +638,8 @@ def fit_sources(
         else:
             upgraded = boxes(upgraded)
             model, hist = _fit(upgraded, fit_liks, optimizer=_optimizer_for(upgraded, optimizer, deep),
-                               max_steps=stage_steps, e_rel=e_rel, progress=progress, canonical=canonical)
+                               max_steps=stage_steps, e_rel=e_rel, progress=progress, canonical=canonical,
+                               templates=templates(upgraded))
         losses.append(hist.loss)
         steps += hist.num_steps
         liks = _without_sky(fit_liks, model)
@@ -1232,6 +1240,34 @@ def _grow_boxes(model, auto_idx, choices, max_box, psf, common: bool = False, bu
     if not changed:
         return model
     return eqx.tree_at(lambda m: m.sources, model, tuple(sources))
+
+
+def _layout_templates(base, model, frame) -> tuple:
+    """A one-Sersic, a point and a bulge + disk source made from ``base`` (a one-Sersic ``auto``
+    source) for a canonical fit of ``model`` (``fit(..., templates=)``).
+
+    Each is built as the model choice builds that kind (:func:`_choose`,
+    :func:`_bulge_disk`), on the box the model's extended sources share (the
+    canonical layout gives them one), so that blends of one stamp size share
+    a compiled program whichever of these kinds their sources turned out to be.
+    """
+    if base is None or not isinstance(base.components[0].morphology, SersicMorphology):
+        return ()
+    boxes = [c.morphology.shape[0] for s_ in model.sources for c in s_.components
+             if isinstance(c.morphology, SersicMorphology)]
+    comp = base.components[0]
+    m = _resized(comp.morphology, max(boxes) if boxes else comp.morphology.shape[0])
+    sersic = eqx.tree_at(lambda s_: s_.components, base, (eqx.tree_at(lambda c: c.morphology, comp, m),))
+    point = eqx.tree_at(lambda s_: s_.components, base, (eqx.tree_at(
+        lambda c: c.morphology, comp, PointSourceMorphology(frame.psf, sigma=frame.psf_sigma)),))
+    bulge, disk = bulge_disk_morphologies(float(m.r_e.value), np.asarray(m.ellipticity.value, float),
+                                          m.shape[0], SERSIC_OVERSAMPLE)
+    spec = np.asarray(comp.spectrum(), float)
+    step = comp.spectrum.values.step if isinstance(comp.spectrum, Spectrum) else 0.03
+    bd = Source(base.center, components=[Component(Spectrum(BULGE_DISK_SPLIT[0] * spec, step=step), bulge),
+                                         Component(Spectrum(BULGE_DISK_SPLIT[1] * spec, step=step), disk)],
+                name=base.name)
+    return sersic, point, bd
 
 
 def _bulge_disk(model, liks, frame, auto_idx, choices, max_box, common: bool = False,
