@@ -215,11 +215,22 @@ def _renamed(src: Source, name) -> Source:
     return new
 
 
-def _copied(src: Source) -> Source:
-    """A copy of ``src`` with its own arrays (no leaf is one object with ``src``'s)."""
-    return jax.tree_util.tree_map(
-        lambda x: jnp.array(x, copy=True) if isinstance(x, jax.Array)
-        else (np.array(x, copy=True) if isinstance(x, np.ndarray) else x), src)
+def _copied(src: Source, min_size: int = CANONICAL_MIN_SHARED) -> Source:
+    """A copy of ``src`` whose leaves of at least ``min_size`` elements are its own arrays.
+
+    Packing stores a leaf once only when it is one object in every member and
+    has at least :data:`CANONICAL_MIN_SHARED` elements: smaller leaves are
+    stacked whoever owns them, so copying them (an operation per leaf, most
+    of a survey blend's canonical layouts) would change nothing.
+    """
+    def copy(x):
+        if int(np.size(x)) < min_size:
+            return x
+        if isinstance(x, jax.Array):
+            return jnp.array(x, copy=True)
+        return np.array(x, copy=True) if isinstance(x, np.ndarray) else x
+
+    return jax.tree_util.tree_map(copy, src)
 
 
 def _apply(fun, stack: _Stack, *args):
@@ -234,16 +245,18 @@ def _apply(fun, stack: _Stack, *args):
     return jax.vmap(fun, in_axes=(axes, *(0,) * len(args)))(stack.tree, *args)
 
 
-def _member_trees(stack: _Stack):
-    """Each member's own tree, in ``stack.members`` order."""
+def _member_trees(stack: _Stack, wanted=None):
+    """Each member's own tree, in ``stack.members`` order (None for members where ``wanted``,
+    one bool per member, is False)."""
     if stack.shared is None:
-        return [stack.tree]
+        return [stack.tree] if wanted is None or wanted[0] else [None]
     leaves, treedef = jax.tree_util.tree_flatten(stack.tree)
     # concrete leaves are cut on the host (no compiled op per shape)
     host = [np.asarray(x) if not s and _concrete(x) else None
             for x, s in zip(leaves, stack.shared, strict=True)]
     return [treedef.unflatten([x if s else (x[j] if h is None else to_device(h[j]))
                                for x, s, h in zip(leaves, stack.shared, host, strict=True)])
+            if wanted is None or wanted[j] else None
             for j in range(len(stack.members))]
 
 
@@ -568,7 +581,8 @@ class SceneModel(eqx.Module):
 
     def restored(self, order, names) -> SceneModel:
         """The scene of :meth:`canonical` back in its given order, names and number of sources (unpacked)."""
-        srcs = self.unpacked().sources
+        # (placeholders are not unstacked: with templates they are most of a blend's layout)
+        srcs = self._unstacked([i >= 0 for i in order]) if self.is_packed else self._sources
         out = [None] * len(names)
         for pos, i in enumerate(order):
             if i >= 0:
@@ -598,17 +612,27 @@ class SceneModel(eqx.Module):
         """The sources, in the order given (a packed model unstacks them on each access)."""
         if not self.is_packed:
             return self._sources
+        return self._unstacked()
+
+    def _unstacked(self, wanted=None) -> tuple:
+        """The sources of a packed model; None in place of those where ``wanted`` (one bool per
+        source) is False."""
         n = self.num_sources
+        wanted = [True] * n if wanted is None else list(wanted)
         centers, comps = self._groups()
         center_of, parts = [None] * n, [{} for _ in range(n)]
         for st in centers:
-            for i, tree in zip(st.members, _member_trees(st), strict=True):
+            for i, tree in zip(st.members, _member_trees(st, [wanted[i] for i in st.members]), strict=True):
                 center_of[i] = tree
         for st in comps:
-            for (i, j), tree in zip(st.members, _member_trees(st), strict=True):
+            for (i, j), tree in zip(st.members, _member_trees(st, [wanted[i] for i, _ in st.members]),
+                                    strict=True):
                 parts[i][j] = tree
         out = []
         for i in range(n):
+            if not wanted[i]:
+                out.append(None)
+                continue
             comps_i = tuple(parts[i][j] for j in range(len(parts[i])))
             leaves = jax.tree_util.tree_leaves((center_of[i], comps_i))
             out.append(self._treedefs[i].unflatten(leaves))

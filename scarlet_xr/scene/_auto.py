@@ -564,9 +564,10 @@ def fit_sources(
     # (canonical: every fit's layout also holds a point, a Sersic and a bulge + disk, see
     # _layout_templates: blends of one stamp size and count then share their programs)
     base = model.sources[auto_idx[0]] if canonical and auto_idx else None
+    made = {}
 
     def templates(m):
-        return _layout_templates(base, m, frame) if canonical else ()
+        return _layout_templates(base, m, frame, made) if canonical else ()
 
     if auto_idx:
         model = boxes(model)
@@ -1242,7 +1243,7 @@ def _grow_boxes(model, auto_idx, choices, max_box, psf, common: bool = False, bu
     return eqx.tree_at(lambda m: m.sources, model, tuple(sources))
 
 
-def _layout_templates(base, model, frame) -> tuple:
+def _layout_templates(base, model, frame, cache: dict | None = None) -> tuple:
     """A one-Sersic, a point and a bulge + disk source made from ``base`` (a one-Sersic ``auto``
     source) for a canonical fit of ``model`` (``fit(..., templates=)``).
 
@@ -1250,13 +1251,17 @@ def _layout_templates(base, model, frame) -> tuple:
     :func:`_bulge_disk`), on the box the model's extended sources share (the
     canonical layout gives them one), so that blends of one stamp size share
     a compiled program whichever of these kinds their sources turned out to be.
+    ``cache`` (a dict) keeps the templates of each box size for the next call.
     """
     if base is None or not isinstance(base.components[0].morphology, SersicMorphology):
         return ()
     boxes = [c.morphology.shape[0] for s_ in model.sources for c in s_.components
              if isinstance(c.morphology, SersicMorphology)]
     comp = base.components[0]
-    m = _resized(comp.morphology, max(boxes) if boxes else comp.morphology.shape[0])
+    box = max(boxes) if boxes else comp.morphology.shape[0]
+    if cache is not None and box in cache:
+        return cache[box]
+    m = _resized(comp.morphology, box)
     sersic = eqx.tree_at(lambda s_: s_.components, base, (eqx.tree_at(lambda c: c.morphology, comp, m),))
     point = eqx.tree_at(lambda s_: s_.components, base, (eqx.tree_at(
         lambda c: c.morphology, comp, PointSourceMorphology(frame.psf, sigma=frame.psf_sigma)),))
@@ -1267,6 +1272,8 @@ def _layout_templates(base, model, frame) -> tuple:
     bd = Source(base.center, components=[Component(Spectrum(BULGE_DISK_SPLIT[0] * spec, step=step), bulge),
                                          Component(Spectrum(BULGE_DISK_SPLIT[1] * spec, step=step), disk)],
                 name=base.name)
+    if cache is not None:
+        cache[box] = (sersic, point, bd)
     return sersic, point, bd
 
 
