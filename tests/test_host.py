@@ -69,3 +69,25 @@ def test_models_with_active_weights_are_left_to_the_compiled_path():
     model = _scene()
     weighted = SceneModel(model.sources, model.shape, psf=np.asarray(model.psf), active=np.ones(6))
     assert host_products(weighted) is None
+
+
+def test_free_form_images_are_evaluated_on_the_host_without_compiling():
+    """``core.morphology_image`` of a free-form pixel array: the compiled profile's values, with
+    no program compiled for its box size; other morphologies still go through their program."""
+    import jax
+    import jax.numpy as jnp
+    from _compiles import count_compiles
+
+    from scarlet_xr.core import FreeFormMorphology, morphology_image
+
+    rng = np.random.default_rng(3)
+    morph = FreeFormMorphology(np.abs(rng.normal(size=(17, 15))) + 1e-3)
+    compiled = np.asarray(jax.jit(lambda m: m(jnp.zeros(2)))(morph))
+    jax.clear_caches()
+    with count_compiles("_morphology_image") as hits:
+        host = np.asarray(morphology_image(morph, jnp.zeros(2)))
+        assert not hits
+        np.asarray(morphology_image(GaussianMorphology(1.5, shape=15), jnp.zeros(2)))
+    assert len(hits) == 1, hits
+    np.testing.assert_allclose(host, compiled, rtol=1e-6)
+    assert host.dtype == compiled.dtype and host.shape == (17, 15)
