@@ -1161,9 +1161,7 @@ def _choose(model, liks, frame, auto_idx, choices):
             reason = f"point: a Sersic lowers chi2 by only {d:.1f} <= {penalty:.0f} (its extra parameters)"
             # the point source is its own morphology type: points and Sersics render in
             # separate vmapped groups, each computing only what it needs
-            comp = eqx.tree_at(lambda c: c.morphology, sources[k].components[0],
-                               PointSourceMorphology(frame.psf, sigma=frame.psf_sigma))
-            sources[k] = eqx.tree_at(lambda s: s.components, sources[k], (comp,))
+            sources[k] = _as_point(sources[k], frame)
         else:
             n_idx = float(morph.n.value)
             reason = (f"extended: a Sersic (n {n_idx:.2f}, r_e {re:.2f} px) lowers chi2 by {d:.1f} > "
@@ -1263,18 +1261,30 @@ def _layout_templates(base, model, frame, cache: dict | None = None) -> tuple:
         return cache[box]
     m = _resized(comp.morphology, box)
     sersic = eqx.tree_at(lambda s_: s_.components, base, (eqx.tree_at(lambda c: c.morphology, comp, m),))
-    point = eqx.tree_at(lambda s_: s_.components, base, (eqx.tree_at(
-        lambda c: c.morphology, comp, PointSourceMorphology(frame.psf, sigma=frame.psf_sigma)),))
-    bulge, disk = bulge_disk_morphologies(float(m.r_e.value), np.asarray(m.ellipticity.value, float),
-                                          m.shape[0], SERSIC_OVERSAMPLE)
-    spec = np.asarray(comp.spectrum(), float)
     step = comp.spectrum.values.step if isinstance(comp.spectrum, Spectrum) else 0.03
-    bd = Source(base.center, components=[Component(Spectrum(BULGE_DISK_SPLIT[0] * spec, step=step), bulge),
-                                         Component(Spectrum(BULGE_DISK_SPLIT[1] * spec, step=step), disk)],
-                name=base.name)
+    bd = _as_bulge_disk(base, float(m.r_e.value), np.asarray(m.ellipticity.value, float),
+                        np.asarray(comp.spectrum(), float), step, box)
+    point = _as_point(base, frame)
     if cache is not None:
         cache[box] = (sersic, point, bd)
     return sersic, point, bd
+
+
+def _as_point(src, frame):
+    """``src`` with its (first) component's morphology a point source of the frame's PSF."""
+    comp = eqx.tree_at(lambda c: c.morphology, src.components[0],
+                       PointSourceMorphology(frame.psf, sigma=frame.psf_sigma))
+    return eqx.tree_at(lambda s_: s_.components, src, (comp,))
+
+
+def _as_bulge_disk(src, r_e, ellipticity, spectrum, step, box):
+    """``src`` as a bulge + disk started from one profile's size, shape and spectrum
+    (:data:`BULGE_DISK_SPLIT` of the spectrum each) on ``box`` pixels."""
+    bulge, disk = bulge_disk_morphologies(r_e, ellipticity, box, SERSIC_OVERSAMPLE)
+    split = BULGE_DISK_SPLIT
+    return Source(src.center, components=[Component(Spectrum(split[0] * spectrum, step=step), bulge),
+                                          Component(Spectrum(split[1] * spectrum, step=step), disk)],
+                  name=src.name)
 
 
 def _bulge_disk(model, liks, frame, auto_idx, choices, max_box, common: bool = False,
@@ -1328,13 +1338,8 @@ def _bulge_disk(model, liks, frame, auto_idx, choices, max_box, common: bool = F
     largest = max(v[4] for v in made.values())
     if common and budget is not None and 2 * len(made) * largest**2 > budget:
         common = False
-    split = BULGE_DISK_SPLIT
     for k, (re, ell, spec, step, box) in made.items():
-        bulge, disk = bulge_disk_morphologies(re, ell, largest if common else box, SERSIC_OVERSAMPLE)
-        sources[k] = Source(sources[k].center,
-                            components=[Component(Spectrum(split[0] * spec, step=step), bulge),
-                                        Component(Spectrum(split[1] * spec, step=step), disk)],
-                            name=sources[k].name)
+        sources[k] = _as_bulge_disk(sources[k], re, ell, spec, step, largest if common else box)
     one_sersic = {k: (*v, maps) for k, v in one_sersic.items()}
     return eqx.tree_at(lambda m: m.sources, model, tuple(sources)), one_sersic
 
