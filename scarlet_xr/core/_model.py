@@ -12,10 +12,11 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float
 
-from ._constraints import Identity
+from ._constraints import Identity, Positive
 from ._device import to_device
 from ._fft import fast_size, kernel_to_origin
 from ._jit import filter_jit
+from ._morphology import FreeFormMorphology
 from ._parameter import Parameter, default_complex, default_float, is_parameter
 from ._source import Source
 from ._spectrum import num_epochs_of
@@ -326,9 +327,6 @@ def morphology_image(morphology, offset: Float[ArrayLike, " 2"]) -> Float[Array,
 
 def _host_pixels(morphology):
     """The unconstrained pixels of a concrete softplus-constrained free-form morphology, else None."""
-    from ._constraints import Positive
-    from ._morphology import FreeFormMorphology
-
     if type(morphology) is not FreeFormMorphology or type(morphology.image.constraint) is not Positive:
         return None
     raw = morphology.image.raw
