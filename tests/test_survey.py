@@ -415,3 +415,28 @@ def test_synchronous_runs_never_drop_the_callers_programs():
     from scarlet_xr.survey._task import _in_worker_process
 
     assert _in_worker_process() is False
+
+
+def _affinity_of_a_new_thread():
+    out = []
+    t = threading.Thread(target=lambda: out.append(sorted(os.sched_getaffinity(0))))
+    t.start()
+    t.join()
+    return out[0]
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_getaffinity") or len(os.sched_getaffinity(0)) < 2
+                    or not os.path.isdir("/proc/self/task"), reason="needs Linux and 2 cores")
+def test_default_cluster_workers_get_one_core_each():
+    # the default LocalCluster's workers are pinned to distinct cores, threads started later included
+    from scarlet_xr.survey._runner import _cores_to_pin, _pin_worker
+
+    cores = _cores_to_pin(2)
+    assert len(cores) == 2 and len(set(cores)) == 2
+    assert _cores_to_pin(1) == [] and _cores_to_pin(len(os.sched_getaffinity(0)) + 1) == []
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                  dashboard_address=None) as cluster, distributed.Client(cluster) as client:
+        pinned = client.run(_pin_worker, cores)
+        later = client.run(_affinity_of_a_new_thread)
+    assert sorted(pinned.values()) == cores
+    assert sorted(later.values()) == [[c] for c in cores]
