@@ -440,3 +440,24 @@ def test_default_cluster_workers_get_one_core_each():
         later = client.run(_affinity_of_a_new_thread)
     assert sorted(pinned.values()) == cores
     assert sorted(later.values()) == [[c] for c in cores]
+
+
+def test_buckets_are_given_whole_to_workers_balanced_by_cost():
+    # a worker traces every program of the buckets it fits: each bucket goes to one worker
+    from scarlet_xr.survey import bucket_key
+    from scarlet_xr.survey._runner import _preferred_workers
+
+    bands = ("g", "r")
+    small = [(([{"index": i}] * 8), bucket_key((31, 31), 2, (11, 11), bands)) for i in range(6)]
+    mid = [(([{"index": i}] * 8), bucket_key((60, 60), 3, (11, 11), bands)) for i in range(3)]
+    big = [(([{"index": i}] * 4), bucket_key((120, 120), 2, (11, 11), bands)) for i in range(2)]
+    tasks = small[:3] + mid + small[3:] + big
+    prefer = _preferred_workers(tasks, ["a", "b"])
+    owner = {}
+    for (_, key), w in zip(tasks, prefer, strict=True):
+        assert owner.setdefault(key, w) == w  # one worker per bucket
+    assert len(set(owner.values())) == 2
+    # the largest bucket (two 128 px tasks: 8 blends of four times a 64 px blend's area) alone on one worker
+    big_key = big[0][1]
+    assert [k for k, w in owner.items() if w == owner[big_key]] == [big_key]
+    assert _preferred_workers(tasks, ["a"]) == [None] * len(tasks)

@@ -328,7 +328,7 @@ def _execute(store, tasks, options, client, n_workers, progress, total, blends_p
                 cores = _cores_to_pin(n_workers)
                 if cores:
                     own.run(_pin_worker, cores)
-                _submit(own, store, tasks, options, bar, blends_per_task)
+                _submit(own, store, tasks, options, bar, blends_per_task, by_bucket=True)
         else:
             _submit(client, store, tasks, options, bar, blends_per_task)
     finally:
@@ -372,14 +372,44 @@ def _default_batch(blends_per_task):
     return 1 if jax.default_backend() == "cpu" else blends_per_task
 
 
-def _submit(client, store, tasks, options, bar, blends_per_task):
+def _preferred_workers(tasks, workers) -> list:
+    """For each task, the worker its bucket is given to: buckets spread over ``workers`` by cost.
+
+    A worker traces (and compiles, or loads from the compile cache) every program of
+    the buckets it fits, so buckets are not shared: each goes whole to the worker with
+    the least work so far, largest first (work: its blends' stamp areas plus one
+    compile, in units of a 64 px blend).
+    """
+    if len(workers) < 2:
+        return [None] * len(tasks)
+    cost = defaultdict(float)
+    for items, key in tasks:
+        cost[key] += len(items) * (key.stamp / 64) ** 2
+    load = dict.fromkeys(workers, 0.0)
+    owner = {}
+    for key in sorted(cost, key=lambda k: (-cost[k], repr(k))):
+        w = min(workers, key=lambda w_: (load[w_], w_))
+        owner[key] = w
+        load[w] += cost[key] + BUCKET_COMPILE_COST
+    return [owner[key] for _, key in tasks]
+
+
+BUCKET_COMPILE_COST = 3.0
+"""Cost of a bucket's programs in :func:`_preferred_workers`, in units of a 64 px blend's fit."""
+
+
+def _submit(client, store, tasks, options, bar, blends_per_task, by_bucket=False):
     from distributed import as_completed
 
     opts = dict(options)
     if opts["batch_size"] is None:
         opts["batch_size"] = client.submit(_default_batch, blends_per_task, pure=False).result()
-    futures = {client.submit(run_task, store, items, key, opts, pure=False, retries=1): len(items)
-               for items, key in tasks}
+    prefer = (_preferred_workers(tasks, sorted(client.scheduler_info()["workers"])) if by_bucket
+              else [None] * len(tasks))
+    futures = {}
+    for (items, key), w in zip(tasks, prefer, strict=True):
+        where = {} if w is None else {"workers": [w], "allow_other_workers": True}
+        futures[client.submit(run_task, store, items, key, opts, pure=False, retries=1, **where)] = len(items)
     lost = 0
     for fut in as_completed(futures):
         try:
