@@ -461,3 +461,6 @@ def test_buckets_are_given_whole_to_workers_balanced_by_cost():
     big_key = big[0][1]
     assert [k for k, w in owner.items() if w == owner[big_key]] == [big_key]
     assert _preferred_workers(tasks, ["a"]) == [None] * len(tasks)
+    # buckets that cannot be spread evenly: no preference (idle workers would wait)
+    assert _preferred_workers(tasks, ["a", "b", "c", "d"]) == [None] * len(tasks)
+    assert _preferred_workers(small + big, ["a", "b"]) == [None] * len(small + big)

@@ -378,7 +378,9 @@ def _preferred_workers(tasks, workers) -> list:
     A worker traces (and compiles, or loads from the compile cache) every program of
     the buckets it fits, so buckets are not shared: each goes whole to the worker with
     the least work so far, largest first (work: its blends' stamp areas plus one
-    compile, in units of a 64 px blend).
+    compile, in units of a 64 px blend). No preference (all None) when the buckets cannot
+    be spread evenly: fewer buckets than workers, or a worker with more than
+    :data:`BUCKET_IMBALANCE` times the mean work (idle workers would wait).
     """
     if len(workers) < 2:
         return [None] * len(tasks)
@@ -391,11 +393,16 @@ def _preferred_workers(tasks, workers) -> list:
         w = min(workers, key=lambda w_: (load[w_], w_))
         owner[key] = w
         load[w] += cost[key] + BUCKET_COMPILE_COST
+    if len(cost) < len(workers) or max(load.values()) > BUCKET_IMBALANCE * sum(load.values()) / len(load):
+        return [None] * len(tasks)
     return [owner[key] for _, key in tasks]
 
 
 BUCKET_COMPILE_COST = 3.0
 """Cost of a bucket's programs in :func:`_preferred_workers`, in units of a 64 px blend's fit."""
+
+BUCKET_IMBALANCE = 1.25
+"""Most work of one worker, over the mean, for which :func:`_preferred_workers` spreads buckets."""
 
 
 def _submit(client, store, tasks, options, bar, blends_per_task, by_bucket=False):
