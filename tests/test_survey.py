@@ -457,9 +457,9 @@ def test_buckets_are_given_whole_to_workers_balanced_by_cost():
     for (_, key), w in zip(tasks, prefer, strict=True):
         assert owner.setdefault(key, w) == w  # one worker per bucket
     assert len(set(owner.values())) == 2
-    # the largest bucket (two 128 px tasks: 8 blends of four times a 64 px blend's area) alone on one worker
-    big_key = big[0][1]
-    assert [k for k, w in owner.items() if w == owner[big_key]] == [big_key]
+    # the costliest bucket (48 blends of 32 px) alone on one worker, the 64 and 128 px buckets on the other
+    small_key = small[0][1]
+    assert [k for k, w in owner.items() if w == owner[small_key]] == [small_key]
     assert _preferred_workers(tasks, ["a"]) == [None] * len(tasks)
     # buckets that cannot be spread evenly: no preference (idle workers would wait)
     assert _preferred_workers(tasks, ["a", "b", "c", "d"]) == [None] * len(tasks)
