@@ -37,7 +37,8 @@ CANONICAL_MAX_STAMP = 256
 """Blends whose bucket's stamp is at most this are fitted padded, in the canonical layout.
 
 Padded to their bucket (:data:`~scarlet_xr.survey.STAMP_SIZES`), blends share compiled fits
-instead of compiling their own; each source keeps its own box. Measured in one process per
+instead of compiling their own (extended sources share one box there, the largest canonical
+size inside the stamp, see :func:`~scarlet_xr.scene.fit_sources`). Measured in one process per
 setting (``fit_blend_auto``, ``simulate_blends`` seed 2026, 1-6 sources, fresh compile cache):
 16 blends of 101-141 px fitted in 29.2 s padded (stamps 128 and 192) against 57.4 s in their
 own shapes (compiling 12.8 s vs 35.2 s), median flux error 0.0424 vs 0.0431; 10 blends of
