@@ -36,7 +36,7 @@ so the step matters only where pages cannot be handed back (macOS)."""
 CANONICAL_MAX_STAMP = 256
 """Blends whose bucket's stamp is at most this are fitted padded, in the canonical layout.
 
-Padded to their bucket (:data:`~scarlet_xr.survey.STAMP_SIZES`), blends share compiled fits
+Padded to their bucket (`survey._bucket.STAMP_SIZES`), blends share compiled fits
 instead of compiling their own (extended sources share one box there, the largest canonical
 size inside the stamp, see :func:`~scarlet_xr.scene.fit_sources`). Measured in one process per
 setting (``fit_blend_auto``, ``simulate_blends`` seed 2026, 1-6 sources, fresh compile cache):
