@@ -464,3 +464,50 @@ def test_buckets_are_given_whole_to_workers_balanced_by_cost():
     # buckets that cannot be spread evenly: no preference (idle workers would wait)
     assert _preferred_workers(tasks, ["a", "b", "c", "d"]) == [None] * len(tasks)
     assert _preferred_workers(small + big, ["a", "b"]) == [None] * len(small + big)
+
+
+class _CountingGroup:
+    """A Zarr group that records the arrays looked up in it."""
+
+    def __init__(self, group):
+        self.group, self.opened = group, []
+
+    def __getitem__(self, name):
+        self.opened.append(name)
+        return self.group[name]
+
+
+def test_a_tasks_store_opens_each_array_once_and_writes_the_same(tmp_path):
+    from scarlet_xr.survey._store import (
+        MEASURE_VARS,
+        TaskStore,
+        create_store,
+        open_store,
+        read_status,
+        write_blend,
+    )
+
+    bands = ["g", "r", "i"]
+    rng = np.random.default_rng(3)
+    rec = {"status": 1, "flux": rng.normal(size=(3, 3)), "ra": rng.normal(size=3), "dec": rng.normal(size=3),
+           "y": rng.normal(size=3), "x": rng.normal(size=3), "rows": np.arange(3), "zero_point": np.zeros(3),
+           "measurements": {k: rng.normal(size=(3, 3) if v[2] else 3).astype(v[0])
+                            for k, v in MEASURE_VARS.items()}}
+    stores = []
+    for cached in (False, True):
+        path = tmp_path / f"s{int(cached)}.zarr"
+        create_store(path, files=["a", "b"], bands=bands, slots=4, n_rows=6, fingerprint="f")
+        group = open_store(path)
+        counting = _CountingGroup(group)
+        target = TaskStore(counting) if cached else counting
+        write_blend(target, 1, rec)
+        write_blend(target, 0, {**rec, "status": 2})
+        if cached:  # the second blend opened nothing again
+            assert len(counting.opened) == len(set(counting.opened))
+        else:
+            assert len(counting.opened) >= 2 * len(set(counting.opened))
+        stores.append(open_store(path))
+    plain, cached = stores
+    assert list(read_status(plain)) == list(read_status(cached)) == [2, 1]
+    for name in ("source_flux", "source_ra", "source_row", "source_valid", "zero_point"):
+        np.testing.assert_array_equal(np.asarray(plain[name][:]), np.asarray(cached[name][:]))

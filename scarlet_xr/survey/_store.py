@@ -33,7 +33,8 @@ import numpy as np
 from ..xr import FLAGS
 
 __all__ = [
-    "PENDING", "DONE", "FAILED", "MEASURE_VARS", "create_store", "open_store", "check_store", "write_blend",
+    "PENDING", "DONE", "FAILED", "MEASURE_VARS", "TaskStore", "create_store", "open_store", "check_store",
+    "write_blend",
     "write_rows",
 ]
 
@@ -143,6 +144,39 @@ def open_store(path, mode: str = "r+"):
     import zarr
 
     return zarr.open_group(str(path), mode=mode, zarr_format=2)
+
+
+class TaskStore:
+    """A store's Zarr group whose arrays are opened once, for the many writes of one task.
+
+    Every ``group[name]`` reads the array's metadata from the store (0.8 ms each on a local
+    disk): writing a blend's 30 arrays that way took half of :func:`write_blend`'s time (200
+    blends: 5.1 of 11.4 s). Array shapes do not change during a run, so the handles are kept.
+
+    Parameters
+    ----------
+    group : zarr.Group
+        From :func:`open_store`.
+    """
+
+    def __init__(self, group):
+        self.group = group
+        self._arrays = {}
+
+    def __getitem__(self, name: str):
+        """The array ``name`` (opened on first use)."""
+        arr = self._arrays.get(name)
+        if arr is None:
+            arr = self._arrays[name] = self.group[name]
+        return arr
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._arrays or name in self.group
+
+    @property
+    def attrs(self):
+        """The group's attributes."""
+        return self.group.attrs
 
 
 def check_store(group) -> None:

@@ -14,7 +14,17 @@ from ..infer import fit_batch, release_compiled_memory
 from ..xr import FLAGS, MASKED_FRACTION_LIMIT, observation_wcs, source_image
 from ._bucket import bucket_key, pad_observation, prepare_blend
 from ._fits import read_blend
-from ._store import DONE, FAILED, MEASURE_VARS, PENDING, kind_codes, open_store, read_status, write_blend
+from ._store import (
+    DONE,
+    FAILED,
+    MEASURE_VARS,
+    PENDING,
+    TaskStore,
+    kind_codes,
+    open_store,
+    read_status,
+    write_blend,
+)
 
 __all__ = ["run_task", "detect_centers", "fit_blend_auto", "CANONICAL_MAX_STAMP", "WORKER_MEMORY_MB",
            "WORKER_MEMORY_STEP_MB", "SURVEY_E_REL"]
@@ -444,7 +454,7 @@ def _compile_cache(path):
 
 
 def _run_bucket(store, items, key, options):
-    group = open_store(store)
+    group = TaskStore(open_store(store))  # the arrays opened once for all the task's writes
     status = read_status(group, [it["index"] for it in items])
     redo = (PENDING, FAILED) if options.get("redo_failed") else (PENDING,)
     todo = [it for it, st in zip(items, status, strict=True) if st in redo]
