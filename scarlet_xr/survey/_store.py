@@ -170,14 +170,6 @@ class TaskStore:
             arr = self._arrays[name] = self.group[name]
         return arr
 
-    def __contains__(self, name: str) -> bool:
-        return name in self._arrays or name in self.group
-
-    @property
-    def attrs(self):
-        """The group's attributes."""
-        return self.group.attrs
-
 
 def check_store(group) -> None:
     """Raise if a store lacks variables this version writes (a store of an older version).
