@@ -77,3 +77,31 @@ def test_nnls_on_the_normal_equations_matches_scipy_on_the_pixels():
     assert worst < 1e-7
     assert zeros > 50  # the constraint was active in many of them
     assert np.all(_nnls_gram(np.zeros((3, 3)), np.ones(3), 10) == 0)
+
+
+def test_nnls_splits_uncoupled_sources_and_finds_the_same_optimum():
+    """Templates in separate groups (no shared pixel) are solved group by group: the groups are
+    the connected components (a chain of overlaps is one group) and the optimum is scipy's on
+    the whole pixel problem."""
+    from scipy.optimize import nnls
+
+    from scarlet_xr.scene._init import _coupled_groups, _nnls_gram
+
+    rng = np.random.default_rng(11)
+    # 7 templates on 60 pixels: a chain 0-3-5 (pixels 0-24), a pair 1-6 (25-44), a loner 2,
+    # an empty template 4
+    a = np.zeros((60, 7))
+    a[0:10, 0] = rng.uniform(0.5, 1, 10)
+    a[8:18, 3] = rng.uniform(0.5, 1, 10)
+    a[16:25, 5] = rng.uniform(0.5, 1, 9)
+    a[25:40, 1] = rng.uniform(0.5, 1, 15)
+    a[30:45, 6] = rng.uniform(0.5, 1, 15)
+    a[45:60, 2] = rng.uniform(0.5, 1, 15)
+    groups = _coupled_groups(a.T @ a)
+    assert [g.tolist() for g in groups] == [[0, 3, 5], [1, 6], [2], [4]]
+    for _ in range(50):
+        y = a @ rng.normal(size=7) + rng.normal(size=60) * 0.3
+        ref, _ = nnls(a, y, maxiter=350)
+        got = _nnls_gram(a.T @ a, a.T @ y, 350)
+        assert np.all(got >= 0) and got[4] == 0
+        np.testing.assert_allclose(got, ref, atol=1e-9)

@@ -91,3 +91,33 @@ def test_free_form_images_are_evaluated_on_the_host_without_compiling():
     assert len(hits) == 1, hits
     np.testing.assert_allclose(host, compiled, rtol=1e-6)
     assert host.dtype == compiled.dtype and host.shape == (17, 15)
+
+
+def test_large_stacks_are_evaluated_in_batches_with_the_same_images():
+    """A crowded scene's stacks of at least BATCH_IMAGES_MIN components are evaluated BATCH_IMAGES
+    at a time (the last batch padded): each image equals the component's own evaluation, at its
+    centre's sub-pixel offset and centred, and every component comes back in scene order."""
+    import jax.numpy as jnp
+
+    from scarlet_xr.core import morphology_image, morphology_images
+    from scarlet_xr.core._model import BATCH_IMAGES, BATCH_IMAGES_MIN
+
+    gen = np.random.default_rng(5)
+    n_sersic = BATCH_IMAGES + 5  # one full batch and one padded
+    src = [Source(gen.uniform(10, 70, 2), gen.uniform(1, 2, 3),
+                  SersicMorphology(gen.uniform(0.8, 4), gen.uniform(1, 4), tuple(gen.uniform(-0.3, 0.3, 2)),
+                                   shape=21, oversample=2))
+           for _ in range(n_sersic)]
+    # a small stack (per component) between them
+    src[3:3] = [Source(gen.uniform(10, 70, 2), gen.uniform(1, 2, 3), GaussianMorphology(1.5, shape=15))
+                for _ in range(BATCH_IMAGES_MIN - 1)]
+    for model in (SceneModel(src, (3, 80, 80), psf=_psf()), SceneModel(src, (3, 80, 80), psf=_psf()).packed()):
+        for centered in (False, True):
+            got = morphology_images(model, centered=centered)
+            assert len(got) == len(src)
+            for s, img in zip(src, got, strict=True):
+                c = np.asarray(s.center.value)
+                off = np.zeros(2, np.float32) if centered else (c - np.round(c)).astype(np.float32)
+                ref = np.asarray(morphology_image(s.components[0].morphology, jnp.asarray(off)))
+                assert img.shape == ref.shape
+                np.testing.assert_allclose(img, ref, rtol=1e-5, atol=1e-7 * ref.max())

@@ -20,6 +20,7 @@ from ._likelihood import GaussianLikelihood as GaussianLikelihood
 from ._likelihood import noise_power_spectrum as noise_power_spectrum
 from ._model import SceneModel as SceneModel
 from ._model import morphology_image as morphology_image
+from ._model import morphology_images as morphology_images
 from ._device import to_device as to_device
 from ._morphology import AbstractMorphology as AbstractMorphology
 from ._morphology import AutoMorphology as AutoMorphology
@@ -108,6 +109,7 @@ __all__ = [
     "gaussian_psf_image",
     "is_parameter",
     "morphology_image",
+    "morphology_images",
     "to_device",
     "noise_power_spectrum",
     "psf_core_width",

@@ -22,7 +22,7 @@ from ._source import Source
 from ._spectrum import num_epochs_of
 from ._template import _TemplateMorphology
 
-__all__ = ["SceneModel", "morphology_image"]
+__all__ = ["SceneModel", "morphology_image", "morphology_images"]
 
 
 PAD_MARGIN = 8
@@ -336,6 +336,70 @@ def _host_pixels(morphology):
 @filter_jit(quick=True)
 def _morphology_image(morphology, offset):
     return morphology(offset)
+
+
+BATCH_IMAGES_MIN = 8
+""":func:`morphology_images` evaluates stacks of at least this many components
+:data:`BATCH_IMAGES` at a time (smaller stacks: one call per component)."""
+
+BATCH_IMAGES = 16
+"""Components per compiled call of :func:`morphology_images` (the last call of a stack is padded
+with repeats): one program per morphology type and box size, whatever a stack's count."""
+
+
+def morphology_images(model, centered: bool = False) -> list[np.ndarray]:
+    """Every component's morphology image, evaluated stack by stack.
+
+    The same images as :func:`morphology_image` called component by
+    component, but components of one type and box size (a stack of at least
+    :data:`BATCH_IMAGES_MIN`) are evaluated in one ``vmap``-ed call: a crowded
+    scene's linear solves and measurements made one call per component (a
+    millisecond each, mostly the call: 4000 calls on a 300-source cutout).
+
+    Parameters
+    ----------
+    model : SceneModel
+    centered : bool
+        Evaluate at a zero offset (the profile centred on its box's central
+        pixel) instead of at each source centre's sub-pixel offset.
+
+    Returns
+    -------
+    list of numpy.ndarray (h, w)
+        One per component, sources in order and each source's components in order.
+    """
+    center_stacks, comp_stacks = model._groups()
+    centers = np.asarray(_all_centers(center_stacks, model.num_sources))
+    offsets = np.zeros_like(centers) if centered else centers - np.round(centers)
+    out = {}
+    for st in comp_stacks:
+        off = offsets[_owners(st)]
+        if st.shared is not None and len(st.members) >= BATCH_IMAGES_MIN:
+            out.update(zip(st.members, _batched_images(st, off), strict=True))
+            continue
+        for member, tree, o in zip(st.members, _member_trees(st), off, strict=True):
+            out[member] = np.asarray(morphology_image(tree.morphology, to_device(o, o.dtype)))
+    return [out[k] for k in sorted(out)]
+
+
+def _batched_images(stack: _Stack, offsets) -> list[np.ndarray]:
+    """The images of a stack's members, :data:`BATCH_IMAGES` per call (cut and padded on the host)."""
+    leaves, treedef = jax.tree_util.tree_flatten(stack.tree)
+    host = [None if s else np.asarray(x) for x, s in zip(leaves, stack.shared, strict=True)]
+    m = len(stack.members)
+    out = []
+    for a in range(0, m, BATCH_IMAGES):
+        take = np.minimum(np.arange(a, a + BATCH_IMAGES), m - 1)  # (repeats of the last member)
+        tree = treedef.unflatten([x if s else to_device(h[take])
+                                  for x, s, h in zip(leaves, stack.shared, host, strict=True)])
+        imgs = np.asarray(_stack_images(tree, stack.shared, to_device(offsets[take], offsets.dtype)))
+        out.extend(imgs[: min(BATCH_IMAGES, m - a)])
+    return out
+
+
+@filter_jit(quick=True)
+def _stack_images(tree, shared, offsets):
+    return _apply(lambda comp, o: comp.morphology(o), _Stack((), tree, shared), offsets)
 
 
 def _convolve_full(images, psf):

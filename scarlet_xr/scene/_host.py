@@ -5,9 +5,9 @@ and its image in every observation) are needed once per scene. Compiling one
 program for the whole scene to get them costs about a second per scene
 structure (its mix of source kinds, box sizes and counts), paid again for
 every blend of a survey. Evaluated here instead, each component's profile
-comes from :func:`~scarlet_xr.core.morphology_image` (one compiled program
-per morphology type and box size, shared by every scene of a process) and the
-rest is numpy: convolution with the model PSF, placement on the frame and the
+comes from :func:`~scarlet_xr.core.morphology_images` (one compiled program
+per morphology type and box size, shared by every scene of a process; one per
+stack for the large stacks of crowded scenes) and the rest is numpy: convolution with the model PSF, placement on the frame and the
 observations' renderers (``render_numpy``).
 """
 
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..core import SceneModel, morphology_image, to_device
+from ..core import SceneModel, morphology_images
 from ._linear import _box_sums
 
 __all__ = ["host_products", "render_on_host"]
@@ -70,14 +70,13 @@ def host_products(model: SceneModel):
     groups, fluxes = [], np.zeros((len(sources), nb))
     cube = np.zeros(model.shape)
     units = _box_sums(model)  # each component's box sum at zero offset, as the linear solve uses
+    images = morphology_images(model)
     k = 0
     for i, src in enumerate(sources):
         center = np.asarray(src.center.value, float)
-        dtype = src.center.raw.dtype
-        offset = to_device(center - np.round(center), dtype)
         for comp in src.components:
             spec = np.asarray(comp.spectrum(), float)
-            img = np.asarray(morphology_image(comp.morphology, offset), float)
+            img = np.asarray(images[k], float)
             fluxes[i] += spec * units[k]
             if comp.morphology.intrinsic and psf is not None:
                 img = _convolve_full(img, psf)

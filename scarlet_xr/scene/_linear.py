@@ -11,10 +11,9 @@ is the flux covariance conditional on the shapes.
 from __future__ import annotations
 
 import equinox as eqx
-import jax.numpy as jnp
 import numpy as np
 
-from ..core import SceneModel, Spectrum, morphology_image, to_device
+from ..core import SceneModel, Spectrum, morphology_images, to_device
 from ._init import _gram, _np_convolve, _render_stamps, _stamp
 
 __all__ = ["LinearSolution", "solve_linear", "set_spectra"]
@@ -30,13 +29,12 @@ def _component_stamps(model: SceneModel, psf) -> list:
     """
     _, hh, ww = model.shape
     psf = None if model.psf_fft is None or psf is None else np.asarray(psf, float)
+    images = iter(morphology_images(model))
     out = []
     for src in model.sources:
         center = np.asarray(src.center.value, float)
-        offset = center - np.round(center)
         for comp in src.components:
-            off = to_device(offset, src.center.raw.dtype)
-            img = np.asarray(morphology_image(comp.morphology, off), float)
+            img = np.asarray(next(images), float)
             if comp.morphology.intrinsic and psf is not None:
                 img = _np_convolve(img, psf)
             out.append(_stamp((hh, ww), center, img))
@@ -176,12 +174,7 @@ def solve_linear(model: SceneModel, likelihoods, psf=None) -> LinearSolution:
 
 def _box_sums(model: SceneModel):
     """Flux inside each component's box for a unit spectrum (as ``Component.flux``)."""
-    out = []
-    for src in model.sources:
-        for comp in src.components:
-            out.append(float(np.sum(np.asarray(
-                morphology_image(comp.morphology, jnp.zeros(2, src.center.raw.dtype))))))
-    return out
+    return [float(np.sum(img, dtype=float)) for img in morphology_images(model, centered=True)]
 
 
 def set_spectra(model: SceneModel, amplitudes, *, floor: float = 1e-6) -> SceneModel:
