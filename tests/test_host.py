@@ -111,7 +111,8 @@ def test_large_stacks_are_evaluated_in_batches_with_the_same_images():
     # a small stack (per component) between them
     src[3:3] = [Source(gen.uniform(10, 70, 2), gen.uniform(1, 2, 3), GaussianMorphology(1.5, shape=15))
                 for _ in range(BATCH_IMAGES_MIN - 1)]
-    for model in (SceneModel(src, (3, 80, 80), psf=_psf()), SceneModel(src, (3, 80, 80), psf=_psf()).packed()):
+    plain = SceneModel(src, (3, 80, 80), psf=_psf())
+    for model in (plain, plain.packed()):
         for centered in (False, True):
             got = morphology_images(model, centered=centered)
             assert len(got) == len(src)

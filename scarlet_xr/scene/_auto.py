@@ -174,6 +174,10 @@ SERSIC_OVERSAMPLE = 2
 INIT_SIZE_MARGIN = 2.0
 """Initial boxes hold ``BOX_RADII_RE`` times this many initial half-light radii."""
 
+INIT_SIZE_MARGIN_OWN = 1.5
+""":data:`INIT_SIZE_MARGIN` of crowded scenes, where each extended source starts in a box of its own
+(see :data:`ONE_BOX_PIXELS`): their first fit's profiles are most of its cost."""
+
 ONE_BOX_PIXELS = 150_000
 """A scene's extended ``auto`` sources share one box (the largest any of them needs) while
 their number times that box's area is at most this many pixels; above it each gets the box
@@ -534,7 +538,7 @@ def fit_sources(
         common = inside if needed <= inside else max_box
     for k in auto_idx:
         src = sources[k]
-        box = common or _common_box([src.components[0].morphology], max_box, scale=INIT_SIZE_MARGIN)
+        box = common or _common_box([src.components[0].morphology], max_box, scale=INIT_SIZE_MARGIN_OWN)
         morph = _with_index_prior(_resized(src.components[0].morphology, box))
         c = np.asarray(src.center.value, float)
         sig = float(center_sigma[k])
