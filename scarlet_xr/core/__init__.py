@@ -11,6 +11,8 @@ from ._constraints import Positive as Positive
 from ._constraints import Simplex as Simplex
 from ._context import active_collector as active_collector
 from ._context import collecting as collecting
+from ._context import reverse_mode_only as reverse_mode_only
+from ._context import reverse_mode_rendering as reverse_mode_rendering
 from ._fft import convolve_fft as convolve_fft
 from ._fft import fast_size as fast_size
 from ._fft import fourier_shift as fourier_shift
@@ -110,6 +112,8 @@ __all__ = [
     "is_parameter",
     "morphology_image",
     "morphology_images",
+    "reverse_mode_only",
+    "reverse_mode_rendering",
     "to_device",
     "noise_power_spectrum",
     "psf_core_width",

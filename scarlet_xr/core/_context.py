@@ -10,10 +10,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from contextvars import ContextVar
 
-__all__ = ["active_collector", "active_position_converter", "collecting"]
+__all__ = ["active_collector", "active_position_converter", "collecting", "reverse_mode_only",
+           "reverse_mode_rendering"]
 
 _collector: ContextVar[Callable | None] = ContextVar("scarlet_xr_scene_collector", default=None)
 _to_pixel: ContextVar[Callable | None] = ContextVar("scarlet_xr_scene_to_pixel", default=None)
+_reverse_only: ContextVar[bool] = ContextVar("scarlet_xr_reverse_only", default=False)
 
 
 def active_collector() -> Callable | None:
@@ -51,4 +53,32 @@ class collecting:  # noqa: N801  (used as a context manager)
         collector, to_pixel = self._tokens.pop()
         _to_pixel.reset(to_pixel)
         _collector.reset(collector)
+        return False
+
+
+def reverse_mode_only() -> bool:
+    """Whether models traced in this context are differentiated in reverse mode only."""
+    return _reverse_only.get()
+
+
+class reverse_mode_rendering:  # noqa: N801  (used as a context manager)
+    """Context manager: models traced inside are differentiated in reverse mode only.
+
+    A :class:`~scarlet_xr.core.SceneModel` traced inside places its boxes with a
+    rule that has a hand-written gradient (:func:`jax.custom_vjp`): faster in
+    a fit's gradient steps, but forward-mode derivatives (``jax.jvp``,
+    ``jax.jacfwd``, ``jax.hessian``) of what is traced inside are not
+    available. :func:`scarlet_xr.infer.fit` traces its loop in it.
+    """
+
+    def __init__(self, enabled: bool = True):
+        self._enabled = bool(enabled)
+        self._tokens = []
+
+    def __enter__(self):
+        self._tokens.append(_reverse_only.set(self._enabled))
+        return self
+
+    def __exit__(self, *exc):
+        _reverse_only.reset(self._tokens.pop())
         return False

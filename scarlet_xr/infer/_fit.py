@@ -13,7 +13,7 @@ import numpy as np
 import optax
 from jax.flatten_util import ravel_pytree
 
-from ..core import SceneModel, default_float, filter_jit, to_device
+from ..core import SceneModel, default_float, filter_jit, reverse_mode_rendering, to_device
 from ._params import log_prior, partition_free, step_tree
 
 __all__ = [
@@ -148,7 +148,16 @@ def _finish(z):
     return _from_z(z, step_tree(z))
 
 
-def _chunk_impl(z, opt_state, ring, rest, likelihoods, optimizer, n_done, max_steps, e_rel, chunk):
+def _chunk_impl(z, opt_state, ring, rest, likelihoods, optimizer, n_done, max_steps, e_rel, chunk,
+                reverse_only=False):
+    # (``reverse_only``: the loop's model is traced for gradients only, see
+    # core.reverse_mode_rendering; the batched loops keep the placement jax.vmap handles best)
+    with reverse_mode_rendering(reverse_only):
+        return _chunk_body(z, opt_state, ring, rest, likelihoods, optimizer, n_done, max_steps, e_rel,
+                           chunk)
+
+
+def _chunk_body(z, opt_state, ring, rest, likelihoods, optimizer, n_done, max_steps, e_rel, chunk):
     # the loop runs on one flat vector: the optimizer's and the loop's own
     # per-leaf work then compiles once, not once per parameter of every source
     # (with per-leaf updates the compile time of a 30-source scene was ~30x longer)
@@ -340,7 +349,7 @@ def _fit(model, likelihoods, *, optimizer, max_steps, e_rel, progress, chunk, on
             z, opt_state, ring, hist, n, st = run_chunk(
                 z, opt_state, ring, rest, likelihoods, optimizer,
                 to_device(n_done, jnp.int32), to_device(max_steps, jnp.int32),
-                to_device(e_rel, dtype), int(chunk),
+                to_device(e_rel, dtype), int(chunk), reverse_only=True,
             )
             n = int(n)
             st = int(st)
