@@ -534,12 +534,14 @@ def test_host_arrays_and_parameter_shapes_compile_nothing():
 
 
 def test_reverse_mode_rendering_gives_the_same_model_and_gradient():
-    """Inside ``reverse_mode_rendering`` the boxes are formed inside their placement (a hand-written
-    gradient): the cube and the gradient of a loss equal the plain path's, with active weights,
-    boxes clipped at the frame's edge and stacks of one; forward mode stays with the plain path."""
+    """Inside ``reverse_mode_rendering`` a large stack's boxes are formed inside their placement (a
+    hand-written gradient): the cube and the gradient of a loss equal the plain path's, with active
+    weights and boxes clipped at the frame's edge, next to small stacks (plain path); forward mode
+    stays with the plain path."""
     import equinox as eqx
 
     from scarlet_xr.core import reverse_mode_rendering
+    from scarlet_xr.core._model import FUSED_MIN_MEMBERS
 
     gen = np.random.default_rng(4)
     psf = np.exp(-0.5 * ((np.arange(9) - 4)[:, None] ** 2 + (np.arange(9) - 4)[None] ** 2) / 1.1**2)
@@ -547,10 +549,10 @@ def test_reverse_mode_rendering_gives_the_same_model_and_gradient():
     src = [Source(gen.uniform(3, 45, 2), gen.uniform(1, 2, 3),
                   SersicMorphology(gen.uniform(1, 3), gen.uniform(1, 3), (0.1, -0.1), shape=15,
                                    oversample=2))
-           for _ in range(5)]
+           for _ in range(FUSED_MIN_MEMBERS + 1)]
     src.append(Source(np.array([1.2, 46.7]), gen.uniform(1, 2, 3), GaussianMorphology(1.5, shape=21)))
     src.append(Source(gen.uniform(10, 40, 2), gen.uniform(1, 2, 3), PointSourceMorphology(psf, shape=9)))
-    active = jnp.asarray([1.0, 1.0, 0.0, 1.0, 0.5, 1.0, 1.0], jnp.float32)
+    active = jnp.ones(len(src), jnp.float32).at[2].set(0.0).at[4].set(0.5)
     model = SceneModel(src, (3, 48, 48), psf=psf, active=active).packed()
     params, static = eqx.partition(model, eqx.is_inexact_array)
     target = jnp.asarray(gen.normal(size=(3, 48, 48)), jnp.float32)
@@ -559,6 +561,8 @@ def test_reverse_mode_rendering_gives_the_same_model_and_gradient():
         with reverse_mode_rendering(fused):
             return jnp.sum((eqx.combine(p, static)() - target) ** 2)
 
+    assert "custom_vjp" in str(jax.make_jaxpr(loss, static_argnums=1)(params, True))
+    assert "custom_vjp" not in str(jax.make_jaxpr(loss, static_argnums=1)(params, False))
     (va, ga), (vb, gb) = (jax.value_and_grad(loss)(params, f) for f in (False, True))
     np.testing.assert_allclose(float(vb), float(va), rtol=1e-5)
     for x, y in zip(jax.tree_util.tree_leaves(ga), jax.tree_util.tree_leaves(gb), strict=True):
