@@ -418,10 +418,11 @@ def morphology_images(model, centered: bool = False) -> list[np.ndarray]:
     """Every component's morphology image, evaluated stack by stack.
 
     The same images as :func:`morphology_image` called component by
-    component, but components of one type and box size (a stack of at least
-    :data:`BATCH_IMAGES_MIN`) are evaluated in one ``vmap``-ed call: a crowded
-    scene's linear solves and measurements made one call per component (a
-    millisecond each, mostly the call: 4000 calls on a 300-source cutout).
+    component, but the components of a stack (one type and box size, at least
+    :data:`BATCH_IMAGES_MIN` of them) are evaluated :data:`BATCH_IMAGES` per
+    ``vmap``-ed call: a crowded scene's linear solves and measurements made one
+    call per component (a millisecond each, mostly the call: 4000 calls on a
+    300-source cutout).
 
     Parameters
     ----------

@@ -6,9 +6,10 @@ program for the whole scene to get them costs about a second per scene
 structure (its mix of source kinds, box sizes and counts), paid again for
 every blend of a survey. Evaluated here instead, each component's profile
 comes from :func:`~scarlet_xr.core.morphology_images` (one compiled program
-per morphology type and box size, shared by every scene of a process; one per
-stack for the large stacks of crowded scenes) and the rest is numpy: convolution with the model PSF, placement on the frame and the
-observations' renderers (``render_numpy``).
+per morphology type and box size, shared by every scene of a process; the
+large stacks of crowded scenes 16 components per call) and the rest is numpy:
+convolution with the model PSF, placement on the frame and the observations'
+renderers (``render_numpy``).
 """
 
 from __future__ import annotations
