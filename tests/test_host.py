@@ -1,9 +1,12 @@
 """A fitted scene's products evaluated on the host equal the compiled ones."""
 
+import equinox as eqx
 import numpy as np
+import pytest
 
 from scarlet_xr.core import (
     ConvolutionRenderer,
+    FreeFormMorphology,
     GaussianLikelihood,
     GaussianMorphology,
     PointSourceMorphology,
@@ -122,3 +125,59 @@ def test_large_stacks_are_evaluated_in_batches_with_the_same_images():
                 ref = np.asarray(morphology_image(s.components[0].morphology, jnp.asarray(off)))
                 assert img.shape == ref.shape
                 np.testing.assert_allclose(img, ref, rtol=1e-5, atol=1e-7 * ref.max())
+
+
+def test_profiles_differing_only_in_constraints_steps_or_priors_share_one_image_program():
+    """morphology_image evaluates the value form of a parametric profile: a Sersic with a prior on
+    its index, one with the index fixed and one plain (the three the default path makes) compile
+    one program per box size, with each profile's own image (its eager evaluation)."""
+    import jax
+    import jax.numpy as jnp
+    from _compiles import count_compiles
+
+    from scarlet_xr.core import NormalPrior, Parameter, morphology_image
+    from scarlet_xr.core._value_form import value_form
+
+    base = SersicMorphology(1.7, 2.5, (0.1, -0.2), shape=23, oversample=2)
+    with_prior = eqx.tree_at(lambda m: m.n, base, Parameter(1.7, base.n.constraint, prior=NormalPrior(1.5, 2.0)))
+    fixed = eqx.tree_at(lambda m: m.n, base, Parameter(1.7, fixed=True))
+    off = jnp.asarray([0.2, -0.3], jnp.float32)
+    jax.clear_caches()
+    with count_compiles("_morphology_image") as hits:
+        imgs = [np.asarray(morphology_image(m, off)) for m in (base, with_prior, fixed)]
+    assert len(hits) == 1
+    ref = np.asarray(base(off))
+    for img in imgs:
+        np.testing.assert_allclose(img, ref, rtol=1e-5, atol=1e-7 * ref.max())
+    # types whose images read more than parameter values are left as they are
+    free = FreeFormMorphology(np.ones((5, 5)))
+    assert value_form(free) is free
+
+
+def test_separate_profiles_are_evaluated_in_batches_by_structure():
+    """evaluate_morphologies (initialising a crowded scene): the many Sersics of one box go
+    BATCH_IMAGES per call through one program, the few Gaussians one by one; every image is the
+    profile's own at its offset, in the order given; a wrong offsets shape is refused."""
+    import jax
+    import jax.numpy as jnp
+    from _compiles import count_compiles
+
+    from scarlet_xr.core import evaluate_morphologies
+    from scarlet_xr.core._model import BATCH_IMAGES
+
+    gen = np.random.default_rng(8)
+    morphs = [SersicMorphology(gen.uniform(0.8, 4), gen.uniform(1, 4), tuple(gen.uniform(-0.3, 0.3, 2)), shape=19)
+              for _ in range(BATCH_IMAGES + 3)]
+    morphs[2:2] = [GaussianMorphology(gen.uniform(1, 2), shape=15) for _ in range(3)]
+    offsets = gen.uniform(-0.5, 0.5, (len(morphs), 2)).astype(np.float32)
+    jax.clear_caches()
+    with count_compiles("_stack_images") as hits:
+        got = evaluate_morphologies(morphs, offsets)
+    assert len(hits) == 1  # the Sersics' batches share one program; the Gaussians make none
+    assert len(got) == len(morphs)
+    for m, o, img in zip(morphs, offsets, got, strict=True):
+        ref = np.asarray(m(jnp.asarray(o)))
+        assert img.shape == ref.shape
+        np.testing.assert_allclose(img, ref, rtol=1e-5, atol=1e-6 * ref.max())
+    with pytest.raises(ValueError, match=r"offsets must have shape \(22, 2\); got \(22,\)"):
+        evaluate_morphologies(morphs, offsets[:, 0])

@@ -21,6 +21,7 @@ from ._likelihood import SKY_MODELS as SKY_MODELS
 from ._likelihood import GaussianLikelihood as GaussianLikelihood
 from ._likelihood import noise_power_spectrum as noise_power_spectrum
 from ._model import SceneModel as SceneModel
+from ._model import evaluate_morphologies as evaluate_morphologies
 from ._model import morphology_image as morphology_image
 from ._model import morphology_images as morphology_images
 from ._device import to_device as to_device
@@ -106,6 +107,7 @@ __all__ = [
     "default_float",
     "fast_size",
     "difference_kernel_fft",
+    "evaluate_morphologies",
     "filter_jit",
     "fourier_shift",
     "gaussian_psf_image",

@@ -22,8 +22,9 @@ from ._parameter import Parameter, default_complex, default_float, is_parameter
 from ._source import Component, Source
 from ._spectrum import num_epochs_of
 from ._template import _TemplateMorphology
+from ._value_form import value_form
 
-__all__ = ["SceneModel", "morphology_image", "morphology_images"]
+__all__ = ["SceneModel", "evaluate_morphologies", "morphology_image", "morphology_images"]
 
 
 PAD_MARGIN = 8
@@ -389,7 +390,7 @@ def morphology_image(morphology, offset: Float[ArrayLike, " 2"]) -> Float[Array,
     raw = _host_pixels(morphology)
     if raw is not None:
         return to_device(np.logaddexp(raw, 0.0).astype(raw.dtype))
-    return _morphology_image(morphology, offset)
+    return _morphology_image(value_form(morphology), offset)
 
 
 def _host_pixels(morphology):
@@ -445,29 +446,88 @@ def morphology_images(model, centered: bool = False) -> list[np.ndarray]:
         if st.shared is not None and len(st.members) >= BATCH_IMAGES_MIN:
             out.update(zip(st.members, _batched_images(st, off), strict=True))
             continue
+        # (one call per component: morphology_image's value form shares programs across stacks)
         for member, tree, o in zip(st.members, _member_trees(st), off, strict=True):
             out[member] = np.asarray(morphology_image(tree.morphology, to_device(o, o.dtype)))
     return [out[k] for k in sorted(out)]
 
 
+def evaluate_morphologies(morphologies, offsets) -> list[np.ndarray]:
+    """Images of separate morphologies, the many of one structure evaluated in batches.
+
+    The same images as :func:`morphology_image` called one by one, but
+    morphologies of one structure (type, box and parameter layout), at least
+    :data:`BATCH_IMAGES_MIN` of them, are evaluated :data:`BATCH_IMAGES` per
+    compiled call (initialising a crowded scene made one call per source).
+
+    Parameters
+    ----------
+    morphologies : sequence of AbstractMorphology
+    offsets : array (n, 2)
+        Sub-pixel offset ``(dy, dx)`` of each centre.
+
+    Returns
+    -------
+    list of numpy.ndarray (h, w)
+        In the order of ``morphologies``.
+    """
+    offsets = np.asarray(offsets)
+    if offsets.shape != (len(morphologies), 2):
+        raise ValueError(f"offsets must have shape ({len(morphologies)}, 2); got {offsets.shape}")
+    groups: dict = {}
+    for k, m in enumerate(morphologies):
+        leaves, treedef = jax.tree_util.tree_flatten(m)
+        key = (treedef, tuple((np.shape(x), str(getattr(x, "dtype", np.result_type(x)))) for x in leaves))
+        groups.setdefault(key, []).append(k)
+    out: list = [None] * len(morphologies)
+    for (treedef, _), ks in groups.items():
+        if _host_pixels(morphologies[ks[0]]) is not None or len(ks) < BATCH_IMAGES_MIN:
+            for k in ks:
+                out[k] = np.asarray(morphology_image(morphologies[k], to_device(offsets[k], offsets.dtype)))
+            continue
+        host = [np.stack(xs) for xs in zip(*(map(np.asarray, jax.tree_util.tree_leaves(morphologies[k]))
+                                               for k in ks), strict=True)]
+        off = offsets[ks]
+        for a in range(0, len(ks), BATCH_IMAGES):
+            take = np.minimum(np.arange(a, a + BATCH_IMAGES), len(ks) - 1)
+            morph = value_form(treedef.unflatten([to_device(h[take]) for h in host]))
+            imgs = np.asarray(_stack_images(morph, to_device(off[take], off.dtype)))
+            for k, img in zip(ks[a : a + BATCH_IMAGES], imgs, strict=False):
+                out[k] = img
+    return out
+
+
 def _batched_images(stack: _Stack, offsets) -> list[np.ndarray]:
-    """The images of a stack's members, :data:`BATCH_IMAGES` per call (cut and padded on the host)."""
-    leaves, treedef = jax.tree_util.tree_flatten(stack.tree)
-    host = [None if s else np.asarray(x) for x, s in zip(leaves, stack.shared, strict=True)]
+    """The images of a stack's members, :data:`BATCH_IMAGES` per call (cut and padded on the host).
+
+    Each call evaluates the :func:`~scarlet_xr.core._value_form.value_form` of
+    :data:`BATCH_IMAGES` members (their constraints applied before the call,
+    on arrays of that fixed length): stacks that differ only in their
+    parameters' constraints, steps or priors share one program.
+    """
+    leaves, treedef = jax.tree_util.tree_flatten(stack.tree.morphology)
+    shared = _morphology_shared(stack)
     m = len(stack.members)
+    host = [np.asarray(x) for x in leaves]
+    host = [np.broadcast_to(h, (m, *h.shape)) if s else h for h, s in zip(host, shared, strict=True)]
     out = []
     for a in range(0, m, BATCH_IMAGES):
         take = np.minimum(np.arange(a, a + BATCH_IMAGES), m - 1)  # (repeats of the last member)
-        tree = treedef.unflatten([x if s else to_device(h[take])
-                                  for x, s, h in zip(leaves, stack.shared, host, strict=True)])
-        imgs = np.asarray(_stack_images(tree, stack.shared, to_device(offsets[take], offsets.dtype)))
+        morph = value_form(treedef.unflatten([to_device(h[take]) for h in host]))
+        imgs = np.asarray(_stack_images(morph, to_device(offsets[take], offsets.dtype)))
         out.extend(imgs[: min(BATCH_IMAGES, m - a)])
     return out
 
 
+def _morphology_shared(stack: _Stack) -> list[bool]:
+    """``stack.shared`` restricted to the leaves of its components' morphology (same order)."""
+    flags = jax.tree_util.tree_structure(stack.tree).unflatten(list(stack.shared))
+    return jax.tree_util.tree_leaves(flags.morphology)
+
+
 @filter_jit(quick=True)
-def _stack_images(tree, shared, offsets):
-    return _apply(lambda comp, o: comp.morphology(o), _Stack((), tree, shared), offsets)
+def _stack_images(morphology, offsets):
+    return jax.vmap(lambda m, o: m(o))(morphology, offsets)
 
 
 def _convolve_full(images, psf):

@@ -21,8 +21,8 @@ from ..core import (
     SpergelMorphology,
     StarletMorphology,
     default_float,
+    evaluate_morphologies,
     fast_size,
-    morphology_image,
     psf_core_width,
     to_device,
 )
@@ -248,6 +248,19 @@ def _box_radius(det, sigma, owned, valid, iy, ix, rmax):
     return rmax
 
 
+def _fill_profile_images(images: list, profiles: list, psf) -> None:
+    """Put each parametric source's initial image (its parts' weighted sum, convolved with the
+    model PSF) at its place in ``images``; the profiles evaluated together, in batches."""
+    parts = [m for _, ps, _, _ in profiles for m in ps]
+    if not parts:
+        return
+    offsets = np.asarray([o for _, ps, _, o in profiles for _ in ps], dtype=np.dtype(default_float()))
+    evaluated = iter(evaluate_morphologies(parts, offsets))
+    for k, ps, weights, _ in profiles:
+        intrinsic = sum(w * np.asarray(next(evaluated)) for w, _ in zip(weights, ps, strict=True))
+        images[k] = _np_convolve(intrinsic, psf)
+
+
 def initialize_sources(
     frame: Frame,
     observations,
@@ -326,6 +339,7 @@ def initialize_sources(
     hh, ww = frame.shape
     morphs = []
     images = []
+    profiles = []  # (index into images, parts, weights, sub-pixel offset) of parametric sources
     # nearest-centre map of the frame for crowded scenes (one look-up per source's window)
     labels = (_nearest_centres(centers, (hh, ww)) if n > NEAREST_MAP_SOURCES and np.all(np.isfinite(centers))
               else None)
@@ -402,12 +416,12 @@ def initialize_sources(
                 morphs.append(bulge_disk_morphologies(1.18 * s, (0.0, 0.0), size))
             else:
                 morphs.append(SersicMorphology(1.0, 1.18 * s, shape=size))
-            offset = to_device([cy - iy, cx - ix], default_float())
             parts = morphs[-1] if isinstance(morphs[-1], tuple) else (morphs[-1],)
             weights = BULGE_DISK_SPLIT if len(parts) == 2 else (1.0,)
-            intrinsic = sum(w * np.asarray(morphology_image(m, offset))
-                            for m, w in zip(parts, weights, strict=True))
-            images.append(_np_convolve(intrinsic, frame.psf))
+            # (evaluated after the loop, all profiles together: one call per batch, not per source)
+            profiles.append((len(images), parts, weights, (cy - iy, cx - ix)))
+            images.append(None)
+    _fill_profile_images(images, profiles, frame.psf)
     liks = None if bound is None else [b.likelihood for b in bound]
     spectra = _solve_spectra(frame, obs, centers, images, likelihoods=liks)
     sources = []
