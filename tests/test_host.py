@@ -139,7 +139,8 @@ def test_profiles_differing_only_in_constraints_steps_or_priors_share_one_image_
     from scarlet_xr.core._value_form import value_form
 
     base = SersicMorphology(1.7, 2.5, (0.1, -0.2), shape=23, oversample=2)
-    with_prior = eqx.tree_at(lambda m: m.n, base, Parameter(1.7, base.n.constraint, prior=NormalPrior(1.5, 2.0)))
+    prior = NormalPrior(1.5, 2.0)
+    with_prior = eqx.tree_at(lambda m: m.n, base, Parameter(1.7, base.n.constraint, prior=prior))
     fixed = eqx.tree_at(lambda m: m.n, base, Parameter(1.7, fixed=True))
     off = jnp.asarray([0.2, -0.3], jnp.float32)
     jax.clear_caches()
@@ -166,7 +167,8 @@ def test_separate_profiles_are_evaluated_in_batches_by_structure():
     from scarlet_xr.core._model import BATCH_IMAGES
 
     gen = np.random.default_rng(8)
-    morphs = [SersicMorphology(gen.uniform(0.8, 4), gen.uniform(1, 4), tuple(gen.uniform(-0.3, 0.3, 2)), shape=19)
+    morphs = [SersicMorphology(gen.uniform(0.8, 4), gen.uniform(1, 4), tuple(gen.uniform(-0.3, 0.3, 2)),
+                               shape=19)
               for _ in range(BATCH_IMAGES + 3)]
     morphs[2:2] = [GaussianMorphology(gen.uniform(1, 2), shape=15) for _ in range(3)]
     offsets = gen.uniform(-0.5, 0.5, (len(morphs), 2)).astype(np.float32)

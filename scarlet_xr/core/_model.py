@@ -390,7 +390,7 @@ def morphology_image(morphology, offset: Float[ArrayLike, " 2"]) -> Float[Array,
     raw = _host_pixels(morphology)
     if raw is not None:
         return to_device(np.logaddexp(raw, 0.0).astype(raw.dtype))
-    return _morphology_image(value_form(morphology), offset)
+    return _morphology_image(_on_device(value_form(morphology)), offset)
 
 
 def _host_pixels(morphology):
@@ -490,7 +490,7 @@ def evaluate_morphologies(morphologies, offsets) -> list[np.ndarray]:
         off = offsets[ks]
         for a in range(0, len(ks), BATCH_IMAGES):
             take = np.minimum(np.arange(a, a + BATCH_IMAGES), len(ks) - 1)
-            morph = value_form(treedef.unflatten([to_device(h[take]) for h in host]))
+            morph = _on_device(value_form(treedef.unflatten([h[take] for h in host])))
             imgs = np.asarray(_stack_images(morph, to_device(off[take], off.dtype)))
             for k, img in zip(ks[a : a + BATCH_IMAGES], imgs, strict=False):
                 out[k] = img
@@ -513,10 +513,15 @@ def _batched_images(stack: _Stack, offsets) -> list[np.ndarray]:
     out = []
     for a in range(0, m, BATCH_IMAGES):
         take = np.minimum(np.arange(a, a + BATCH_IMAGES), m - 1)  # (repeats of the last member)
-        morph = value_form(treedef.unflatten([to_device(h[take]) for h in host]))
+        morph = _on_device(value_form(treedef.unflatten([h[take] for h in host])))
         imgs = np.asarray(_stack_images(morph, to_device(offsets[take], offsets.dtype)))
         out.extend(imgs[: min(BATCH_IMAGES, m - a)])
     return out
+
+
+def _on_device(tree):
+    """``tree`` with its host (numpy) leaves copied to the device (nothing compiled)."""
+    return jax.tree_util.tree_map(lambda x: to_device(x) if isinstance(x, np.ndarray) else x, tree)
 
 
 def _morphology_shared(stack: _Stack) -> list[bool]:

@@ -13,8 +13,9 @@ one program per type and box size.
 from __future__ import annotations
 
 import jax
+import numpy as np
 
-from ._constraints import Identity
+from ._constraints import Identity, Interval, LogPositive, Positive
 from ._morphology import GaussianMorphology, PointSourceMorphology, SersicMorphology
 from ._parameter import Parameter, is_parameter
 from ._spergel import SpergelMorphology
@@ -28,10 +29,31 @@ VALUE_FORM_TYPES = (SersicMorphology, GaussianMorphology, PointSourceMorphology,
 _IDENTITY = Identity()
 
 
+def _host_value(p: Parameter):
+    """``p.value``, computed with numpy for a concrete ``raw`` and the profiles' constraints.
+
+    Eager JAX would compile each operation of the constraint once per shape
+    and dtype (about 20 small programs over a crowded scene); numpy agrees
+    with it to float32 rounding.
+    """
+    raw, c = p.raw, p.constraint
+    if isinstance(raw, jax.core.Tracer) or type(c) not in (Identity, LogPositive, Interval, Positive):
+        return p.value
+    u = np.asarray(raw)
+    if type(c) is Identity:
+        return u
+    if type(c) is LogPositive:
+        return np.exp(u)
+    if type(c) is Positive:
+        return np.logaddexp(u, np.zeros((), u.dtype))
+    sig = np.exp(-np.logaddexp(np.zeros((), u.dtype), -u))  # sigmoid, without overflow
+    return (c.lower + (c.upper - c.lower) * sig).astype(u.dtype)
+
+
 def _plain(p: Parameter) -> Parameter:
     """A free, prior-less, unconstrained parameter holding ``p``'s value (no checks, no copy)."""
     q = object.__new__(Parameter)
-    for name, v in (("raw", p.value), ("constraint", _IDENTITY), ("prior", None), ("fixed", False),
+    for name, v in (("raw", _host_value(p)), ("constraint", _IDENTITY), ("prior", None), ("fixed", False),
                     ("step", 0.05)):
         object.__setattr__(q, name, v)
     return q
