@@ -173,3 +173,45 @@ def test_fits_that_no_refinement_follows_go_deeper(monkeypatch):
     fixed = sx.fit_sources(frame, obs, centers, refine_fit=False, optimizer=settling_optimizer(), **kw)
     # (measured: 6503.7 against 6511.2; the refined fit's 6505.8)
     assert deep.history.loss[-1] < fixed.history.loss[-1] - 0.5, (deep.history.loss, fixed.history.loss)
+
+
+def test_a_fit_that_leaves_its_best_state_returns_it(caplog):
+    """An optimizer that throws the HSC pair far from where Adam brought it (steps 250-254) and then
+    stops: the fit returns the state of the chunk start with the lowest loss, says so, and records
+    the step; the same fit without the throw returns its last state."""
+    import jax.numpy as jnp
+
+    from scarlet_xr.infer import loss_function
+    from scarlet_xr.infer._fit import RESTORE_RISE
+
+    obs, centers = hsc_cosmos_35()
+    frame = sx.frame_from_observations(obs)
+    with sx.Scene(frame) as scene:
+        sx.initialize_sources(frame, obs, centers[:2], kinds=["point", "sersic"])
+    adam = optax.adam(1.0)
+
+    def thrown(at):
+        def init(params):
+            return adam.init(params), jnp.zeros((), jnp.int32)
+
+        def update(g, state, params=None):
+            s, k = state
+            u, s = adam.update(g, s, params)
+            u = jax.tree_util.tree_map(
+                lambda a: jnp.where((k >= at) & (k < at + 5), jnp.full_like(a, 3.0),
+                                    jnp.where(k >= at + 5, jnp.zeros_like(a), a)), u)
+            return u, (s, k + 1)
+
+        return optax.GradientTransformation(init, update)
+
+    plain = scene.fit(obs, optimizer=thrown(10_000), max_steps=400, e_rel=0.0)
+    assert plain.history.restored_step is None
+    fitted = scene.fit(obs, optimizer=thrown(250), max_steps=400, e_rel=0.0)
+    loss = fitted.history.loss
+    starts = [0, 100, 200, 300]
+    assert loss[-1] > loss[200] + RESTORE_RISE * abs(loss[200])  # thrown well above its best
+    assert fitted.history.restored_step == starts[int(np.argmin(loss[starts]))]
+    assert "returning the state of step" in caplog.text
+    liks = [b.likelihood for b in fitted.observations]
+    got = float(loss_function(fitted.model(), liks))
+    np.testing.assert_allclose(got, loss[fitted.history.restored_step], rtol=1e-5)

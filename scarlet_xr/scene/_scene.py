@@ -235,7 +235,8 @@ class Scene:
             if gain < 0.5 or hist.status != "converged" or steps >= max_steps:
                 break
         if len(losses) > 1:
-            hist = FitHistory(loss=np.concatenate(losses), status=hist.status, num_steps=steps)
+            hist = FitHistory(loss=np.concatenate(losses), status=hist.status, num_steps=steps,
+                              restored_step=hist.restored_step)
         new = self._replace(model)
         new.history = hist
         new.fit_time = time.perf_counter() - t0
