@@ -500,9 +500,7 @@ def fit_sources(
     given = centers.copy()
     centers, moved = refine_centers(frame, bound, centers, detection=detection)
     with Scene(frame) as scene:
-        # (profiles sampled as the fits sample them: their images share the fits' programs)
-        initialize_sources(frame, bound, centers, kinds=init_kinds, names=names, detection=detection,
-                           oversample=SERSIC_OVERSAMPLE)
+        initialize_sources(frame, bound, centers, kinds=init_kinds, names=names, detection=detection)
     sources = list(scene.sources)
     choices = [
         {"kind": k, "reason": "given", "delta_chi2_point": float("nan"), "box_truncated": False}

@@ -271,7 +271,6 @@ def initialize_sources(
     min_box: int = 11,
     max_box: int = 121,
     detection=None,
-    oversample: int | None = None,
 ) -> list[Source]:
     """Create sources at ``centers`` initialised from the data.
 
@@ -307,11 +306,6 @@ def initialize_sources(
     detection : tuple, optional
         ``detection_image(observations, frame)`` when the caller has it
         already (it is not computed again).
-    oversample : int, optional
-        Sub-pixel sampling of the ``"sersic"`` and ``"bulge+disk"`` profiles
-        (default: :class:`~scarlet_xr.core.SersicMorphology`'s). A caller that
-        resamples them anyway passes the sampling it fits with, so that their
-        initial images use the same compiled programs as its later ones.
 
     Returns
     -------
@@ -346,7 +340,6 @@ def initialize_sources(
     morphs = []
     images = []
     profiles = []  # (index into images, parts, weights, sub-pixel offset) of parametric sources
-    sampling = {} if oversample is None else {"oversample": int(oversample)}
     # nearest-centre map of the frame for crowded scenes (one look-up per source's window)
     labels = (_nearest_centres(centers, (hh, ww)) if n > NEAREST_MAP_SOURCES and np.all(np.isfinite(centers))
               else None)
@@ -420,9 +413,9 @@ def initialize_sources(
             elif kind == "spergel":
                 morphs.append(SpergelMorphology(0.5, 1.18 * s, shape=size))
             elif kind == "bulge+disk":
-                morphs.append(bulge_disk_morphologies(1.18 * s, (0.0, 0.0), size, **sampling))
+                morphs.append(bulge_disk_morphologies(1.18 * s, (0.0, 0.0), size))
             else:
-                morphs.append(SersicMorphology(1.0, 1.18 * s, shape=size, **sampling))
+                morphs.append(SersicMorphology(1.0, 1.18 * s, shape=size))
             parts = morphs[-1] if isinstance(morphs[-1], tuple) else (morphs[-1],)
             weights = BULGE_DISK_SPLIT if len(parts) == 2 else (1.0,)
             # (evaluated after the loop, all profiles together: one call per batch, not per source)
