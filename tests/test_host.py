@@ -183,3 +183,34 @@ def test_separate_profiles_are_evaluated_in_batches_by_structure():
         np.testing.assert_allclose(img, ref, rtol=1e-5, atol=1e-6 * ref.max())
     with pytest.raises(ValueError, match=r"offsets must have shape \(22, 2\); got \(22,\)"):
         evaluate_morphologies(morphs, offsets[:, 0])
+
+
+def test_stacks_of_pixel_profiles_sharing_a_prior_keep_it_once_with_the_same_images():
+    """Free-form profiles whose pixels carry one prior object (as a learned prior's network is
+    shared): the stack holds that prior once, unbatched, and each image is the component's own."""
+    import jax
+    import jax.numpy as jnp
+    from _compiles import count_compiles
+
+    from scarlet_xr.core import NormalPrior, Parameter, Positive, morphology_image, morphology_images
+    from scarlet_xr.core._model import BATCH_IMAGES_MIN
+
+    gen = np.random.default_rng(3)
+    prior = NormalPrior(np.zeros((9, 9)), np.ones((9, 9)))
+    src = []
+    for _ in range(BATCH_IMAGES_MIN + 2):
+        m = FreeFormMorphology(gen.uniform(0.1, 1.0, (9, 9)))
+        m = eqx.tree_at(lambda mm: mm.image, m, Parameter(np.asarray(m.image.value), Positive(), prior=prior))
+        src.append(Source(gen.uniform(10, 50, 2), gen.uniform(1, 2, 2), m))
+    model = SceneModel(src, (2, 60, 60), psf=_psf())
+    stacks = [st for st in model.packed()._groups()[1] if len(st.members) == len(src)]
+    assert stacks and any(stacks[0].shared)  # the prior's arrays are held once
+    jax.clear_caches()
+    with count_compiles("_shared_stack_images") as hits:
+        got = morphology_images(model.packed())
+    assert len(hits) == 1
+    for s, img in zip(src, got, strict=True):
+        c = np.asarray(s.center.value)
+        off = jnp.asarray(c - np.round(c), jnp.float32)
+        ref = np.asarray(morphology_image(s.components[0].morphology, off))
+        np.testing.assert_allclose(img, ref, rtol=1e-6)

@@ -22,7 +22,7 @@ from ._parameter import Parameter, default_complex, default_float, is_parameter
 from ._source import Component, Source
 from ._spectrum import num_epochs_of
 from ._template import _TemplateMorphology
-from ._value_form import value_form
+from ._value_form import VALUE_FORM_TYPES, value_form
 
 __all__ = ["SceneModel", "evaluate_morphologies", "morphology_image", "morphology_images"]
 
@@ -508,13 +508,22 @@ def _batched_images(stack: _Stack, offsets) -> list[np.ndarray]:
     leaves, treedef = jax.tree_util.tree_flatten(stack.tree.morphology)
     shared = _morphology_shared(stack)
     m = len(stack.members)
-    host = [np.asarray(x) for x in leaves]
-    host = [np.broadcast_to(h, (m, *h.shape)) if s else h for h, s in zip(host, shared, strict=True)]
+    # other types keep their shared leaves (e.g. a learned prior's network) once, unbatched
+    parametric = type(stack.tree.morphology) in VALUE_FORM_TYPES
+    host = [None if s and not parametric else np.asarray(x) for x, s in zip(leaves, shared, strict=True)]
+    if parametric:  # (small shared leaves, e.g. a point's PSF: batched like the rest)
+        host = [np.broadcast_to(h, (m, *h.shape)) if s else h for h, s in zip(host, shared, strict=True)]
     out = []
     for a in range(0, m, BATCH_IMAGES):
         take = np.minimum(np.arange(a, a + BATCH_IMAGES), m - 1)  # (repeats of the last member)
-        morph = _on_device(value_form(treedef.unflatten([h[take] for h in host])))
-        imgs = np.asarray(_stack_images(morph, to_device(offsets[take], offsets.dtype)))
+        offs = to_device(offsets[take], offsets.dtype)
+        if parametric:
+            morph = _on_device(value_form(treedef.unflatten([h[take] for h in host])))
+            imgs = np.asarray(_stack_images(morph, offs))
+        else:
+            morph = treedef.unflatten([x if h is None else to_device(h[take])
+                                       for x, h in zip(leaves, host, strict=True)])
+            imgs = np.asarray(_shared_stack_images(morph, tuple(shared), offs))
         out.extend(imgs[: min(BATCH_IMAGES, m - a)])
     return out
 
@@ -533,6 +542,12 @@ def _morphology_shared(stack: _Stack) -> list[bool]:
 @filter_jit(quick=True)
 def _stack_images(morphology, offsets):
     return jax.vmap(lambda m, o: m(o))(morphology, offsets)
+
+
+@filter_jit(quick=True)
+def _shared_stack_images(morphology, shared, offsets):
+    axes = jax.tree_util.tree_structure(morphology).unflatten([None if s else 0 for s in shared])
+    return jax.vmap(lambda m, o: m(o), in_axes=(axes, 0))(morphology, offsets)
 
 
 def _convolve_full(images, psf):
