@@ -487,13 +487,21 @@ def evaluate_morphologies(morphologies, offsets) -> list[np.ndarray]:
             continue
         host = [np.stack(xs) for xs in zip(*(map(np.asarray, jax.tree_util.tree_leaves(morphologies[k]))
                                                for k in ks), strict=True)]
-        off = offsets[ks]
-        for a in range(0, len(ks), BATCH_IMAGES):
-            take = np.minimum(np.arange(a, a + BATCH_IMAGES), len(ks) - 1)
-            morph = _on_device(value_form(treedef.unflatten([h[take] for h in host])))
-            imgs = np.asarray(_stack_images(morph, to_device(off[take], off.dtype)))
-            for k, img in zip(ks[a : a + BATCH_IMAGES], imgs, strict=False):
-                out[k] = img
+        for k, img in zip(ks, _value_form_batches(treedef, host, offsets[ks]), strict=True):
+            out[k] = img
+    return out
+
+
+def _value_form_batches(treedef, host, offsets) -> list[np.ndarray]:
+    """Images of ``m`` profiles given as stacked host leaves ``(m, ...)``, :data:`BATCH_IMAGES` per
+    call of one program (the last call padded with repeats of the last profile)."""
+    m = len(offsets)
+    out = []
+    for a in range(0, m, BATCH_IMAGES):
+        take = np.minimum(np.arange(a, a + BATCH_IMAGES), m - 1)
+        morph = _on_device(value_form(treedef.unflatten([h[take] for h in host])))
+        imgs = np.asarray(_stack_images(morph, to_device(offsets[take], offsets.dtype)))
+        out.extend(imgs[: min(BATCH_IMAGES, m - a)])
     return out
 
 
@@ -513,17 +521,13 @@ def _batched_images(stack: _Stack, offsets) -> list[np.ndarray]:
     host = [None if s and not parametric else np.asarray(x) for x, s in zip(leaves, shared, strict=True)]
     if parametric:  # (small shared leaves, e.g. a point's PSF: batched like the rest)
         host = [np.broadcast_to(h, (m, *h.shape)) if s else h for h, s in zip(host, shared, strict=True)]
+        return _value_form_batches(treedef, host, offsets)
     out = []
     for a in range(0, m, BATCH_IMAGES):
         take = np.minimum(np.arange(a, a + BATCH_IMAGES), m - 1)  # (repeats of the last member)
-        offs = to_device(offsets[take], offsets.dtype)
-        if parametric:
-            morph = _on_device(value_form(treedef.unflatten([h[take] for h in host])))
-            imgs = np.asarray(_stack_images(morph, offs))
-        else:
-            morph = treedef.unflatten([x if h is None else to_device(h[take])
-                                       for x, h in zip(leaves, host, strict=True)])
-            imgs = np.asarray(_shared_stack_images(morph, tuple(shared), offs))
+        morph = treedef.unflatten([x if h is None else to_device(h[take])
+                                   for x, h in zip(leaves, host, strict=True)])
+        imgs = np.asarray(_shared_stack_images(morph, tuple(shared), to_device(offsets[take], offsets.dtype)))
         out.extend(imgs[: min(BATCH_IMAGES, m - a)])
     return out
 
