@@ -19,6 +19,8 @@ from ._fft import fourier_shift as fourier_shift
 from ._likelihood import CorrelatedGaussianLikelihood as CorrelatedGaussianLikelihood
 from ._likelihood import SKY_MODELS as SKY_MODELS
 from ._likelihood import GaussianLikelihood as GaussianLikelihood
+from ._likelihood import log_likelihood as log_likelihood
+from ._likelihood import render_observations as render_observations
 from ._likelihood import noise_power_spectrum as noise_power_spectrum
 from ._model import SceneModel as SceneModel
 from ._model import evaluate_morphologies as evaluate_morphologies
@@ -77,6 +79,8 @@ __all__ = [
     "CorrelatedGaussianLikelihood",
     "FreeFormMorphology",
     "GaussianLikelihood",
+    "render_observations",
+    "log_likelihood",
     "SKY_MODELS",
     "GaussianMorphology",
     "Identity",

@@ -8,10 +8,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from ._device import to_device
+from ._model import SceneModel
 from ._parameter import default_float
-from ._render import AbstractRenderer
+from ._render import AbstractRenderer, ConvolutionRenderer
 
-__all__ = ["GaussianLikelihood", "CorrelatedGaussianLikelihood", "noise_power_spectrum", "SKY_MODELS"]
+__all__ = [
+    "GaussianLikelihood", "CorrelatedGaussianLikelihood", "noise_power_spectrum", "render_observations",
+    "log_likelihood", "SKY_MODELS",
+]
 
 SKY_MODELS = ("constant", "plane")
 """Fitted backgrounds a likelihood can profile out: a level per band, or a level and a
@@ -132,21 +136,41 @@ class GaussianLikelihood(eqx.Module):
             return jnp.zeros_like(self.data)
         return self._fit_sky(self.data - self.render(model_cube))[1]
 
+    def sky_from(self, rendered):
+        """The fitted sky ``(coefficients (band, k), image (band, y, x))`` for a model already in
+        this observation (zeros without a sky; see :meth:`sky_coefficients`)."""
+        if self.sky is None:
+            return jnp.zeros((self.data.shape[0], 1), self.data.dtype), jnp.zeros_like(self.data)
+        return self._fit_sky(self.data - rendered)
+
     def residual(self, model_cube):
         """Return ``data - R(model)`` (less the fitted sky, when there is one) on the observation grid."""
-        r = self.data - self.render(model_cube)
+        return self.residual_from(self.render(model_cube))
+
+    def residual_from(self, rendered):
+        """:meth:`residual` of a model already in this observation (``rendered``, e.g. from
+        :func:`render_observations`)."""
+        r = self.data - rendered
         if self.sky is None:
             return r
         return r - self._fit_sky(r)[1]
 
     def chi2(self, model_cube):
         """Return ``sum w (d - R(m))^2``."""
-        r = self.residual(model_cube)
+        return self.chi2_from(self.render(model_cube))
+
+    def chi2_from(self, rendered):
+        """:meth:`chi2` of a model already in this observation."""
+        r = self.residual_from(rendered)
         return jnp.sum(self.weights * r * r)
 
     def __call__(self, model_cube):
         """Return the log-likelihood (up to a constant)."""
         return -0.5 * self.chi2(model_cube)
+
+    def log_likelihood_from(self, rendered):
+        """The log-likelihood (up to a constant) of a model already in this observation."""
+        return -0.5 * self.chi2_from(rendered)
 
     @property
     def num_valid(self) -> jax.Array:
@@ -270,9 +294,87 @@ class CorrelatedGaussianLikelihood(GaussianLikelihood):
         self.kernel = to_device(k, dtype=dt)
         self.inverse_power = to_device(1.0 / power, dtype=dt)
 
-    def chi2(self, model_cube):
-        """Return ``sum_k |FFT(sqrt(w) r)|^2 / P(k) / N``."""
-        z = jnp.sqrt(self.weights) * self.residual(model_cube)
+    def chi2_from(self, rendered):
+        """Return ``sum_k |FFT(sqrt(w) r)|^2 / P(k) / N`` for a model already in this observation."""
+        z = jnp.sqrt(self.weights) * self.residual_from(rendered)
         zk = jnp.fft.fft2(z)
         n = z.shape[-1] * z.shape[-2]
         return jnp.sum((zk.real**2 + zk.imag**2) * self.inverse_power) / n
+
+
+def _fusable(model, lik) -> bool:
+    """Whether ``lik`` can render ``model``'s layers (see :func:`render_observations`)."""
+    r = getattr(lik, "renderer", None)
+    return (isinstance(model, SceneModel) and isinstance(r, ConvolutionRenderer)
+            and getattr(lik, "epoch", None) is None and not model.num_epochs and model.psf is not None
+            and model._psf_half == r.margin and tuple(model.shape[1:]) == r.frame_shape)
+
+
+def render_observations(model, likelihoods) -> list:
+    """The model in each likelihood's observation, as a fit sees it.
+
+    Observations on the model frame's grid
+    (:class:`~scarlet_xr.core.ConvolutionRenderer`) of a static
+    :class:`~scarlet_xr.core.SceneModel` with a model PSF get the model's
+    layers (:meth:`~scarlet_xr.core.SceneModel.layers`): the intrinsic light
+    is convolved with the model PSF and the difference kernel in one Fourier
+    transform, and the light the model PSF spreads up to its half-width
+    beyond the frame is kept (the wider observed PSF brings part of it back
+    onto the frame's edge pixels). Other observations (resampled, with
+    epochs) render the model cube ``model()``, computed once.
+
+    Parameters
+    ----------
+    model : SceneModel or callable
+        Returns the model cube when called.
+    likelihoods : sequence of GaussianLikelihood
+
+    Returns
+    -------
+    list of jax.Array
+        One ``(band, y, x)`` model per likelihood, in its observation's pixels
+        (before any fitted sky).
+    """
+    cube = layers = None
+    out = []
+    for lik in likelihoods:
+        if _fusable(model, lik):
+            if layers is None:
+                layers = model.layers()
+            out.append(lik.renderer.render_layers(*layers, model.psf))
+        else:
+            if cube is None:
+                cube = model()
+            out.append(lik.render(cube))
+    return out
+
+
+def log_likelihood(model, likelihoods) -> jax.Array:
+    """``sum(log L)`` of ``model`` over ``likelihoods``, rendered as a fit sees it.
+
+    :class:`GaussianLikelihood` terms take the model from
+    :func:`render_observations`; any other likelihood (a callable of the
+    model cube, e.g. a user's own) gets ``model()``, computed once.
+
+    Parameters
+    ----------
+    model : SceneModel or callable
+    likelihoods : sequence
+        :class:`GaussianLikelihood` or callables ``lik(cube) -> log L``.
+
+    Returns
+    -------
+    jax.Array
+        A scalar.
+    """
+    likelihoods = tuple(likelihoods)
+    gauss = [lik for lik in likelihoods if isinstance(lik, GaussianLikelihood)]
+    total = 0.0
+    for lik, rendered in zip(gauss, render_observations(model, gauss), strict=True):
+        total = total + lik.log_likelihood_from(rendered)
+    others = [lik for lik in likelihoods if not isinstance(lik, GaussianLikelihood)]
+    if others:
+        cube = model()
+        for lik in others:
+            total = total + lik(cube)
+    return total if likelihoods else jnp.zeros(())

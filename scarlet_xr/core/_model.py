@@ -565,20 +565,24 @@ def _convolve_full(images, psf):
     return jnp.fft.irfft2(jnp.fft.rfft2(images, s=fs) * kf, s=fs)[..., :fh, :fw]
 
 
-def _render(center_stacks, comp_stacks, n, shape, pad, psf_fft, fft_shape, active=None, psf_half=(0, 0)):
-    """Sum of the component stacks on the frame; intrinsic profiles convolved with the model PSF.
+def _canvases(center_stacks, comp_stacks, n, shape, pad, psf_fft, active=None):
+    """The component stacks placed on padded canvases: ``(light, intrinsic)``.
 
-    ``active`` (one weight per source, or None) multiplies each source's light;
-    ``psf_half`` is the model PSF's half-size ``(ry, rx)`` (at most ``pad``).
+    ``light`` ``(band, y + 2 pad, x + 2 pad)`` holds morphologies already in the frame's
+    resolution, ``intrinsic`` (None when there are none, or no model PSF) the intrinsic
+    profiles before the model PSF; ``used`` says whether any stack went into ``light``.
+    ``active`` (one weight per source, or None) multiplies each source's light.
     """
     b, hh, ww = shape
     centers = _all_centers(center_stacks, n) if comp_stacks else None
     dtype = centers.dtype if centers is not None else jnp.float32
     frame = jnp.zeros((b, hh + 2 * pad, ww + 2 * pad), dtype=dtype)
     intrinsic = None
+    used = False
     fused = reverse_mode_only()
     for st in comp_stacks:
         into_intrinsic = st.tree.morphology.intrinsic and psf_fft is not None
+        used = used or not into_intrinsic
         if into_intrinsic and intrinsic is None:
             intrinsic = jnp.zeros_like(frame)
         if fused and type(st.tree) is Component and len(st.members) >= FUSED_MIN_MEMBERS:
@@ -600,6 +604,18 @@ def _render(center_stacks, comp_stacks, n, shape, pad, psf_fft, fft_shape, activ
             intrinsic = _place_group(intrinsic, boxes, c, pad)
         else:
             frame = _place_group(frame, boxes, c, pad)
+    return frame, intrinsic, used
+
+
+def _render(center_stacks, comp_stacks, n, shape, pad, psf_fft, fft_shape, active=None, psf_half=(0, 0)):
+    """Sum of the component stacks on the frame; intrinsic profiles convolved with the model PSF.
+
+    ``active`` (one weight per source, or None) multiplies each source's light;
+    ``psf_half`` is the model PSF's half-size ``(ry, rx)`` (at most ``pad``).
+    """
+    _, hh, ww = shape
+    frame, intrinsic, _ = _canvases(center_stacks, comp_stacks, n, shape, pad, psf_fft, active)
+    dtype = frame.dtype
     frame = frame[:, pad : pad + hh, pad : pad + ww]
     if intrinsic is not None:
         # the canvas cropped to the frame plus the PSF's half-width (light further out does not
@@ -710,6 +726,12 @@ class SceneModel(eqx.Module):
             self.psf_fft = to_device(k, dtype=default_complex())
             self.psf = to_device(psf / psf.sum(), dtype=default_float())
             self.pad = max(self.pad, psf.shape[0] // 2, psf.shape[1] // 2)
+
+    @property
+    def margin(self) -> tuple[int, int]:
+        """Half-widths ``(ry, rx)`` of the model PSF (``(0, 0)`` without one): the margin around
+        the frame of :meth:`layers`."""
+        return self._psf_half
 
     @property
     def _psf_half(self) -> tuple[int, int]:
@@ -955,6 +977,42 @@ class SceneModel(eqx.Module):
             return light
         return _render(centers, static, n, self.shape, self.pad, self.psf_fft, self.fft_shape,
                        psf_half=self._psf_half)[None] + light
+
+    def layers(self):
+        """The light before the observations' renderers, on the frame with the model PSF's margin.
+
+        Returns
+        -------
+        (light, intrinsic) : arrays (band, y + 2 ry, x + 2 rx) or None
+            ``ry, rx`` are the model PSF's half-widths (0 without a PSF).
+            ``light`` holds the morphologies already in the frame's
+            resolution (None when there are none), ``intrinsic`` the
+            intrinsic profiles before the model PSF (None when there are
+            none). The model cube is ``light + psf * intrinsic`` cropped to
+            the frame; a :class:`~scarlet_xr.core.ConvolutionRenderer`
+            renders both with one transform
+            (:meth:`~scarlet_xr.core.ConvolutionRenderer.render_layers`), and
+            keeps the light that the model PSF spreads just beyond the frame.
+
+        Raises
+        ------
+        ValueError
+            For models with variable sources (use ``model()``).
+        """
+        if self.num_epochs:
+            raise ValueError("layers() is for static models; this one has variable sources")
+        centers, comps = self._groups()
+        _, hh, ww = self.shape
+        ry, rx = self._psf_half
+        p = self.pad
+        frame, intrinsic, used = _canvases(centers, comps, self.num_sources, self.shape, p, self.psf_fft,
+                                           self.active)
+        if intrinsic is None and not used:  # no sources: an empty canvas
+            used = True
+        light = frame[:, p - ry : p + hh + ry, p - rx : p + ww + rx] if used else None
+        if intrinsic is not None:
+            intrinsic = intrinsic[:, p - ry : p + hh + ry, p - rx : p + ww + rx]
+        return light, intrinsic
 
     def _sum_components(self, fun, trailing):
         """``fun(component)`` ``trailing``-shaped per component, summed into ``(source, *trailing)``."""

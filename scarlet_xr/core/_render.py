@@ -32,6 +32,14 @@ class ConvolutionRenderer(AbstractRenderer):
     """Same pixel grid as the model frame (up to an integer offset): select bands,
     convolve with the difference kernel in Fourier space, crop.
 
+    The model it takes is either the frame's cube or the frame with a margin
+    of the model PSF's half-width on every side (:attr:`margin`): light that
+    the model PSF spreads just beyond the frame, which the wider observed PSF
+    brings back onto it. :meth:`render_layers` takes the model's intrinsic
+    light before its PSF and convolves it with the model PSF and the
+    difference kernel in one Fourier transform (see
+    :func:`~scarlet_xr.core.render_observations`).
+
     Parameters
     ----------
     model_shape : (band, y, x)
@@ -52,6 +60,8 @@ class ConvolutionRenderer(AbstractRenderer):
     band_index: tuple[int, ...] = eqx.field(static=True)
     fft_shape: tuple[int, int] = eqx.field(static=True)
     crop: tuple[int, int, int, int] = eqx.field(static=True)
+    frame_shape: tuple[int, int] = eqx.field(static=True, default=(0, 0))
+    margin: tuple[int, int] = eqx.field(static=True, default=(0, 0))
 
     def __init__(self, model_shape, obs_shape, band_index, obs_psf, model_psf, origin=(0, 0)):
         _, hm, wm = model_shape
@@ -70,17 +80,26 @@ class ConvolutionRenderer(AbstractRenderer):
                 f"observation grid (origin {origin}, size {ho}x{wo}) must lie inside the "
                 f"model frame ({hm}x{wm})"
             )
-        # a kernel of half-width r wraps nothing into the frame on a grid of the frame plus r
-        # (blend frames of 66 px with 41 px PSFs: 90 instead of 108 per axis; the rendered
-        # cube differs by 1e-7 of its peak)
-        self.fft_shape = (fast_size(max(hm + ph // 2, ph)), fast_size(max(wm + pw // 2, pw)))
+        my, mx = (int(d) // 2 for d in np.shape(model_psf)[-2:])
+        self.frame_shape = (int(hm), int(wm))
+        self.margin = (my, mx)
+        # a kernel of half-width r wraps nothing into the frame on a grid of the frame (with its
+        # margins) plus r; the fused convolution (model PSF and kernel, half-width m + r) of a
+        # canvas with margins m needs the frame plus 2 m + r (blend frames of 66 px with 41 px
+        # PSFs: 90 instead of 108 per axis; the rendered cube differs by 1e-7 of its peak)
+        self.fft_shape = (fast_size(max(hm + 2 * my + ph // 2, ph)),
+                          fast_size(max(wm + 2 * mx + pw // 2, pw)))
         k = difference_kernel_fft(obs_psf, model_psf, self.fft_shape)
         self.kernel_fft = to_device(k, dtype=default_complex())
         self.band_index = tuple(int(i) for i in band_index)
         self.crop = (oy, oy + ho, ox, ox + wo)
 
     def __call__(self, model):
-        """Select bands, convolve to the observation PSF and crop."""
+        """Select bands, convolve to the observation PSF and crop.
+
+        ``model`` is ``(band, y, x)`` on the frame, or on the frame with
+        :attr:`margin` on every side.
+        """
         return self._render(jnp, model, self.kernel_fft).astype(model.dtype)
 
     def render_numpy(self, model) -> np.ndarray:
@@ -92,10 +111,73 @@ class ConvolutionRenderer(AbstractRenderer):
         """
         return self._render(np, np.asarray(model, float), np.asarray(self.kernel_fft))
 
+    def _offset(self, shape) -> tuple[int, int]:
+        """Where the frame starts in a model of ``shape`` (..., y, x): 0 or the margin."""
+        hm, wm = self.frame_shape
+        my, mx = self.margin
+        got = tuple(shape[-2:])
+        if got == (hm + 2 * my, wm + 2 * mx):
+            return my, mx
+        if got == (hm, wm) or self.frame_shape == (0, 0):
+            return 0, 0
+        raise ValueError(f"model images must be {hm}x{wm} (the frame) or {hm + 2 * my}x{wm + 2 * mx} "
+                         f"(with the model PSF's margin); got {got[0]}x{got[1]}")
+
+    def _select(self, model):
+        if self.band_index != tuple(range(model.shape[-3])):
+            return model[..., list(self.band_index), :, :]
+        return model
+
+    def _cropped(self, out, offset):
+        y0, y1, x0, x1 = self.crop
+        dy, dx = offset
+        return out[..., dy + y0 : dy + y1, dx + x0 : dx + x1]
+
     def _render(self, xp, model, kernel_fft):
         """Band selection, FFT convolution and crop with the array module ``xp`` (numpy or jax.numpy)."""
-        if self.band_index != tuple(range(model.shape[-3])):
-            model = model[..., list(self.band_index), :, :]
+        offset = self._offset(model.shape)
+        model = self._select(model)
         out = xp.fft.irfft2(xp.fft.rfft2(model, s=self.fft_shape) * kernel_fft, s=self.fft_shape)
-        y0, y1, x0, x1 = self.crop
-        return out[..., y0:y1, x0:x1]
+        return self._cropped(out, offset)
+
+    def render_layers(self, light, intrinsic, psf):
+        """The observation's model from a scene's light before and after its PSF, in one transform.
+
+        Parameters
+        ----------
+        light : array (band, y + 2 my, x + 2 mx) or None
+            Light already in the model frame's resolution (e.g. pixel
+            morphologies), on the frame with :attr:`margin`.
+        intrinsic : array (band, y + 2 my, x + 2 mx) or None
+            Intrinsic light (Sersic, Gaussian profiles) before the model PSF,
+            on the same grid.
+        psf : array (h, w)
+            The model PSF (half-widths equal to :attr:`margin`), normalised.
+
+        Returns
+        -------
+        jax.Array (obs band, y, x)
+            ``R(light + psf * intrinsic)``: the same as :meth:`__call__` of
+            the convolved cube, computed with one inverse transform.
+        """
+        ph, pw = np.shape(psf)
+        if (ph // 2, pw // 2) != self.margin:
+            raise ValueError(f"the model PSF's half-widths {(ph // 2, pw // 2)} differ from the renderer's "
+                             f"margin {self.margin}")
+        spec = None
+        dtype = None
+        if intrinsic is not None:
+            ly, lx = self.fft_shape
+            dtype = intrinsic.dtype
+            # the PSF with its centre at pixel (0, 0), wrapped around (as kernel_to_origin)
+            k = jnp.zeros((ly, lx), psf.dtype).at[:ph, :pw].set(psf)
+            k = jnp.roll(k, (-(ph // 2), -(pw // 2)), axis=(0, 1))
+            spec = jnp.fft.rfft2(self._select(intrinsic), s=self.fft_shape) * jnp.fft.rfft2(k)
+        if light is not None:
+            dtype = light.dtype
+            lf = jnp.fft.rfft2(self._select(light), s=self.fft_shape)
+            spec = lf if spec is None else spec + lf
+        if spec is None:
+            raise ValueError("render_layers needs light or intrinsic light")
+        out = jnp.fft.irfft2(spec * self.kernel_fft, s=self.fft_shape)
+        return self._cropped(out, self.margin).astype(dtype)

@@ -13,7 +13,14 @@ import numpy as np
 import optax
 from jax.flatten_util import ravel_pytree
 
-from ..core import SceneModel, default_float, filter_jit, reverse_mode_rendering, to_device
+from ..core import (
+    SceneModel,
+    default_float,
+    filter_jit,
+    log_likelihood,
+    reverse_mode_rendering,
+    to_device,
+)
 from ._params import log_prior, partition_free, step_tree
 
 __all__ = [
@@ -129,12 +136,12 @@ def _uses_line_search(opt_state) -> bool:
 
 
 def loss_function(model, likelihoods) -> jax.Array:
-    """Return ``-sum(log L) - log prior`` of ``model`` for the given likelihood terms."""
-    cube = model()
-    total = -log_prior(model)
-    for lik in likelihoods:
-        total = total - lik(cube)
-    return total
+    """Return ``-sum(log L) - log prior`` of ``model`` for the given likelihood terms.
+
+    The model is rendered into the observations as
+    :func:`~scarlet_xr.core.log_likelihood` does.
+    """
+    return -log_prior(model) - log_likelihood(model, likelihoods)
 
 
 def _to_z(free, steps):

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from ..core import AbstractMorphology, GaussianLikelihood, SceneModel, filter_jit
+from ..core import AbstractMorphology, GaussianLikelihood, SceneModel, filter_jit, render_observations
 from ._fit import FitHistory, _from_z, _to_z, loss_function
 from ._params import free_filter, log_prior, step_tree
 
@@ -74,8 +74,9 @@ def _parts(x, free, steps, rest, likelihoods):
         return eqx.combine(_unpacked(v, free, steps), rest)
 
     def residuals(v):
-        cube = model_of(v)()
-        return jnp.concatenate([(jnp.sqrt(lik.weights) * lik.residual(cube)).ravel() for lik in likelihoods])
+        rendered = render_observations(model_of(v), likelihoods)
+        return jnp.concatenate([(jnp.sqrt(lik.weights) * lik.residual_from(r)).ravel()
+                                for lik, r in zip(likelihoods, rendered, strict=True)])
 
     def neg_log_prior(v):
         return -log_prior(model_of(v))

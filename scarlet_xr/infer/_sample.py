@@ -54,7 +54,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from ..core import Identity, Parameter, filter_jit, is_parameter
+from ..core import Identity, Parameter, filter_jit, is_parameter, log_likelihood
 from ._params import partition_free
 
 __all__ = ["sample", "PosteriorSamples", "log_density"]
@@ -156,8 +156,7 @@ def log_density(model, likelihoods, start=None, *, default_sigma: float = 1.0):
     default_sigma : float
         Width of the default normal prior of unbounded parameters.
     """
-    cube = model()
-    total = sum(lik(cube) for lik in likelihoods)
+    total = log_likelihood(model, likelihoods)
     ref = _free_parameters(model if start is None else start)
     for p, p0 in zip(_free_parameters(model), ref, strict=True):
         if p.prior is not None:

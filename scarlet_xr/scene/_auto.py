@@ -56,6 +56,7 @@ from ..core import (
     Spectrum,
     filter_jit,
     morphology_image,
+    render_observations,
 )
 from ..infer import (
     FitHistory,
@@ -79,6 +80,7 @@ from ._init import (
     _np_shift,
     _observed_psf_variance,
     _stamp,
+    frame_margin,
     bulge_disk_morphologies,
     detection_image,
     initialize_sources,
@@ -239,7 +241,7 @@ def _point_stamps(frame: Frame, centers) -> list:
     for c in centers:
         iy, ix = round(float(c[0])), round(float(c[1]))
         img = _np_shift(np.asarray(frame.psf, float), (float(c[0]) - iy, float(c[1]) - ix))
-        out.append(_stamp(frame.shape, c, img))
+        out.append(_stamp(frame.shape, c, img, frame_margin(frame)))
     return out
 
 
@@ -827,8 +829,9 @@ def _without_sky(likelihoods, model):
 @filter_jit
 def _sky(model, likelihoods):
     """Each likelihood's fitted sky image and coefficients under ``model`` (compiled, not op by op)."""
-    cube = model()
-    return [lik.sky_image(cube) for lik in likelihoods], [lik.sky_coefficients(cube) for lik in likelihoods]
+    rendered = render_observations(model, likelihoods)
+    skies = [lik.sky_from(r) for lik, r in zip(likelihoods, rendered, strict=True)]
+    return [s[1] for s in skies], [s[0] for s in skies]
 
 
 def refine_centers(frame: Frame, observations, centers, radius: float = REFINE_RADIUS,

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..core import SceneModel, morphology_images
+from ..core import ConvolutionRenderer, SceneModel, morphology_images
 from ._linear import _box_sums
 
 __all__ = ["host_products", "render_on_host"]
@@ -59,9 +59,12 @@ def host_products(model: SceneModel):
         centres (1, 2), images (1, band, h, w))`` as
         :meth:`~scarlet_xr.core.SceneModel.component_stamps`; ``fluxes``
         ``(source, band)`` (each component's spectrum times the sum of its
-        box at zero offset, as ``Component.flux``); ``cube`` ``(band, y, x)``
-        float32. None for models with variable sources or ``active`` weights
-        (use the compiled methods).
+        box at zero offset, as ``Component.flux``); ``cube`` ``(band, y + 2 ry,
+        x + 2 rx)`` float32, the model on the frame and the model PSF's
+        half-widths ``model.margin`` beyond it (the light a fit's
+        :func:`~scarlet_xr.core.render_observations` keeps; its central
+        ``(band, y, x)`` is ``model()``). None for models with variable sources
+        or ``active`` weights (use the compiled methods).
     """
     if model.num_epochs or model.active is not None or any(model.variable):
         return None
@@ -69,7 +72,9 @@ def host_products(model: SceneModel):
     psf = None if model.psf is None or model.psf_fft is None else np.asarray(model.psf, float)
     sources = model.sources
     groups, fluxes = [], np.zeros((len(sources), nb))
-    cube = np.zeros(model.shape)
+    my, mx = model.margin
+    cube = np.zeros((nb, model.shape[1] + 2 * my, model.shape[2] + 2 * mx))
+    shift = np.array([my, mx], float)
     units = _box_sums(model)  # each component's box sum at zero offset, as the linear solve uses
     images = morphology_images(model)
     k = 0
@@ -83,27 +88,35 @@ def host_products(model: SceneModel):
                 img = _convolve_full(img, psf)
             box = spec[:, None, None] * img[None]
             groups.append(([k], center[None], box[None].astype(np.float32)))
-            _add_box(cube, box, center)
+            _add_box(cube, box, center + shift)
             k += 1
     return groups, fluxes, cube.astype(np.float32)
 
 
-def render_on_host(cube: np.ndarray, likelihoods):
+def render_on_host(cube: np.ndarray, likelihoods, margin=(0, 0)):
     """The model ``cube`` in each likelihood's observation (float32), or None if a renderer cannot.
 
     Parameters
     ----------
-    cube : numpy.ndarray (band, y, x)
+    cube : numpy.ndarray (band, y + 2 my, x + 2 mx)
+        The model on the frame and ``margin`` beyond it (as :func:`host_products`).
     likelihoods : sequence of GaussianLikelihood
+    margin : (int, int)
+        ``(my, mx)``. Renderers that take the margin (a
+        :class:`~scarlet_xr.core.ConvolutionRenderer` of that margin) get
+        the whole cube, others the frame.
 
     Returns
     -------
     list of numpy.ndarray or None
     """
+    my, mx = (int(m) for m in margin)
+    frame = cube[..., my : cube.shape[-2] - my, mx : cube.shape[-1] - mx]
     out = []
     for lik in likelihoods:
         render = getattr(lik.renderer, "render_numpy", None)
         if render is None or getattr(lik, "epoch", None) is not None:
             return None
-        out.append(np.asarray(render(cube), np.float32))
+        whole = isinstance(lik.renderer, ConvolutionRenderer) and tuple(lik.renderer.margin) == (my, mx)
+        out.append(np.asarray(render(cube if whole else frame), np.float32))
     return out

@@ -511,25 +511,39 @@ def _np_convolve(image, kernel):
     return out[kh // 2 : kh // 2 + h, kw // 2 : kw // 2 + w]
 
 
-def _stamp(shape, center, image):
-    """``image`` centred on the pixel nearest ``center``, clipped to a frame of ``shape``.
+def _stamp(shape, center, image, margin=(0, 0)):
+    """``image`` centred on the pixel nearest ``center``, clipped to a frame of ``shape``
+    and ``margin`` ``(my, mx)`` pixels beyond it.
+
+    The margin is the model PSF's half-width (``frame_margin``): the light a
+    fit keeps beyond the frame (:func:`~scarlet_xr.core.render_observations`).
 
     Returns
     -------
     tuple (y0, x0, array) or None
-        Frame position of the stamp's first pixel and the image clipped to the
-        frame (float64); None when nothing of it lies on the frame.
+        Frame position of the stamp's first pixel (negative in the margin) and
+        the image clipped (float64); None when nothing of it lies there.
     """
-    hh, ww = shape
+    hh, ww = shape[-2:]
+    my, mx = margin
     image = np.asarray(image, float)
     h, w = image.shape
     iy, ix = int(round(center[0])), int(round(center[1]))
     y0, x0 = iy - h // 2, ix - w // 2
-    ys0, xs0 = max(y0, 0), max(x0, 0)
-    ys1, xs1 = min(y0 + h, hh), min(x0 + w, ww)
+    ys0, xs0 = max(y0, -my), max(x0, -mx)
+    ys1, xs1 = min(y0 + h, hh + my), min(x0 + w, ww + mx)
     if ys1 <= ys0 or xs1 <= xs0:
         return None
     return ys0, xs0, image[ys0 - y0 : ys1 - y0, xs0 - x0 : xs1 - x0]
+
+
+def frame_margin(frame) -> tuple[int, int]:
+    """Half-widths ``(my, mx)`` of the frame's model PSF (``(0, 0)`` without one): how far beyond
+    the frame templates keep their light (see :func:`_stamp`)."""
+    psf = getattr(frame, "psf", None)
+    if psf is None:
+        return (0, 0)
+    return (int(np.shape(psf)[-2]) // 2, int(np.shape(psf)[-1]) // 2)
 
 
 KERNEL_TOL = 1e-7
@@ -641,8 +655,14 @@ def _render_stamps(renderer, stamps, shape, dtype=np.float64, bands=None, kernel
             out.append(None)
             continue
         y0, x0, img = st
+        # (on the frame only: the margin kept beyond it is for same-grid observations)
+        ys0, xs0 = max(y0, 0), max(x0, 0)
+        ys1, xs1 = min(y0 + img.shape[-2], hh), min(x0 + img.shape[-1], ww)
+        if ys1 <= ys0 or xs1 <= xs0:
+            out.append(None)
+            continue
         plane = np.zeros((hh, ww) if img.ndim == 2 else (nb, hh, ww))
-        plane[..., y0 : y0 + img.shape[-2], x0 : x0 + img.shape[-1]] = img
+        plane[..., ys0:ys1, xs0:xs1] = img[..., ys0 - y0 : ys1 - y0, xs0 - x0 : xs1 - x0]
         vals = np.asarray(_render_np(renderer, np.broadcast_to(plane, (nb, hh, ww))), dtype)
         if bands is not None:
             vals = np.ascontiguousarray(vals[np.asarray(bands, int)])
@@ -879,7 +899,7 @@ def _solve_spectra(frame, obs, centers, images, likelihoods=None):
     """
     nb = len(frame.bands)
     n = len(images)
-    stamps = [_stamp(frame.shape, c, im) for c, im in zip(centers, images, strict=True)]
+    stamps = [_stamp(frame.shape, c, im, frame_margin(frame)) for c, im in zip(centers, images, strict=True)]
     spectra = np.zeros((n, nb))
     counts = np.zeros(nb)
     for k, ds in enumerate(obs.values()):

@@ -37,7 +37,7 @@ def _component_stamps(model: SceneModel, psf) -> list:
             img = np.asarray(next(images), float)
             if comp.morphology.intrinsic and psf is not None:
                 img = _np_convolve(img, psf)
-            out.append(_stamp((hh, ww), center, img))
+            out.append(_stamp((hh, ww), center, img, model.margin if psf is not None else (0, 0)))
     return out
 
 

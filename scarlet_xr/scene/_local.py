@@ -92,7 +92,7 @@ def local_problem(model, changed, likelihoods, psf):
     products = host_products(rest)
     if products is None:
         return None
-    images = render_on_host(products[2], likelihoods)
+    images = render_on_host(products[2], likelihoods, rest.margin)
     if images is None:
         return None
     sub_liks = [GaussianLikelihood(np.asarray(lik.data) - im, np.asarray(lik.weights), lik.renderer)

@@ -82,7 +82,11 @@ def missing_sources(model, likelihoods, centers, psf_width: float, *, snr: float
     from ._host import host_products
 
     host = host_products(model)
-    cube = np.asarray(host[2] if host is not None else model(), float)
+    if host is not None:  # (the host cube has the model PSF's margin: the frame is its centre)
+        my, mx = model.margin
+        cube = np.asarray(host[2][:, my : host[2].shape[1] - my, mx : host[2].shape[2] - mx], float)
+    else:
+        cube = np.asarray(model(), float)
     sigma = max(float(psf_width), 0.5)
     # sums on the frame's grid: observations on it may cover different parts of the frame
     num, den, mod, seen = (np.zeros(cube.shape[-2:]) for _ in range(4))

@@ -10,7 +10,7 @@ import numpy as np
 import xarray as xr
 
 from .._version import __version__
-from ..core import LightCurve, SceneModel, Source, collecting, filter_jit
+from ..core import LightCurve, SceneModel, Source, collecting, filter_jit, render_observations
 from ..infer import FitHistory, newton_step
 from ..infer import fit as _fit
 from ..wcs import Frame
@@ -31,10 +31,9 @@ __all__ = ["Scene"]
 @filter_jit
 def _evaluate(model: SceneModel, likelihoods):
     """Everything the results need, in one compiled call (not op by op)."""
-    cube = model()
     centers = jnp.stack([src.center.value for src in model.sources])
     light = model.light_curves() if model.num_epochs else None
-    return model.component_stamps(), model.fluxes(), [lik.render(cube) for lik in likelihoods], centers, light
+    return model.component_stamps(), model.fluxes(), render_observations(model, likelihoods), centers, light
 
 
 @filter_jit
@@ -312,7 +311,7 @@ class Scene:
 
         # static scenes: evaluated on the host (no program compiled for this scene's structure)
         host = host_products(model)
-        rendered = None if host is None else render_on_host(host[2], liks)
+        rendered = None if host is None else render_on_host(host[2], liks, model.margin)
         if rendered is None:
             groups, fluxes, rendered, centers, light = _evaluate(model, liks)
             fluxes, centers = np.asarray(fluxes), np.asarray(centers)

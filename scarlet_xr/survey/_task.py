@@ -10,6 +10,7 @@ import equinox as eqx
 import jax.numpy as jnp
 import numpy as np
 
+from ..core import render_observations
 from ..infer import fit_batch, release_compiled_memory
 from ..xr import FLAGS, MASKED_FRACTION_LIMIT, observation_wcs, source_image
 from ._bucket import bucket_key, pad_observation, prepare_blend
@@ -116,8 +117,8 @@ def detect_centers(ds, max_sources: int, thresh: float = 5.0) -> np.ndarray:
 @eqx.filter_jit
 def _blend_summary(model, lik):
     """Fluxes and chi^2 parts of a fitted blend (one compile per bucket)."""
-    cube = model()
-    r = lik.residual(cube)
+    (rendered,) = render_observations(model, [lik])
+    r = lik.residual_from(rendered)
     chi2 = jnp.sum(lik.weights * r * r)
     n_valid = jnp.sum(lik.weights > 0)
     return model.fluxes(), chi2, n_valid
