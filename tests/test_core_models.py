@@ -261,6 +261,11 @@ def test_observations_keep_the_light_the_model_psf_spreads_beyond_the_frame():
     layers = model.layers()
     whole = np.asarray(layers[1])
     assert whole.shape == (3, shape[0] + 2 * my, shape[1] + 2 * mx) and layers[0] is None
+    # the cube from the layers (resampled observations beside same-grid ones) is model(), pixels too
+    pixels = Source((30.0, 40.0), Spectrum(spec), FreeFormMorphology(np.random.default_rng(0).random((9, 9))))
+    both = SceneModel([*model.sources, pixels], (3, *shape), psf=PSF)
+    ref = np.asarray(both())
+    np.testing.assert_allclose(np.asarray(both.cube_from_layers(*both.layers())), ref, atol=1e-6 * ref.max())
     with pytest.raises(ValueError, match="model images must be"):
         ren(jnp.zeros((3, 40, 40)))
 

@@ -335,16 +335,16 @@ def render_observations(model, likelihoods) -> list:
         One ``(band, y, x)`` model per likelihood, in its observation's pixels
         (before any fitted sky).
     """
-    cube = layers = None
+    fusable = [_fusable(model, lik) for lik in likelihoods]
+    layers = model.layers() if any(fusable) else None
+    cube = None
     out = []
-    for lik in likelihoods:
-        if _fusable(model, lik):
-            if layers is None:
-                layers = model.layers()
+    for lik, fused in zip(likelihoods, fusable, strict=True):
+        if fused:
             out.append(lik.renderer.render_layers(*layers, model.psf))
         else:
-            if cube is None:
-                cube = model()
+            if cube is None:  # (from the layers when there are some: the sources placed once)
+                cube = model() if layers is None else model.cube_from_layers(*layers)
             out.append(lik.render(cube))
     return out
 

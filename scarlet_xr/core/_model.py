@@ -1014,6 +1014,27 @@ class SceneModel(eqx.Module):
             intrinsic = intrinsic[:, p - ry : p + hh + ry, p - rx : p + ww + rx]
         return light, intrinsic
 
+    def cube_from_layers(self, light, intrinsic) -> jax.Array:
+        """The model cube ``model()`` from :meth:`layers` (without placing the sources again).
+
+        Parameters
+        ----------
+        light, intrinsic : arrays (band, y + 2 ry, x + 2 rx) or None
+            As returned by :meth:`layers`.
+
+        Returns
+        -------
+        jax.Array (band, y, x)
+        """
+        _, hh, ww = self.shape
+        ry, rx = self._psf_half
+        frame = None if light is None else light[:, ry : ry + hh, rx : rx + ww]
+        if intrinsic is not None:
+            conv = jnp.fft.irfft2(jnp.fft.rfft2(intrinsic, s=self.fft_shape) * self.psf_fft, s=self.fft_shape)
+            conv = conv[:, ry : ry + hh, rx : rx + ww].astype(intrinsic.dtype)
+            frame = conv if frame is None else frame + conv
+        return jnp.zeros(self.shape, default_float()) if frame is None else frame
+
     def _sum_components(self, fun, trailing):
         """``fun(component)`` ``trailing``-shaped per component, summed into ``(source, *trailing)``."""
         out = None
