@@ -307,7 +307,7 @@ def _fusable(model, lik) -> bool:
     r = getattr(lik, "renderer", None)
     return (isinstance(model, SceneModel) and isinstance(r, ConvolutionRenderer)
             and getattr(lik, "epoch", None) is None and not model.num_epochs and model.psf is not None
-            and model._psf_half == r.margin and tuple(model.shape[1:]) == r.frame_shape)
+            and model.margin == r.margin and tuple(model.shape[1:]) == r.frame_shape)
 
 
 def render_observations(model, likelihoods) -> list:
@@ -321,7 +321,9 @@ def render_observations(model, likelihoods) -> list:
     transform, and the light the model PSF spreads up to its half-width
     beyond the frame is kept (the wider observed PSF brings part of it back
     onto the frame's edge pixels). Other observations (resampled, with
-    epochs) render the model cube ``model()``, computed once.
+    epochs) render the model cube ``model()``, computed once (from the same
+    layers, :meth:`~scarlet_xr.core.SceneModel.cube_from_layers`, when
+    same-grid observations made them).
 
     Parameters
     ----------

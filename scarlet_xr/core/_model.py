@@ -566,7 +566,7 @@ def _convolve_full(images, psf):
 
 
 def _canvases(center_stacks, comp_stacks, n, shape, pad, psf_fft, active=None):
-    """The component stacks placed on padded canvases: ``(light, intrinsic)``.
+    """The component stacks placed on padded canvases: ``(light, intrinsic, used)``.
 
     ``light`` ``(band, y + 2 pad, x + 2 pad)`` holds morphologies already in the frame's
     resolution, ``intrinsic`` (None when there are none, or no model PSF) the intrinsic
