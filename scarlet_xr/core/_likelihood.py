@@ -343,7 +343,7 @@ def render_observations(model, likelihoods) -> list:
     out = []
     for lik, fused in zip(likelihoods, fusable, strict=True):
         if fused:
-            out.append(lik.renderer.render_layers(*layers, model.psf))
+            out.append(lik.renderer.render_layers(*layers))
         else:
             if cube is None:  # (from the layers when there are some: the sources placed once)
                 cube = model() if layers is None else model.cube_from_layers(*layers)

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ._device import to_device
-from ._fft import fast_size
+from ._fft import fast_size, kernel_to_origin
 from ._parameter import default_complex
 from ._psf import difference_kernel_fft
 
@@ -57,6 +57,7 @@ class ConvolutionRenderer(AbstractRenderer):
     """
 
     kernel_fft: jax.Array
+    fused_kernel_fft: jax.Array | None
     band_index: tuple[int, ...] = eqx.field(static=True)
     fft_shape: tuple[int, int] = eqx.field(static=True)
     crop: tuple[int, int, int, int] = eqx.field(static=True)
@@ -91,6 +92,10 @@ class ConvolutionRenderer(AbstractRenderer):
                           fast_size(max(wm + 2 * mx + pw // 2, pw)))
         k = difference_kernel_fft(obs_psf, model_psf, self.fft_shape)
         self.kernel_fft = to_device(k, dtype=default_complex())
+        # the model PSF and the difference kernel in one, for intrinsic light (render_layers)
+        mp = np.asarray(model_psf, float)
+        mp = np.fft.rfft2(kernel_to_origin(mp / mp.sum(), self.fft_shape))
+        self.fused_kernel_fft = to_device(k * mp, dtype=default_complex())
         self.band_index = tuple(int(i) for i in band_index)
         self.crop = (oy, oy + ho, ox, ox + wo)
 
@@ -140,7 +145,7 @@ class ConvolutionRenderer(AbstractRenderer):
         out = xp.fft.irfft2(xp.fft.rfft2(model, s=self.fft_shape) * kernel_fft, s=self.fft_shape)
         return self._cropped(out, offset)
 
-    def render_layers(self, light, intrinsic, psf):
+    def render_layers(self, light, intrinsic):
         """The observation's model from a scene's light before and after its PSF, in one transform.
 
         Parameters
@@ -150,9 +155,9 @@ class ConvolutionRenderer(AbstractRenderer):
             morphologies), on the frame with :attr:`margin`.
         intrinsic : array (band, y + 2 my, x + 2 mx) or None
             Intrinsic light (Sersic, Gaussian profiles) before the model PSF,
-            on the same grid.
-        psf : array (h, w)
-            The model PSF (half-widths equal to :attr:`margin`), normalised.
+            on the same grid; convolved with the model PSF this renderer was
+            built with (the scene's, in every library path) and the
+            difference kernel in one product of precomputed transforms.
 
         Returns
         -------
@@ -160,24 +165,20 @@ class ConvolutionRenderer(AbstractRenderer):
             ``R(light + psf * intrinsic)``: the same as :meth:`__call__` of
             the convolved cube, computed with one inverse transform.
         """
-        ph, pw = np.shape(psf)
-        if (ph // 2, pw // 2) != self.margin:
-            raise ValueError(f"the model PSF's half-widths {(ph // 2, pw // 2)} differ from the renderer's "
-                             f"margin {self.margin}")
+        for name, a in (("light", light), ("intrinsic", intrinsic)):
+            if a is not None and self._offset(a.shape) != self.margin:
+                raise ValueError(f"{name} must be on the frame with the margin {self.margin}; got shape "
+                                 f"{tuple(a.shape)}")
         spec = None
         dtype = None
         if intrinsic is not None:
-            ly, lx = self.fft_shape
             dtype = intrinsic.dtype
-            # the PSF with its centre at pixel (0, 0), wrapped around (as kernel_to_origin)
-            k = jnp.zeros((ly, lx), psf.dtype).at[:ph, :pw].set(psf)
-            k = jnp.roll(k, (-(ph // 2), -(pw // 2)), axis=(0, 1))
-            spec = jnp.fft.rfft2(self._select(intrinsic), s=self.fft_shape) * jnp.fft.rfft2(k)
+            spec = jnp.fft.rfft2(self._select(intrinsic), s=self.fft_shape) * self.fused_kernel_fft
         if light is not None:
             dtype = light.dtype
-            lf = jnp.fft.rfft2(self._select(light), s=self.fft_shape)
+            lf = jnp.fft.rfft2(self._select(light), s=self.fft_shape) * self.kernel_fft
             spec = lf if spec is None else spec + lf
         if spec is None:
             raise ValueError("render_layers needs light or intrinsic light")
-        out = jnp.fft.irfft2(spec * self.kernel_fft, s=self.fft_shape)
+        out = jnp.fft.irfft2(spec, s=self.fft_shape)
         return self._cropped(out, self.margin).astype(dtype)
