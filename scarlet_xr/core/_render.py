@@ -57,12 +57,12 @@ class ConvolutionRenderer(AbstractRenderer):
     """
 
     kernel_fft: jax.Array
-    fused_kernel_fft: jax.Array | None
+    fused_kernel_fft: jax.Array
     band_index: tuple[int, ...] = eqx.field(static=True)
     fft_shape: tuple[int, int] = eqx.field(static=True)
     crop: tuple[int, int, int, int] = eqx.field(static=True)
-    frame_shape: tuple[int, int] = eqx.field(static=True, default=(0, 0))
-    margin: tuple[int, int] = eqx.field(static=True, default=(0, 0))
+    frame_shape: tuple[int, int] = eqx.field(static=True)
+    margin: tuple[int, int] = eqx.field(static=True)
 
     def __init__(self, model_shape, obs_shape, band_index, obs_psf, model_psf, origin=(0, 0)):
         _, hm, wm = model_shape
@@ -85,9 +85,9 @@ class ConvolutionRenderer(AbstractRenderer):
         self.frame_shape = (int(hm), int(wm))
         self.margin = (my, mx)
         # a kernel of half-width r wraps nothing into the frame on a grid of the frame (with its
-        # margins) plus r; the fused convolution (model PSF and kernel, half-width m + r) of a
-        # canvas with margins m needs the frame plus 2 m + r (blend frames of 66 px with 41 px
-        # PSFs: 90 instead of 108 per axis; the rendered cube differs by 1e-7 of its peak)
+        # margins m) plus r; the fused convolution (model PSF and kernel, half-width m + r) of a
+        # canvas with margins m needs the frame plus 2 m + r (a 63 x 73 px blend with a 41 px
+        # observed PSF: 96 x 108, where the frame plus r alone was 90 x 96)
         self.fft_shape = (fast_size(max(hm + 2 * my + ph // 2, ph)),
                           fast_size(max(wm + 2 * mx + pw // 2, pw)))
         k = difference_kernel_fft(obs_psf, model_psf, self.fft_shape)
@@ -123,7 +123,7 @@ class ConvolutionRenderer(AbstractRenderer):
         got = tuple(shape[-2:])
         if got == (hm + 2 * my, wm + 2 * mx):
             return my, mx
-        if got == (hm, wm) or self.frame_shape == (0, 0):
+        if got == (hm, wm):
             return 0, 0
         raise ValueError(f"model images must be {hm}x{wm} (the frame) or {hm + 2 * my}x{wm + 2 * mx} "
                          f"(with the model PSF's margin); got {got[0]}x{got[1]}")
