@@ -132,8 +132,9 @@ def test_large_stacks_are_evaluated_in_batches_with_the_same_images():
 
 def test_profiles_differing_only_in_constraints_steps_or_priors_share_one_image_program():
     """morphology_image evaluates the value form of a parametric profile: a Sersic with a prior on
-    its index, one with the index fixed and one plain (the three the default path makes) compile
-    one program per box size, with each profile's own image (its eager evaluation)."""
+    its index, one with the index fixed and one plain (the three the default path makes) are
+    computed on the host (nothing compiled), Gaussians of the same three kinds compile one program
+    per box size; each image is the profile's own (its eager evaluation)."""
     import jax
     import jax.numpy as jnp
     from _compiles import count_compiles
@@ -141,27 +142,32 @@ def test_profiles_differing_only_in_constraints_steps_or_priors_share_one_image_
     from scarlet_xr.core import NormalPrior, Parameter, morphology_image
     from scarlet_xr.core._value_form import value_form
 
-    base = SersicMorphology(1.7, 2.5, (0.1, -0.2), shape=23, oversample=2)
-    prior = NormalPrior(1.5, 2.0)
-    with_prior = eqx.tree_at(lambda m: m.n, base, Parameter(1.7, base.n.constraint, prior=prior))
-    fixed = eqx.tree_at(lambda m: m.n, base, Parameter(1.7, fixed=True))
     off = jnp.asarray([0.2, -0.3], jnp.float32)
-    jax.clear_caches()
-    with count_compiles("_morphology_image") as hits:
-        imgs = [np.asarray(morphology_image(m, off)) for m in (base, with_prior, fixed)]
-    assert len(hits) == 1
-    ref = np.asarray(base(off))
-    for img in imgs:
-        np.testing.assert_allclose(img, ref, rtol=1e-5, atol=1e-7 * ref.max())
+    prior = NormalPrior(1.5, 2.0)
+    sersic = SersicMorphology(1.7, 2.5, (0.1, -0.2), shape=23, oversample=2)
+    gauss = GaussianMorphology(1.7, (0.1, -0.2), shape=15)
+    for base, name, programs in ((sersic, "n", 0), (gauss, "sigma", 1)):
+        param = getattr(base, name)
+        with_prior = eqx.tree_at(lambda m: getattr(m, name), base,  # noqa: B023
+                                 Parameter(1.7, param.constraint, prior=prior))
+        fixed = eqx.tree_at(lambda m: getattr(m, name), base, Parameter(1.7, fixed=True))  # noqa: B023
+        jax.clear_caches()
+        with count_compiles("_morphology_image") as hits:
+            imgs = [np.asarray(morphology_image(m, off)) for m in (base, with_prior, fixed)]
+        assert len(hits) == programs
+        ref = np.asarray(base(off))
+        for img in imgs:
+            np.testing.assert_allclose(img, ref, rtol=1e-5, atol=1e-7 * ref.max())
     # types whose images read more than parameter values are left as they are
     free = FreeFormMorphology(np.ones((5, 5)))
     assert value_form(free) is free
 
 
 def test_separate_profiles_are_evaluated_in_batches_by_structure():
-    """evaluate_morphologies (initialising a crowded scene): the many Sersics of one box go
-    BATCH_IMAGES per call through one program, the few Gaussians one by one; every image is the
-    profile's own at its offset, in the order given; a wrong offsets shape is refused."""
+    """evaluate_morphologies (initialising a crowded scene): the many Gaussians of one box go
+    BATCH_IMAGES per call through one program, the few of another box one by one, the Sersics are
+    computed on the host in one batch (no program); every image is the profile's own at its
+    offset, in the order given; a wrong offsets shape is refused."""
     import jax
     import jax.numpy as jnp
     from _compiles import count_compiles
@@ -173,18 +179,21 @@ def test_separate_profiles_are_evaluated_in_batches_by_structure():
     morphs = [SersicMorphology(gen.uniform(0.8, 4), gen.uniform(1, 4), tuple(gen.uniform(-0.3, 0.3, 2)),
                                shape=19)
               for _ in range(BATCH_IMAGES + 3)]
+    morphs += [GaussianMorphology(gen.uniform(1, 2), tuple(gen.uniform(-0.3, 0.3, 2)), shape=13)
+               for _ in range(BATCH_IMAGES + 3)]
     morphs[2:2] = [GaussianMorphology(gen.uniform(1, 2), shape=15) for _ in range(3)]
     offsets = gen.uniform(-0.5, 0.5, (len(morphs), 2)).astype(np.float32)
     jax.clear_caches()
-    with count_compiles("_stack_images") as hits:
+    with count_compiles("_stack_images") as hits, count_compiles("_morphology_image") as singles:
         got = evaluate_morphologies(morphs, offsets)
-    assert len(hits) == 1  # the Sersics' batches share one program; the Gaussians make none
+    assert len(hits) == 1  # the many Gaussians' batches share one program; the Sersics make none
+    assert len(singles) == 1  # the three Gaussians of another box
     assert len(got) == len(morphs)
     for m, o, img in zip(morphs, offsets, got, strict=True):
         ref = np.asarray(m(jnp.asarray(o)))
         assert img.shape == ref.shape
         np.testing.assert_allclose(img, ref, rtol=1e-5, atol=1e-6 * ref.max())
-    with pytest.raises(ValueError, match=r"offsets must have shape \(22, 2\); got \(22,\)"):
+    with pytest.raises(ValueError, match=r"offsets must have shape \(41, 2\); got \(41,\)"):
         evaluate_morphologies(morphs, offsets[:, 0])
 
 
@@ -217,3 +226,33 @@ def test_stacks_of_pixel_profiles_sharing_a_prior_keep_it_once_with_the_same_ima
         off = jnp.asarray(c - np.round(c), jnp.float32)
         ref = np.asarray(morphology_image(s.components[0].morphology, off))
         np.testing.assert_allclose(img, ref, rtol=1e-6)
+
+
+def test_points_with_a_gaussian_model_psf_are_computed_on_the_host_as_compiled():
+    """Point sources with ``sigma`` (the default path's points) are computed with numpy, nothing
+    compiled, the same pixel-integrated Gaussian as their compiled image at every offset (the
+    centre and the box's edges); a point given only as a PSF image is still compiled."""
+    import jax
+    import jax.numpy as jnp
+    from _compiles import count_compiles
+
+    from scarlet_xr.core import PointSourceMorphology, evaluate_morphologies
+
+    yy, xx = np.mgrid[-7:8, -7:8]
+    psf = np.exp(-(yy**2 + xx**2) / (2 * 0.9**2))
+    points = [PointSourceMorphology(psf / psf.sum(), sigma=0.9) for _ in range(12)]
+    rest = np.random.default_rng(2).uniform(-0.5, 0.5, (9, 2))
+    offsets = np.array([[0.0, 0.0], [0.5, -0.5], [-0.49, 0.3], *rest], np.float32)
+    jax.clear_caches()
+    with count_compiles("_stack_images") as hits, count_compiles("_morphology_image") as singles:
+        got = evaluate_morphologies(points, offsets)
+    assert len(hits) == len(singles) == 0
+    for m, o, img in zip(points, offsets, got, strict=True):
+        ref = np.asarray(m(jnp.asarray(o)))
+        assert img.dtype == ref.dtype and img.shape == ref.shape == (15, 15)
+        np.testing.assert_allclose(img, ref, rtol=0, atol=1e-6 * ref.max())
+        assert abs(img.sum() - 1) < 1e-4
+    shifted = PointSourceMorphology(psf / psf.sum())
+    with count_compiles("_morphology_image") as singles:
+        evaluate_morphologies([shifted], offsets[:1])
+    assert len(singles) == 1
