@@ -22,7 +22,7 @@ from ._parameter import Parameter, default_complex, default_float, is_parameter
 from ._source import Component, Source
 from ._spectrum import num_epochs_of
 from ._template import _TemplateMorphology
-from ._value_form import VALUE_FORM_TYPES, host_images, value_form
+from ._value_form import VALUE_FORM_TYPES, host_images, host_value, value_form
 
 __all__ = ["SceneModel", "evaluate_morphologies", "morphology_image", "morphology_images"]
 
@@ -354,6 +354,17 @@ def _all_centers(center_stacks, n):
     return out
 
 
+def _host_centers(center_stacks, n) -> np.ndarray:
+    """:func:`_all_centers` as a numpy array, computed on the host where the centres are concrete
+    (the eager scatter compiled four small programs for each new number of sources)."""
+    out = None
+    for st in center_stacks:
+        vals = np.asarray(host_value(st.tree)).reshape(-1, 2)
+        out = np.zeros((n, 2), vals.dtype) if out is None else out
+        out[np.asarray(st.members)] = vals
+    return np.zeros((n, 2)) if out is None else out
+
+
 def _boxes(comp_stack: _Stack, centers):
     """``(centers (m, 2), boxes (m, band, h, w))`` of a component stack at its owners' centres."""
     c = centers[_owners(comp_stack)]
@@ -444,7 +455,7 @@ def morphology_images(model, centered: bool = False) -> list[np.ndarray]:
         One per component, sources in order and each source's components in order.
     """
     center_stacks, comp_stacks = model._groups()
-    centers = np.asarray(_all_centers(center_stacks, model.num_sources))
+    centers = _host_centers(center_stacks, model.num_sources)
     offsets = np.zeros_like(centers) if centered else centers - np.round(centers)
     out = {}
     for st in comp_stacks:

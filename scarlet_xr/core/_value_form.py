@@ -21,7 +21,7 @@ from ._morphology import GaussianMorphology, PointSourceMorphology, SersicMorpho
 from ._parameter import Parameter, default_float, is_parameter
 from ._spergel import SpergelMorphology
 
-__all__ = ["VALUE_FORM_TYPES", "value_form", "host_images"]
+__all__ = ["VALUE_FORM_TYPES", "value_form", "host_images", "host_value"]
 
 VALUE_FORM_TYPES = (SersicMorphology, GaussianMorphology, PointSourceMorphology, SpergelMorphology)
 """Morphology types whose images depend on their parameters' values only (read through
@@ -30,7 +30,7 @@ VALUE_FORM_TYPES = (SersicMorphology, GaussianMorphology, PointSourceMorphology,
 _IDENTITY = Identity()
 
 
-def _host_value(p: Parameter):
+def host_value(p: Parameter):
     """``p.value``, computed with numpy for a concrete ``raw`` and the profiles' constraints.
 
     Eager JAX would compile each operation of the constraint once per shape
@@ -54,7 +54,7 @@ def _host_value(p: Parameter):
 def _plain(p: Parameter) -> Parameter:
     """A free, prior-less, unconstrained parameter holding ``p``'s value (no checks, no copy)."""
     q = object.__new__(Parameter)
-    for name, v in (("raw", _host_value(p)), ("constraint", _IDENTITY), ("prior", None), ("fixed", False),
+    for name, v in (("raw", host_value(p)), ("constraint", _IDENTITY), ("prior", None), ("fixed", False),
                     ("step", 0.05)):
         object.__setattr__(q, name, v)
     return q
