@@ -379,7 +379,7 @@ def _place_group(canvas, boxes, centers, pad):
 
 
 def morphology_image(morphology, offset: Float[ArrayLike, " 2"]) -> Float[Array, "h w"]:
-    """Evaluate ``morphology(offset)`` compiled once per morphology type and box size.
+    """Evaluate ``morphology(offset)`` on the host or compiled once per morphology type and box size.
 
     For code outside a traced function (initialisation, linear solves) that
     evaluates many morphologies: eager evaluation would compile every

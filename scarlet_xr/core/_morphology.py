@@ -16,7 +16,6 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-import scipy.special
 from jax.scipy.special import gammaln
 
 from ._constraints import Interval, LogPositive, Positive
@@ -396,6 +395,9 @@ class SersicMorphology(AbstractMorphology):
                              self.oversample)
 
 
+_np_lgamma = np.vectorize(math.lgamma, otypes=[float])
+
+
 def sersic_pixels(n, r_e, ellipticity, offset, shape, oversample: int, xp=jnp):
     """The pixel-integrated image of a unit-flux Sersic profile (see :class:`SersicMorphology`).
 
@@ -441,7 +443,7 @@ def sersic_pixels(n, r_e, ellipticity, offset, shape, oversample: int, xp=jnp):
     if max(h, w) > _ZONE:
         levels.append((_ZONE, k))
     img = _sampled(profile, shape, offset, levels, cusp=_CUSP, xp=xp)
-    lgamma = gammaln if xp is jnp else scipy.special.gammaln
+    lgamma = gammaln if xp is jnp else _np_lgamma
     b0 = _sersic_b(n)
     log_norm = xp.log(2 * xp.pi * n) + 2 * xp.log(r_e) + b0 - 2 * n * xp.log(b0) + lgamma(2 * n)
     return img * xp.exp(-log_norm)[..., None, None]

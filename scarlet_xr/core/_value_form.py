@@ -12,9 +12,10 @@ one program per type and box size.
 
 from __future__ import annotations
 
+import math
+
 import jax
 import numpy as np
-import scipy.special
 
 from ._constraints import Identity, Interval, LogPositive, Positive
 from ._morphology import GaussianMorphology, PointSourceMorphology, SersicMorphology, sersic_pixels
@@ -85,6 +86,9 @@ def value_form(morphology):
                                   is_leaf=is_parameter)
 
 
+_np_erf = np.vectorize(math.erf, otypes=[float])
+
+
 def _concrete(p: Parameter):
     """The value of a value-form parameter as a float64 numpy array, or None if it is traced."""
     raw = p.raw
@@ -131,7 +135,7 @@ def host_images(morphology, offsets):
 
         def axis(size, o):
             edges = np.arange(size + 1) - size // 2 - 0.5 - o[:, None]
-            return np.diff(0.5 * scipy.special.erf(edges / scale), axis=-1)
+            return np.diff(0.5 * _np_erf(edges / scale), axis=-1)
 
         h, w = morphology.shape
         return (axis(h, offsets[:, 0])[:, :, None] * axis(w, offsets[:, 1])[:, None, :]).astype(dt)

@@ -5,7 +5,8 @@ and its image in every observation) are needed once per scene. Compiling one
 program for the whole scene to get them costs about a second per scene
 structure (its mix of source kinds, box sizes and counts), paid again for
 every blend of a survey. Evaluated here instead, each component's profile
-comes from :func:`~scarlet_xr.core.morphology_images` (one compiled program
+comes from :func:`~scarlet_xr.core.morphology_images` (Sersic profiles and
+Gaussian-PSF points computed with numpy; other types one compiled program
 per morphology type and box size, shared by every scene of a process; the
 large stacks of crowded scenes 16 components per call) and the rest is numpy:
 convolution with the model PSF, placement on the frame and the observations'
