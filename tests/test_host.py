@@ -256,3 +256,47 @@ def test_points_with_a_gaussian_model_psf_are_computed_on_the_host_as_compiled()
     with count_compiles("_morphology_image") as singles:
         evaluate_morphologies([shifted], offsets[:1])
     assert len(singles) == 1
+
+
+def test_small_stacks_of_host_profiles_are_evaluated_in_one_host_batch(monkeypatch):
+    """A survey blend's few Sersics and points (stacks below BATCH_IMAGES_MIN) are computed on
+    the host a stack at a time: no per-component call, nothing copied to the device, nothing
+    compiled; the images equal each component's own evaluation, packed or not."""
+    import jax
+    import jax.numpy as jnp
+    from _compiles import count_compiles
+
+    import scarlet_xr.core._model as model_mod
+    from scarlet_xr.core import morphology_image, morphology_images
+    from scarlet_xr.core._model import BATCH_IMAGES_MIN
+
+    psf = _psf(11, 0.9)
+    gen = np.random.default_rng(8)
+    src = [Source(gen.uniform(8, 40, 2), gen.uniform(1, 2, 3),
+                  SersicMorphology(gen.uniform(0.8, 4), gen.uniform(1, 4), tuple(gen.uniform(-0.3, 0.3, 2)),
+                                   shape=21, oversample=2))
+           for _ in range(BATCH_IMAGES_MIN - 2)]
+    src += [Source(gen.uniform(8, 40, 2), gen.uniform(1, 2, 3), PointSourceMorphology(psf, sigma=0.9))
+            for _ in range(2)]
+    refs = []
+    for s in src:
+        c = np.asarray(s.center.value)
+        refs.append(np.asarray(morphology_image(s.components[0].morphology,
+                                                jnp.asarray((c - np.round(c)).astype(np.float32)))))
+    plain = SceneModel(src, (3, 48, 48), psf=psf)
+    calls = []
+    real_single, real_put = model_mod.morphology_image, jax.device_put
+    monkeypatch.setattr(model_mod, "morphology_image", lambda *a: calls.append(a) or real_single(*a))
+    puts = []
+    monkeypatch.setattr(jax, "device_put", lambda *a, **k: puts.append(a) or real_put(*a, **k))
+    jax.clear_caches()
+    with count_compiles(None) as hits:
+        got = morphology_images(plain)
+    assert calls == [] and puts == [] and hits == []
+    for img, ref in zip(got, refs, strict=True):
+        assert img.shape == ref.shape
+        np.testing.assert_allclose(img, ref, rtol=1e-5, atol=1e-7 * ref.max())
+    packed = morphology_images(plain.packed())
+    assert calls == []
+    for img, ref in zip(packed, refs, strict=True):
+        np.testing.assert_allclose(img, ref, rtol=1e-5, atol=1e-7 * ref.max())
