@@ -9,6 +9,7 @@ flux per band.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import ClassVar
 
@@ -260,6 +261,15 @@ def _level_samples(shape, levels):
     return np.concatenate(ys), np.concatenate(xs), parts
 
 
+@functools.cache
+def _unit_nodes(nodes: int):
+    """Gauss-Legendre nodes and weights on [0, 1] (read-only arrays, computed once per order)."""
+    u, wu = np.polynomial.legendre.leggauss(nodes)
+    u, wu = 0.5 * (u + 1), 0.5 * wu
+    u.flags.writeable = wu.flags.writeable = False
+    return u, wu
+
+
 def _cusp_axis(side: int, nodes: int, o, xp=jnp):
     """Nodes (relative to the profile centre) and weights of the cusp rule along one axis.
 
@@ -270,8 +280,7 @@ def _cusp_axis(side: int, nodes: int, o, xp=jnp):
     ``sum w f(t)`` over a pixel's ``2 * nodes`` entries is the integral of ``f`` over
     the pixel. ``xp`` is ``jax.numpy`` or ``numpy``.
     """
-    u, wu = np.polynomial.legendre.leggauss(nodes)
-    u, wu = 0.5 * (u + 1), 0.5 * wu
+    u, wu = _unit_nodes(nodes)
     lo = np.arange(side) - side // 2 - 0.5
     edges = np.stack([lo, lo + 1], axis=1)  # (side, 2)
     dt = xp.result_type(o)
