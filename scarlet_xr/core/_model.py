@@ -458,7 +458,9 @@ def _morphology_image(morphology, offset):
 
 BATCH_IMAGES_MIN = 8
 """:func:`morphology_images` evaluates stacks of at least this many components
-:data:`BATCH_IMAGES` at a time (smaller stacks: one call per component)."""
+:data:`BATCH_IMAGES` at a time (smaller stacks: one call per component), unless their
+images are computed on the host (Sersic profiles, Gaussian-PSF points: one numpy batch
+per stack, whatever its size)."""
 
 BATCH_IMAGES = 16
 """Components per compiled call of :func:`morphology_images` (the last call of a stack is padded
@@ -473,7 +475,9 @@ def morphology_images(model, centered: bool = False) -> list[np.ndarray]:
     :data:`BATCH_IMAGES_MIN` of them) are evaluated :data:`BATCH_IMAGES` per
     ``vmap``-ed call: a crowded scene's linear solves and measurements made one
     call per component (a millisecond each, mostly the call: 4000 calls on a
-    300-source cutout).
+    300-source cutout). Stacks of Sersic profiles or Gaussian-PSF points, of
+    any size, are computed on the host in one numpy batch each (nothing
+    compiled, nothing copied to the device).
 
     Parameters
     ----------
@@ -512,7 +516,9 @@ def evaluate_morphologies(morphologies, offsets) -> list[np.ndarray]:
     The same images as :func:`morphology_image` called one by one, but
     morphologies of one structure (type, box and parameter layout), at least
     :data:`BATCH_IMAGES_MIN` of them, are evaluated :data:`BATCH_IMAGES` per
-    compiled call (initialising a crowded scene made one call per source).
+    compiled call (initialising a crowded scene made one call per source);
+    Sersic profiles and Gaussian-PSF points in one numpy batch per structure,
+    whatever their number.
 
     Parameters
     ----------
