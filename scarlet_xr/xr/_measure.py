@@ -158,7 +158,8 @@ def half_light_radius(images, centroid):
 def _half_radius(r, f, bins: int = 256):
     """The smallest ``r`` at which the cumulative sum of ``f`` (in order of ``r``) reaches half its
     total: the flux summed in radius bins first, then only the bin holding the half sorted (the
-    same radius as sorting every sample, 6-10x faster on a 59 px box's 87 000 samples)."""
+    same radius as sorting every sample; ``half_light_radius`` of a 59 px box, 87 000 samples,
+    took 5.0 instead of 12.7 ms)."""
     top = float(r.max())
     if not top > 0:
         return 0.0
