@@ -14,7 +14,7 @@ CONSTRAINTS := constraints-py311.txt
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml $(CONSTRAINTS) | cksum | cut -d' ' -f1)
 export TQDM_DISABLE ?= 1
 
-.PHONY: install demo test bench docs clean
+.PHONY: install demo test bench bench-gpu docs clean
 
 $(STAMP): pyproject.toml $(CONSTRAINTS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -41,6 +41,14 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(INSTALL) -c $(CONSTRAINTS) -e ".[bench]"
 	JAX_PLATFORMS=cpu SCARLET_XR_CACHE=off $(PY) benchmarks/run.py $(BENCH)
+
+# survey throughput on the accelerator JAX finds (benchmarks/bench_gpu.py; the CPU when there is none):
+# no JAX_PLATFORMS=cpu here. On an NVIDIA machine add a CUDA jaxlib to .venv first, e.g.
+#   .venv/bin/uv pip install --python .venv/bin/python "jax[cuda12]==0.10.2"   (the jax of constraints-py311.txt)
+# (arguments: make bench-gpu BENCH_GPU="n_blends n_peer", default 200 20)
+bench-gpu: $(STAMP)
+	$(INSTALL) -c $(CONSTRAINTS) -e ".[bench]"
+	SCARLET_XR_CACHE=off $(PY) benchmarks/bench_gpu.py $(BENCH_GPU)
 
 # offline build: notebooks are executed by myst-nb, plots use inline bokeh resources
 docs: $(STAMP)
