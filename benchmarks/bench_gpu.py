@@ -77,21 +77,11 @@ def _peer(tmp, table, truth, n_blends, n_peer, max_steps) -> dict:
     except ImportError as err:
         return {"peer": f"not measured: scarlet2 is not importable ({err})"}
     sys.path.insert(0, str(HERE))
-    from bench_survey import _peer_fit
+    from bench_survey import peer_fits
 
     ids = np.sort(np.random.default_rng(0).choice(n_blends, size=min(n_peer, n_blends), replace=False))
-    errs, wall, failed = [], 0.0, 0
-    for b in ids:
-        sel = np.flatnonzero(np.asarray(table["blend"]) == b)
-        rows = table[sel]
-        t0 = time.perf_counter()
-        try:
-            f = _peer_fit(tmp / "blends" / rows["file"][0], rows, max_iter=max_steps)
-            errs.append(np.abs(f / truth[sel] - 1).ravel())
-        except Exception as err:  # noqa: BLE001 (the peer fails on some blends: count them)
-            failed += 1
-            print(f"peer failed on blend {b}: {type(err).__name__}: {err}", file=sys.stderr)
-        wall += time.perf_counter() - t0
+    fitted, wall, failed = peer_fits(tmp, table, truth, ids, max_steps)
+    errs = [e for _, e in fitted]
     errs = np.concatenate(errs) if errs else np.array([np.nan])
     return {"peer": "scarlet2 0.5.1, one blend at a time in this process, same device",
             "peer_blends_fitted": len(ids), "peer_failed": failed, "peer_wall_s": round(wall, 1),

@@ -57,6 +57,27 @@ def _peer_fit(path, rows, max_iter):
     return np.stack([np.asarray(s.spectrum) * float(np.sum(np.asarray(s.morphology))) for s in fitted.sources])
 
 
+def peer_fits(tmp, table, truth, ids, max_steps):
+    """scarlet2 on the blends ``ids`` of ``simulate_blends``' ``table``, one at a time.
+
+    Returns ``([(rows of the blend, |flux/truth - 1| per source-band), ...], wall s, failures)``
+    for the blends it fitted (a failure is reported on stderr and counted).
+    """
+    fitted, wall, failed = [], 0.0, 0
+    for b in ids:
+        sel = np.flatnonzero(np.asarray(table["blend"]) == b)
+        rows = table[sel]
+        t1 = time.perf_counter()
+        try:
+            f = _peer_fit(tmp / "blends" / rows["file"][0], rows, max_iter=max_steps)
+            fitted.append((sel, np.abs(f / truth[sel] - 1).ravel()))
+        except Exception as err:  # noqa: BLE001 (the peer fails on some blends: count them)
+            failed += 1
+            print(f"peer failed on blend {b}: {type(err).__name__}: {err}", file=sys.stderr)
+        wall += time.perf_counter() - t1
+    return fitted, wall, failed
+
+
 def main(n_blends: int = 200, n_peer: int = 20, max_steps: int = 300, workers: int = 2) -> dict:
     """Run the benchmark; return a dict of measurements (also printed as JSON)."""
     os.environ.setdefault("TQDM_DISABLE", "1")
@@ -95,22 +116,10 @@ def main(n_blends: int = 200, n_peer: int = 20, max_steps: int = 300, workers: i
     err_free = np.abs(free["flux"][free["ok"]] / truth[free["ok"]] - 1)
     rng = np.random.default_rng(0)
     peer_ids = np.sort(rng.choice(n_blends, size=min(n_peer, n_blends), replace=False))
-    peer_err, peer_err_ours, peer_err_free, t_peer, peer_failed = [], [], [], 0.0, 0
-    for b in peer_ids:
-        sel = np.flatnonzero(np.asarray(table["blend"]) == b)
-        rows = table[sel]
-        t1 = time.perf_counter()
-        try:
-            f = _peer_fit(tmp / "blends" / rows["file"][0], rows, max_iter=max_steps)
-        except Exception as err:  # noqa: BLE001
-            peer_failed += 1
-            print(f"peer failed on blend {b}: {type(err).__name__}: {err}", file=sys.stderr)
-            t_peer += time.perf_counter() - t1
-            continue
-        t_peer += time.perf_counter() - t1
-        peer_err.append(np.abs(f / truth[sel] - 1).ravel())
-        peer_err_ours.append(np.abs(flux[sel] / truth[sel] - 1).ravel())
-        peer_err_free.append(np.abs(free["flux"][sel] / truth[sel] - 1).ravel())
+    fitted, t_peer, peer_failed = peer_fits(tmp, table, truth, peer_ids, max_steps)
+    peer_err = [e for _, e in fitted]
+    peer_err_ours = [np.abs(flux[sel] / truth[sel] - 1).ravel() for sel, _ in fitted]
+    peer_err_free = [np.abs(free["flux"][sel] / truth[sel] - 1).ravel() for sel, _ in fitted]
     n_peer_done = len(peer_ids)
     res = {
         "n_blends": n_blends,
