@@ -60,7 +60,8 @@ def _peer_fit(path, rows, max_iter):
 def peer_fits(tmp, table, truth, ids, max_steps):
     """scarlet2 on the blends ``ids`` of ``simulate_blends``' ``table``, one at a time.
 
-    Returns ``([(row indices of the blend in table, |flux/truth - 1| per source-band), ...], wall s, failures)``
+    Returns ``([(row indices of the blend in table, |flux/truth - 1| per source-band), ...],
+    wall s, failures)``
     for the blends it fitted (a failure is reported on stderr and counted).
     """
     fitted, wall, failed = [], 0.0, 0
